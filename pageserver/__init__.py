@@ -1,0 +1,1 @@
+"""mini pageserver: a Neon-style pageserver in Python."""
