@@ -52,6 +52,24 @@ class FileStat:
     ino: int = 0
 
 
+class PendingIo(abc.ABC):
+    """An operation that was started and whose result is awaited later."""
+
+    @abc.abstractmethod
+    async def result(self) -> int:
+        """Wait (uncancellably: the kernel may still use the buffer) for the result."""
+
+
+class DoneIo(PendingIo):
+    __slots__ = ("_value",)
+
+    def __init__(self, value: int) -> None:
+        self._value = value
+
+    async def result(self) -> int:
+        return self._value
+
+
 class IoEngine(abc.ABC):
     """The asynchronous file-system interface both engines implement.
 
@@ -104,6 +122,18 @@ class IoEngine(abc.ABC):
 
     @abc.abstractmethod
     async def unlink(self, path: str) -> None: ...
+
+    async def submit_write_at(
+        self, fd: int, data: bytes | bytearray | memoryview, offset: int
+    ) -> PendingIo:
+        """Start a write and return at once with a handle to await its completion.
+
+        This is what write-behind in the buffered writer is built on. The default does the
+        write before returning (engines with ``write_behind_depth == 1``); the uring engine
+        queues the submission and returns while the kernel works. The caller must keep
+        ``data`` unmodified and the fd open until ``await pending.result()`` returned.
+        """
+        return DoneIo(await self.write_at(fd, data, offset))
 
     async def fsync_dir(self, path: str) -> None:
         """Make a directory's entries durable: open it read-only, fsync, close."""
