@@ -254,3 +254,47 @@ def create_engine(kind: str) -> IoEngine:
     from pageserver.io.uring_engine import UringEngine
 
     return UringEngine()
+
+
+REQUIRE_URING_ENV_VAR = "PAGESERVER_REQUIRE_URING"
+
+
+class EngineUnavailable(RuntimeError):
+    """The requested engine cannot run on this machine (the message says why)."""
+
+
+def uring_refusal_reason() -> str | None:
+    """Why io_uring cannot be used here, or None if the probe succeeded."""
+    try:
+        from pageserver.io.uring_engine import probe_uring
+    except ImportError as e:  # pragma: no cover - the module is part of the package
+        return f"the trio-uring engine is not available: {e}"
+    return probe_uring()
+
+
+def uring_required() -> bool:
+    return os.environ.get(REQUIRE_URING_ENV_VAR, "") not in ("", "0")
+
+
+def resolve_engine(configured: str) -> tuple[IoEngine, str | None]:
+    """Choose the daemon's engine once: returns it and, for a fallback, the warning.
+
+    ``auto`` takes trio-uring when the probe succeeds and falls back to std-fs, naming the
+    reason; with ``PAGESERVER_REQUIRE_URING=1`` the fallback is an error instead. An
+    explicitly configured ``trio-uring`` that the kernel refuses is always an error.
+    """
+    if configured == "auto":
+        reason = uring_refusal_reason()
+        if reason is None:
+            return create_engine(TRIO_URING), None
+        if uring_required():
+            raise EngineUnavailable(
+                f"io_uring refused ({reason}) and {REQUIRE_URING_ENV_VAR}=1 is set"
+            )
+        return StdFsEngine(), f"io_uring unavailable, falling back to std-fs: {reason}"
+    kind = normalize_engine_kind(configured)
+    if kind == TRIO_URING:
+        reason = uring_refusal_reason()
+        if reason is not None:
+            raise EngineUnavailable(f"virtual_file_io_engine = trio-uring, but {reason}")
+    return create_engine(kind), None

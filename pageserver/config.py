@@ -1,0 +1,268 @@
+"""``DIR/pageserver.toml``: the daemon's configuration (SPEC section 2).
+
+Parsed with :mod:`tomllib`. Every key is checked: an unknown key or a value of the wrong
+type is a :class:`ConfigError` whose message names the key (``tenant_config.checkpoint_timeout``
+for nested ones), because a typo that silently falls back to a default is the worst kind
+of configuration bug. Durations are humantime-style strings as in Neon (``"10m"``,
+``"20s"``, ``"1h 30m"``, ``"500ms"``).
+
+The environment variable ``PAGESERVER_VIRTUAL_FILE_IO_ENGINE`` overrides
+``virtual_file_io_engine``; see :func:`pageserver.io.engine.resolve_engine` for what
+``auto`` does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CONFIG_FILE_NAME = "pageserver.toml"
+ENGINE_ENV_VAR = "PAGESERVER_VIRTUAL_FILE_IO_ENGINE"
+DEFAULT_DATA_DIR = ".pageserver"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the offending key."""
+
+
+_DURATION_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "sec": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "h": 3600.0,
+    "hr": 3600.0,
+    "d": 86400.0,
+}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]+)")
+
+
+def parse_duration(text: str) -> float:
+    """Parse a humantime duration (``"1h 30m"``) into seconds."""
+    s = text.strip().lower()
+    if not s:
+        raise ValueError("empty duration")
+    pos = 0
+    total = 0.0
+    for m in _DURATION_PART.finditer(s):
+        if s[pos : m.start()].strip():
+            raise ValueError(f"invalid duration {text!r}")
+        unit = m.group(2)
+        if unit not in _DURATION_UNITS:
+            raise ValueError(f"invalid duration unit {unit!r} in {text!r}")
+        total += float(m.group(1)) * _DURATION_UNITS[unit]
+        pos = m.end()
+    if pos == 0 or s[pos:].strip():
+        raise ValueError(f"invalid duration {text!r}")
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    """Inverse of :func:`parse_duration` for whole numbers of units."""
+    if seconds and seconds == int(seconds):
+        secs = int(seconds)
+        parts = []
+        for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
+            if secs >= size:
+                parts.append(f"{secs // size}{unit}")
+                secs %= size
+        return " ".join(parts)
+    return f"{round(seconds * 1000)}ms"
+
+
+# Field kinds used by the validator: "int" (not bool), "bool", "str", "duration".
+@dataclass(frozen=True)
+class TenantConfig:
+    """Per-tenant settings; a tenant's ``config-v1`` holds overrides of the defaults."""
+
+    checkpoint_distance: int = 268_435_456
+    checkpoint_timeout: float = 600.0
+    compaction_threshold: int = 10
+    image_creation_threshold: int = 3
+    compaction_period: float = 20.0
+
+    def with_overrides(self, overrides: Mapping[str, Any], prefix: str = "") -> TenantConfig:
+        """Return a copy with ``overrides`` (TOML/wire values) applied and validated."""
+        return dataclasses.replace(self, **_validate(overrides, _TENANT_KINDS, prefix))
+
+    def to_toml_values(self) -> dict[str, Any]:
+        """The values as they are written to TOML (durations as strings)."""
+        return _to_wire(self, _TENANT_KINDS)
+
+
+_TENANT_KINDS: dict[str, str] = {
+    "checkpoint_distance": "pos_int",
+    "checkpoint_timeout": "duration",
+    "compaction_threshold": "pos_int",
+    "image_creation_threshold": "pos_int",
+    "compaction_period": "duration",
+}
+
+
+def validate_tenant_overrides(overrides: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Validate a tenant config override map; return it with durations in seconds."""
+    return _validate(overrides, _TENANT_KINDS, prefix)
+
+
+def tenant_overrides_to_toml(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Turn validated overrides back into their TOML/wire form."""
+    out: dict[str, Any] = {}
+    for k, v in overrides.items():
+        out[k] = format_duration(v) if _TENANT_KINDS[k] == "duration" else v
+    return out
+
+
+@dataclass(frozen=True)
+class PageserverConfig:
+    listen_addr: str = "127.0.0.1:6400"
+    metrics_addr: str = "127.0.0.1:9898"
+    #: ``"auto"`` unless set; canonical kinds are resolved by the engine module.
+    virtual_file_io_engine: str = "auto"
+    max_file_descriptors: int = 100
+    no_sync: bool = False
+    max_frame_bytes: int = 16_777_216
+    auth_token: str | None = None
+    image_compression: str = "disabled"
+    tenant_config: TenantConfig = field(default_factory=TenantConfig)
+
+
+_TOP_KINDS: dict[str, str] = {
+    "listen_addr": "str",
+    "metrics_addr": "str",
+    "virtual_file_io_engine": "engine",
+    "max_file_descriptors": "pos_int",
+    "no_sync": "bool",
+    "max_frame_bytes": "pos_int",
+    "auth_token": "str",
+    "image_compression": "compression",
+}
+
+
+def _validate(values: Mapping[str, Any], kinds: Mapping[str, str], prefix: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        kind = kinds.get(key)
+        if kind is None:
+            raise ConfigError(f"unknown config key {name!r}")
+        out[key] = _check_value(name, kind, value)
+    return out
+
+
+def _check_value(name: str, kind: str, value: Any) -> Any:
+    if kind in ("int", "pos_int"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key {name!r} must be an integer, got {value!r}")
+        if kind == "pos_int" and value < 1:
+            raise ConfigError(f"config key {name!r} must be positive, got {value!r}")
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key {name!r} must be a boolean, got {value!r}")
+        return value
+    if not isinstance(value, str):
+        raise ConfigError(f"config key {name!r} must be a string, got {value!r}")
+    if kind == "duration":
+        try:
+            return parse_duration(value)
+        except ValueError as e:
+            raise ConfigError(f"config key {name!r}: {e}") from None
+    if kind == "engine":
+        from pageserver.io.engine import normalize_engine_kind
+
+        if value == "auto":
+            return value
+        try:
+            return normalize_engine_kind(value)
+        except ValueError as e:
+            raise ConfigError(f"config key {name!r}: {e}") from None
+    if kind == "compression" and value not in ("disabled", "zstd"):
+        raise ConfigError(f"config key {name!r} must be 'disabled' or 'zstd', got {value!r}")
+    return value
+
+
+def _to_wire(obj: Any, kinds: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, kind in kinds.items():
+        value = getattr(obj, key)
+        out[key] = format_duration(value) if kind == "duration" else value
+    return out
+
+
+def config_from_mapping(data: Mapping[str, Any]) -> PageserverConfig:
+    """Build a config from parsed TOML (tests use this directly)."""
+    top = {k: v for k, v in data.items() if k != "tenant_config"}
+    values = _validate(top, _TOP_KINDS, "")
+    tenant_raw = data.get("tenant_config", {})
+    if not isinstance(tenant_raw, Mapping):
+        raise ConfigError("config key 'tenant_config' must be a table")
+    tenant = TenantConfig().with_overrides(tenant_raw, prefix="tenant_config.")
+    return PageserverConfig(**values, tenant_config=tenant)
+
+
+def load_config(data_dir: str | os.PathLike[str]) -> PageserverConfig:
+    """Read ``DIR/pageserver.toml``, applying the environment's engine override."""
+    path = Path(data_dir) / CONFIG_FILE_NAME
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    config = config_from_mapping(data)
+    return apply_env_overrides(config)
+
+
+def apply_env_overrides(config: PageserverConfig) -> PageserverConfig:
+    env = os.environ.get(ENGINE_ENV_VAR)
+    if env:
+        engine = _check_value(ENGINE_ENV_VAR, "engine", env)
+        config = dataclasses.replace(config, virtual_file_io_engine=engine)
+    return config
+
+
+DEFAULT_CONFIG_TOML = """\
+# mini pageserver configuration (see SPEC section 2). Unknown keys are an error.
+listen_addr = "127.0.0.1:6400"
+metrics_addr = "127.0.0.1:9898"
+# "std-fs", "trio-uring" (alias "tokio-epoll-uring"), or "auto": trio-uring when the
+# io_uring probe succeeds, else std-fs with a warning naming the reason.
+virtual_file_io_engine = "auto"
+max_file_descriptors = 100
+no_sync = false
+max_frame_bytes = 16777216
+# auth_token = "secret"
+image_compression = "disabled"
+
+[tenant_config]
+checkpoint_distance = 268435456
+checkpoint_timeout = "10m"
+compaction_threshold = 10
+image_creation_threshold = 3
+compaction_period = "20s"
+"""
+
+
+def ensure_data_dir(data_dir: str | os.PathLike[str]) -> bool:
+    """Create DIR with a default config file if missing. Returns True if it created one."""
+    path = Path(data_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "tenants").mkdir(exist_ok=True)
+    cfg = path / CONFIG_FILE_NAME
+    if cfg.exists():
+        return False
+    tmp = cfg.with_name(CONFIG_FILE_NAME + ".___temp")
+    with open(tmp, "w") as f:
+        f.write(DEFAULT_CONFIG_TOML)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, cfg)
+    return True

@@ -1,0 +1,93 @@
+"""``IoContext``: the engine and the VirtualFile table, handed to everything above.
+
+One object instead of process globals, so that a single test process can run the whole
+suite on both engines (and the daemon still resolves its engine exactly once).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from pageserver.io import offload
+from pageserver.io.crashsafe import crashsafe_overwrite
+from pageserver.io.engine import IoEngine
+from pageserver.io.virtual_file import FATAL_ERRNOS, SlotTable, VirtualFile, fatal_io_error
+
+T = TypeVar("T")
+
+
+class IoContext:
+    """Where file I/O starts: open files, directory operations, offloaded jobs."""
+
+    def __init__(
+        self, engine: IoEngine, max_file_descriptors: int = 100, no_sync: bool = False
+    ) -> None:
+        self.engine = engine
+        self.table = SlotTable(engine, max_file_descriptors)
+        self.no_sync = no_sync
+
+    @property
+    def engine_kind(self) -> str:
+        return self.engine.kind
+
+    def __repr__(self) -> str:
+        return f"<IoContext engine={self.engine.kind} fds={self.table.size} no_sync={self.no_sync}>"
+
+    # -- files ------------------------------------------------------------------------
+
+    async def open_with_flags(self, path: str, flags: int, mode: int = 0o644) -> VirtualFile:
+        return await VirtualFile.open_with_flags(
+            self.table, path, flags, mode, no_sync=self.no_sync
+        )
+
+    async def open(self, path: str) -> VirtualFile:
+        """Open an existing file read-only."""
+        return await self.open_with_flags(path, os.O_RDONLY)
+
+    async def open_rw(self, path: str) -> VirtualFile:
+        return await self.open_with_flags(path, os.O_RDWR)
+
+    async def create(self, path: str) -> VirtualFile:
+        """Create or truncate ``path`` for reading and writing."""
+        return await self.open_with_flags(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+
+    async def create_new(self, path: str) -> VirtualFile:
+        """Create ``path``, failing with ``FileExistsError`` if it exists."""
+        return await self.open_with_flags(path, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+
+    # -- directory operations ---------------------------------------------------------------
+
+    async def rename(self, src: str, dst: str) -> None:
+        await self.engine.rename(src, dst)
+
+    async def rename_noreplace(self, src: str, dst: str) -> None:
+        await self.engine.rename_noreplace(src, dst)
+
+    async def unlink(self, path: str) -> None:
+        await self.engine.unlink(path)
+
+    async def fsync_dir(self, path: str, *, force: bool = False) -> None:
+        """Make a directory's entries (renames, creations) durable."""
+        if self.no_sync and not force:
+            return
+        try:
+            await self.engine.fsync_dir(path)
+        except OSError as e:
+            if e.errno in FATAL_ERRNOS:
+                fatal_io_error("fsync", path, e)
+            raise
+
+    async def crashsafe_overwrite(self, path: str, content: bytes) -> None:
+        await crashsafe_overwrite(self, path, content)
+
+    # -- jobs ---------------------------------------------------------------------------------
+
+    async def run_job(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run a layer-writing job: in one worker thread under std-fs, on the loop otherwise."""
+        return await offload.run_job(self.engine, fn, *args)
+
+    async def aclose(self) -> None:
+        """Close every descriptor in the table (end of a test, daemon shutdown)."""
+        await self.table.close_all()

@@ -1,0 +1,53 @@
+"""Crash-safe overwrite of small files (tenant config, timeline metadata).
+
+The sequence (SPEC section 6, after upstream ``shared/seeds/003_*``):
+
+1. remove ``path.___temp`` if a previous crash left it;
+2. create it with ``O_CREAT|O_EXCL`` (so two writers can never share it);
+3. write all of the content; fsync it; close it;
+4. rename it over ``path`` (atomic replace within one directory);
+5. fsync the parent directory, which makes the rename itself durable.
+
+At every point a crash leaves ``path`` with the whole old content (before step 4's
+rename is durable) or the whole new content (after). The file is fsynced even with
+``no_sync``: these few files are what a restart trusts.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from pageserver import failpoints
+
+if TYPE_CHECKING:
+    from pageserver.io.context import IoContext
+
+TEMP_SUFFIX = ".___temp"
+
+
+async def crashsafe_overwrite(ctx: IoContext, path: str, content: bytes) -> None:
+    path = os.fspath(path)
+    temp = path + TEMP_SUFFIX
+    engine = ctx.engine
+    try:
+        await engine.unlink(temp)
+    except FileNotFoundError:
+        pass
+    vf = await ctx.create_new(temp)
+    try:
+        await vf.write_all_at(content, 0)
+        await failpoints.failpoint("crashsafe-after-write")
+        await vf.sync_all(force=True)
+    except BaseException:
+        await vf.close()
+        try:
+            await engine.unlink(temp)
+        except FileNotFoundError:
+            pass
+        raise
+    await vf.close()
+    await failpoints.failpoint("crashsafe-before-rename")
+    await engine.rename(temp, path)
+    await failpoints.failpoint("crashsafe-after-rename")
+    await ctx.fsync_dir(os.path.dirname(path) or ".", force=True)

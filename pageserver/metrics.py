@@ -1,0 +1,44 @@
+"""Prometheus metrics of the process (prometheus-client, default registry).
+
+Metric objects are module globals because prometheus-client's registry is per process;
+label children used on hot paths are resolved once here rather than per call.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+#: The VirtualFile operation names of SPEC section 6.
+IO_OPERATIONS = (
+    "open",
+    "open-after-replace",
+    "close",
+    "close-by-replace",
+    "read",
+    "write",
+    "fsync",
+    "metadata",
+)
+
+IO_OPERATION_SECONDS = Histogram(
+    "pageserver_io_operations_seconds",
+    "Time spent in VirtualFile operations, by operation",
+    ["operation"],
+    buckets=(
+        0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
+    ),
+)
+IO_OPERATION_BYTES = Counter(
+    "pageserver_io_operations_bytes_total",
+    "Bytes read and written through VirtualFile",
+    ["operation"],
+)
+VIRTUAL_FILE_OPEN_SLOTS = Gauge(
+    "pageserver_virtual_file_open_slots",
+    "VirtualFile slots that currently hold an open file descriptor",
+)
+IO_ENGINE_KIND = Info("pageserver_io_engine", "The io engine this process uses")
+
+OP_SECONDS = {op: IO_OPERATION_SECONDS.labels(operation=op) for op in IO_OPERATIONS}
+BYTES_READ = IO_OPERATION_BYTES.labels(operation="read")
+BYTES_WRITTEN = IO_OPERATION_BYTES.labels(operation="write")
