@@ -1,0 +1,149 @@
+"""Layer file names (SPEC section 4; Neon's ``layer_name.rs``).
+
+::
+
+    delta: {key_start}-{key_end}__{lsn_start:016X}-{lsn_end:016X}[gen]
+    image: {key_start}-{key_end}__{lsn:016X}[gen]
+    gen:   -v1-{generation:08x}  |  -{generation:08x}
+
+The parser accepts only the canonical form Neon prints (uppercase hex of fixed width),
+which makes ``str(parse_layer_name(s)) == s`` an invariant rather than a hope: a name
+that does not print back unchanged is not a layer name. The generation suffix is kept
+as written, so both suffix styles round-trip.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pageserver.layers.key import Key, Lsn
+
+_KEY = r"[0-9A-F]{36}"
+_LSN = r"[0-9A-F]{16}"
+_GEN = r"(?P<gen>-v1-[0-9a-f]{8}|-[0-9a-f]{8})?"
+_DELTA_RE = re.compile(
+    rf"(?P<ks>{_KEY})-(?P<ke>{_KEY})__(?P<ls>{_LSN})-(?P<le>{_LSN}){_GEN}"
+)
+_IMAGE_RE = re.compile(rf"(?P<ks>{_KEY})-(?P<ke>{_KEY})__(?P<lsn>{_LSN}){_GEN}")
+
+TEMP_SUFFIX = ".___temp"
+
+
+class LayerNameError(ValueError):
+    """Not a layer file name."""
+
+
+def _gen_value(suffix: str) -> int | None:
+    if not suffix:
+        return None
+    return int(suffix.rsplit("-", 1)[1], 16)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class DeltaLayerName:
+    key_start: Key
+    key_end: Key
+    lsn_start: Lsn
+    lsn_end: Lsn  # exclusive
+    gen_suffix: str = ""
+
+    def __post_init__(self) -> None:
+        if self.key_start >= self.key_end:
+            raise LayerNameError("delta layer key start must be below key end")
+        if self.lsn_start >= self.lsn_end:
+            raise LayerNameError("delta layer LSN start must be below LSN end")
+
+    @property
+    def kind(self) -> str:
+        return "delta"
+
+    @property
+    def is_delta(self) -> bool:
+        return True
+
+    @property
+    def generation(self) -> int | None:
+        return _gen_value(self.gen_suffix)
+
+    @property
+    def lsn_range(self) -> tuple[Lsn, Lsn]:
+        return self.lsn_start, self.lsn_end
+
+    def is_in_future(self, disk_consistent_lsn: int) -> bool:
+        """Left by a crash between a rename and the metadata update (SPEC section 3)."""
+        return self.lsn_end > disk_consistent_lsn + 1
+
+    def __str__(self) -> str:
+        return (
+            f"{self.key_start}-{self.key_end}__"
+            f"{self.lsn_start:016X}-{self.lsn_end:016X}{self.gen_suffix}"
+        )
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ImageLayerName:
+    key_start: Key
+    key_end: Key
+    lsn: Lsn
+    gen_suffix: str = ""
+
+    @property
+    def kind(self) -> str:
+        return "image"
+
+    @property
+    def is_delta(self) -> bool:
+        return False
+
+    @property
+    def generation(self) -> int | None:
+        return _gen_value(self.gen_suffix)
+
+    @property
+    def lsn_range(self) -> tuple[Lsn, Lsn]:
+        """``lsn..lsn+1``, as Neon's ``lsn_as_range``."""
+        return self.lsn, Lsn(self.lsn + 1)
+
+    def is_in_future(self, disk_consistent_lsn: int) -> bool:
+        return self.lsn > disk_consistent_lsn
+
+    def __str__(self) -> str:
+        return f"{self.key_start}-{self.key_end}__{self.lsn:016X}{self.gen_suffix}"
+
+
+LayerName = DeltaLayerName | ImageLayerName
+
+
+def parse_layer_name(name: str) -> LayerName:
+    """Parse a layer file name; raise :class:`LayerNameError` if it is not one."""
+    m = _DELTA_RE.fullmatch(name)
+    if m is not None:
+        return DeltaLayerName(
+            Key.from_hex(m["ks"]),
+            Key.from_hex(m["ke"]),
+            Lsn(int(m["ls"], 16)),
+            Lsn(int(m["le"], 16)),
+            m["gen"] or "",
+        )
+    m = _IMAGE_RE.fullmatch(name)
+    if m is not None:
+        return ImageLayerName(
+            Key.from_hex(m["ks"]), Key.from_hex(m["ke"]), Lsn(int(m["lsn"], 16)), m["gen"] or ""
+        )
+    raise LayerNameError(f"not a layer file name: {name!r}")
+
+
+def try_parse_layer_name(name: str) -> LayerName | None:
+    try:
+        return parse_layer_name(name)
+    except LayerNameError:
+        return None
+
+
+def delta_name(key_start: Key, key_end: Key, lsn_start: int, lsn_end: int) -> DeltaLayerName:
+    return DeltaLayerName(key_start, key_end, Lsn(lsn_start), Lsn(lsn_end))
+
+
+def image_name(key_start: Key, key_end: Key, lsn: int) -> ImageLayerName:
+    return ImageLayerName(key_start, key_end, Lsn(lsn))
