@@ -1,0 +1,396 @@
+"""The ``trio-uring`` io engine: every file operation is an io_uring submission.
+
+The binding and the per-run ring live in :mod:`pageserver.io.uring`; this module maps the
+:class:`~pageserver.io.engine.IoEngine` methods onto SQEs and turns negative ``cqe.res``
+values into the same ``OSError`` subclasses ``os.*`` raises (``OSError(errno, strerror,
+filename)`` picks ``FileNotFoundError``, ``FileExistsError``... by itself).
+
+Every method follows the same shape, written out by hand in each (a shared helper costs
+an extra coroutine frame per operation, and this is the hot path): find the run's ring
+(one ``RunVar`` lookup; the slow path creates the ring or waits for room), pin the memory
+the kernel will touch, queue the SQE, park until the CQE. See ``uring/_trio.py`` for what
+happens to a task cancelled while parked.
+
+``set_len`` uses ``IORING_OP_FTRUNCATE`` where the kernel has it (Linux 6.9+). On older
+kernels it falls back to a plain ``os.ftruncate`` on the event loop: the one blocking
+syscall this engine may issue. Truncation is a metadata operation that our callers use
+on files they own (to cut off a torn tail), rarely and not on a latency-critical path,
+and :func:`probe_uring` reports the fallback as acceptable rather than refusing the
+engine for it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import threading
+from typing import ClassVar, Final
+
+import trio
+
+from pageserver.io.engine import TRIO_URING, FileStat, IoEngine, PendingIo
+from pageserver.io.uring import _abi, _buffers
+from pageserver.io.uring._ring import Ring
+from pageserver.io.uring._trio import (
+    _RUN_DRIVER,
+    DEFAULT_SQ_ENTRIES,
+    RingStats,
+    UringDriver,
+    _Op,
+    driver_with_room,
+    existing_driver,
+)
+
+_OP_READ: Final = _abi.IORING_OP_READ
+_OP_WRITE: Final = _abi.IORING_OP_WRITE
+_OP_FSYNC: Final = _abi.IORING_OP_FSYNC
+_OP_OPENAT: Final = _abi.IORING_OP_OPENAT
+_OP_CLOSE: Final = _abi.IORING_OP_CLOSE
+_OP_STATX: Final = _abi.IORING_OP_STATX
+_OP_RENAMEAT: Final = _abi.IORING_OP_RENAMEAT
+_OP_UNLINKAT: Final = _abi.IORING_OP_UNLINKAT
+_OP_FTRUNCATE: Final = _abi.IORING_OP_FTRUNCATE
+_AT_FDCWD: Final = _abi.AT_FDCWD
+_AT_FDCWD_U32: Final = _abi.AT_FDCWD & 0xFFFFFFFF
+#: The kernel caps one read/write at MAX_RW_COUNT (INT_MAX rounded down to a page);
+#: larger requests come back short, which callers handle anyway.
+_MAX_RW: Final = 0x7FFFF000
+
+#: Opcodes the engine cannot do without.
+REQUIRED_OPS: Final = (
+    _abi.IORING_OP_OPENAT,
+    _abi.IORING_OP_READ,
+    _abi.IORING_OP_WRITE,
+    _abi.IORING_OP_FSYNC,
+    _abi.IORING_OP_STATX,
+    _abi.IORING_OP_CLOSE,
+    _abi.IORING_OP_RENAMEAT,
+    _abi.IORING_OP_UNLINKAT,
+)
+#: Opcodes used when present, with a documented fallback otherwise.
+OPTIONAL_OPS: Final = (_abi.IORING_OP_FTRUNCATE,)
+
+_probe_lock = threading.Lock()
+_probe_cache: tuple[str | None, frozenset[int]] | None = None
+
+
+def _disabled_sysctl() -> str | None:
+    try:
+        with open("/proc/sys/kernel/io_uring_disabled") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _probe() -> tuple[str | None, frozenset[int]]:
+    global _probe_cache
+    with _probe_lock:
+        if _probe_cache is not None:
+            return _probe_cache
+        reason: str | None = None
+        ops: frozenset[int] = frozenset()
+        try:
+            with Ring(4) as ring:
+                ops = ring.probe()
+                if not ring.features & _abi.IORING_FEAT_NODROP:
+                    reason = "io_uring lacks IORING_FEAT_NODROP (kernel older than 5.5)"
+        except OSError as e:
+            sysctl = _disabled_sysctl()
+            if e.errno == errno.ENOSYS:
+                reason = "io_uring_setup: ENOSYS (kernel built without io_uring)"
+            elif e.errno == errno.EPERM:
+                if sysctl not in (None, "0"):
+                    reason = (
+                        f"io_uring_setup: EPERM (kernel.io_uring_disabled = {sysctl}; "
+                        "1 allows only the io_uring_group, 2 disables io_uring)"
+                    )
+                else:
+                    reason = "io_uring_setup: EPERM (seccomp filter or io_uring_disabled)"
+            else:
+                reason = f"io_uring_setup failed: {e.strerror or e} (errno {e.errno})"
+                if sysctl not in (None, "0"):
+                    reason += f"; kernel.io_uring_disabled = {sysctl}"
+        if reason is None:
+            missing = [_abi.OP_NAMES[o] for o in REQUIRED_OPS if o not in ops]
+            if missing:
+                reason = "io_uring lacks required opcodes: " + ", ".join(missing)
+        _probe_cache = (reason, ops)
+        return _probe_cache
+
+
+def probe_uring() -> str | None:
+    """Can this process use the trio-uring engine? ``None`` if yes, else why not.
+
+    Sets up a small ring (which is where ``kernel.io_uring_disabled``, seccomp filters
+    and kernels without io_uring refuse us), requires ``IORING_FEAT_NODROP`` and probes
+    the opcodes the engine needs. The answer is cached for the process. ``FTRUNCATE`` is
+    not required (``set_len`` falls back to ``os.ftruncate``); see
+    :func:`uring_missing_optional_ops`.
+    """
+    return _probe()[0]
+
+
+def uring_missing_optional_ops() -> list[str]:
+    """Names of optional opcodes this kernel lacks (whose fallback will be used)."""
+    reason, ops = _probe()
+    if reason is not None:
+        return []
+    return [_abi.OP_NAMES[o] for o in OPTIONAL_OPS if o not in ops]
+
+
+def _err(res: int, path: object = None, path2: object = None) -> OSError:
+    e = -res
+    if path2 is not None:
+        return OSError(e, os.strerror(e), path, None, path2)
+    if path is not None:
+        return OSError(e, os.strerror(e), path)
+    return OSError(e, os.strerror(e))
+
+
+class PendingUringWrite(PendingIo):
+    """A queued write: ``await result()`` waits, uncancellably, for its CQE."""
+
+    __slots__ = ("_op", "_driver")
+
+    def __init__(self, driver: UringDriver, op: _Op) -> None:
+        self._driver = driver
+        self._op = op
+
+    @property
+    def done(self) -> bool:
+        return self._op.done
+
+    async def result(self) -> int:
+        op = self._op
+        res = op.res if op.done else await self._driver.wait_uncancellable(op)
+        if res < 0:
+            raise _err(res)
+        return res
+
+
+class UringEngine(IoEngine):
+    """io_uring through :mod:`pageserver.io.uring`, awaited on the trio loop.
+
+    The engine object holds no kernel resources: the ring belongs to the trio run
+    (created on the first operation, closed when the run ends or by :meth:`aclose`),
+    so one engine can serve several runs (tests) and several engines share a run's ring.
+
+    ``force_async`` sets ``IOSQE_ASYNC`` on data operations, making the kernel hand each
+    one to an io-wq worker instead of trying it inline first; tests use it to keep
+    operations in the kernel's hands long enough to cancel them there.
+    """
+
+    kind: ClassVar[str] = TRIO_URING
+    write_behind_depth: ClassVar[int] = 4
+    runs_jobs_in_thread: ClassVar[bool] = False
+
+    def __init__(self, *, sq_entries: int = DEFAULT_SQ_ENTRIES, force_async: bool = False):
+        self._sq_entries = sq_entries
+        self._sqe_flags = _abi.IOSQE_ASYNC if force_async else 0
+        self._has_ftruncate: bool | None = None
+
+    async def _driver(self) -> UringDriver:
+        return await driver_with_room(sq_entries=self._sq_entries)
+
+    # -- data ---------------------------------------------------------------------------
+
+    async def read_at(self, fd: int, buf: bytearray | memoryview, offset: int) -> int:
+        n = buf.nbytes if isinstance(buf, memoryview) else len(buf)
+        if offset < 0:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        if n:
+            addr, keep = _buffers.writable(buf)
+        else:
+            addr, keep = 0, None
+        drv = _RUN_DRIVER.get()
+        if drv is None or not drv.has_room():
+            drv = await self._driver()
+        op = drv.push(_OP_READ, self._sqe_flags, fd, offset, addr, min(n, _MAX_RW), 0, keep)
+        res = await drv.wait(op)
+        if res < 0:
+            raise _err(res)
+        return res
+
+    async def write_at(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
+        n = data.nbytes if isinstance(data, memoryview) else len(data)
+        if offset < 0:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        if n:
+            addr, keep = _buffers.readable(data)
+        else:
+            addr, keep = 0, None
+        drv = _RUN_DRIVER.get()
+        if drv is None or not drv.has_room():
+            drv = await self._driver()
+        op = drv.push(_OP_WRITE, self._sqe_flags, fd, offset, addr, min(n, _MAX_RW), 0, keep)
+        res = await drv.wait(op)
+        if res < 0:
+            raise _err(res)
+        return res
+
+    async def submit_write_at(
+        self, fd: int, data: bytes | bytearray | memoryview, offset: int
+    ) -> PendingIo:
+        """Queue a write and return at once; the SQE goes out with this loop tick's batch.
+
+        The in-flight table keeps ``data`` pinned until the CQE, whether or not anyone
+        awaits the result, so dropping the handle is memory-safe (the write still
+        happens, and the end of the run waits for it). Waiting for room in a full ring
+        is the only suspension here, and it is cancellable (nothing was queued).
+        """
+        n = data.nbytes if isinstance(data, memoryview) else len(data)
+        if offset < 0:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        if n:
+            addr, keep = _buffers.readable(data)
+        else:
+            addr, keep = 0, None
+        drv = _RUN_DRIVER.get()
+        if drv is None or not drv.has_room():
+            drv = await self._driver()
+        op = drv.push(_OP_WRITE, self._sqe_flags, fd, offset, addr, min(n, _MAX_RW), 0, keep)
+        return PendingUringWrite(drv, op)
+
+    async def _fsync(self, fd: int, flags: int) -> None:
+        drv = _RUN_DRIVER.get()
+        if drv is None or not drv.has_room():
+            drv = await self._driver()
+        res = await drv.wait(drv.push(_OP_FSYNC, self._sqe_flags, fd, 0, 0, 0, flags, None))
+        if res < 0:
+            raise _err(res)
+
+    async def fsync(self, fd: int) -> None:
+        await self._fsync(fd, 0)
+
+    async def fdatasync(self, fd: int) -> None:
+        await self._fsync(fd, _abi.IORING_FSYNC_DATASYNC)
+
+    # -- metadata -----------------------------------------------------------------------
+
+    async def open(self, path: str, flags: int, mode: int = 0o644) -> int:
+        """``openat(AT_FDCWD, path, flags | O_CLOEXEC, mode)``.
+
+        Cancellation: if the task is cancelled while the kernel has the open and the open
+        succeeds, the new fd is closed (by a CLOSE SQE nobody waits for) and
+        ``Cancelled`` is raised: a cancelled open never hands out, or leaks, an fd.
+        """
+        addr, keep = _buffers.c_path(path)
+        drv = _RUN_DRIVER.get()
+        if drv is None or not drv.has_room():
+            drv = await self._driver()
+        op = drv.push(_OP_OPENAT, 0, _AT_FDCWD, 0, addr, mode, flags | os.O_CLOEXEC, keep)
+        res = await drv.wait(op)
+        if res < 0:
+            raise _err(res, path)
+        if op.cancelled:
+            await self._discard_fd(res)
+            await trio.lowlevel.checkpoint()  # raises Cancelled: the scope is cancelled
+        return res
+
+    async def _discard_fd(self, fd: int) -> None:
+        # Shielded: room for one SQE is a short wait; the CQE is not awaited.
+        with trio.CancelScope(shield=True):
+            drv = await self._driver()
+        drv.push(_OP_CLOSE, 0, fd, 0, 0, 0, 0, None)
+
+    async def close(self, fd: int) -> None:
+        drv = _RUN_DRIVER.get()
+        if drv is None or not drv.has_room():
+            drv = await self._driver()
+        res = await drv.wait(drv.push(_OP_CLOSE, 0, fd, 0, 0, 0, 0, None))
+        if res < 0:
+            raise _err(res)
+
+    async def stat(self, fd: int) -> FileStat:
+        st = _abi.Statx()
+        path_addr, path = _buffers.c_path(b"")
+        drv = _RUN_DRIVER.get()
+        if drv is None or not drv.has_room():
+            drv = await self._driver()
+        op = drv.push(
+            _OP_STATX,
+            0,
+            fd,
+            ctypes.addressof(st),
+            path_addr,
+            _abi.STATX_BASIC_STATS,
+            _abi.AT_EMPTY_PATH,
+            (st, path),
+        )
+        res = await drv.wait(op)
+        if res < 0:
+            raise _err(res)
+        return FileStat(size=st.stx_size, mode=st.stx_mode, ino=st.stx_ino)
+
+    async def set_len(self, fd: int, length: int) -> None:
+        if length < 0:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        if self._has_ftruncate is None:
+            self._has_ftruncate = _abi.IORING_OP_FTRUNCATE in _probe()[1]
+        if not self._has_ftruncate:
+            # Documented fallback (module docstring): one blocking ftruncate on the loop.
+            os.ftruncate(fd, length)
+            await trio.lowlevel.checkpoint()
+            return
+        drv = _RUN_DRIVER.get()
+        if drv is None or not drv.has_room():
+            drv = await self._driver()
+        res = await drv.wait(drv.push(_OP_FTRUNCATE, 0, fd, length, 0, 0, 0, None))
+        if res < 0:
+            raise _err(res)
+
+    async def _rename(self, src: str, dst: str, flags: int) -> None:
+        src_addr, src_b = _buffers.c_path(src)
+        dst_addr, dst_b = _buffers.c_path(dst)
+        drv = _RUN_DRIVER.get()
+        if drv is None or not drv.has_room():
+            drv = await self._driver()
+        op = drv.push(
+            _OP_RENAMEAT,
+            0,
+            _AT_FDCWD,
+            dst_addr,
+            src_addr,
+            _AT_FDCWD_U32,
+            flags,
+            (src_b, dst_b),
+        )
+        res = await drv.wait(op)
+        if res < 0:
+            raise _err(res, src, dst)
+
+    async def rename(self, src: str, dst: str) -> None:
+        await self._rename(src, dst, 0)
+
+    async def rename_noreplace(self, src: str, dst: str) -> None:
+        await self._rename(src, dst, _abi.RENAME_NOREPLACE)
+
+    async def unlink(self, path: str) -> None:
+        addr, keep = _buffers.c_path(path)
+        drv = _RUN_DRIVER.get()
+        if drv is None or not drv.has_room():
+            drv = await self._driver()
+        res = await drv.wait(drv.push(_OP_UNLINKAT, 0, _AT_FDCWD, 0, addr, 0, 0, keep))
+        if res < 0:
+            raise _err(res, path)
+
+    # -- lifecycle / introspection -----------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Close the current run's ring after its in-flight operations completed.
+
+        Idempotent, and harmless to other users of the run's ring: the next operation
+        in this run creates a fresh one. Outside a trio run there is nothing to close.
+        """
+        try:
+            drv = existing_driver()
+        except RuntimeError:
+            return
+        if drv is not None:
+            await drv.aclose()
+
+    def ring_stats(self) -> RingStats | None:
+        """Counters of the current run's ring, or ``None`` if it has none (yet)."""
+        drv = existing_driver()
+        return drv.stats if drv is not None else None
