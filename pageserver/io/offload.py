@@ -97,7 +97,7 @@ async def run_job(
         coro = fn(*args)
         if not isinstance(coro, Coroutine):  # pragma: no cover - misuse
             raise TypeError("run_job needs an async function")
-        return drive_to_completion(coro)
+        return cast(T, drive_to_completion(coro))
 
     def in_thread() -> T:
         return context.run(body)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -64,6 +65,11 @@ class UnexpectedEof(EOFError):
 def fatal_io_error(op: str, path: str, exc: OSError) -> None:
     """Log an unrecoverable I/O error and abort the process. Never returns."""
     log.critical("fatal io error, aborting", op=op, path=path, errno=exc.errno, error=str(exc))
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
     os.abort()
 
 

@@ -1,0 +1,194 @@
+"""Conditional offload: one thread call per job under std-fs, the loop under trio-uring."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+import trio
+
+from pageserver import failpoints
+from pageserver.io import BufferedWriter, IoContext, cooperative_checkpoint, create_engine
+from pageserver.io.engine import StdFsEngine
+from pageserver.io.offload import JobSuspendedError
+
+
+class ThreadRecordingEngine(StdFsEngine):
+    """std-fs engine that records which thread issued each syscall."""
+
+    def __init__(self) -> None:
+        self.threads: list[int] = []
+
+    async def write_at(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
+        self.threads.append(threading.get_ident())
+        return await super().write_at(fd, data, offset)
+
+    async def open(self, path: str, flags: int, mode: int = 0o644) -> int:
+        self.threads.append(threading.get_ident())
+        return await super().open(path, flags, mode)
+
+    async def fsync(self, fd: int) -> None:
+        self.threads.append(threading.get_ident())
+        await super().fsync(fd)
+
+
+async def write_file_job(ctx: IoContext, path: str, mib: int) -> int:
+    """A layer-writer-shaped job: temp file, buffered writes, fsync, clean-up on failure."""
+    vf = await ctx.create_new(path)
+    writer = BufferedWriter(vf)
+    try:
+        chunk = b"\xab" * 8192
+        for _ in range(mib * 128):
+            await writer.write(chunk)
+            await cooperative_checkpoint()
+        n = await writer.finish()
+        await vf.sync_all(force=True)
+    except BaseException:
+        await writer.abandon()
+        await vf.close()
+        await ctx.unlink(path)
+        raise
+    await vf.close()
+    return n
+
+
+async def test_std_fs_job_runs_in_one_worker_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = ThreadRecordingEngine()
+    ctx = IoContext(engine, no_sync=False)
+    thread_calls = 0
+    original = trio.lowlevel.start_thread_soon
+
+    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        nonlocal thread_calls
+        thread_calls += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(trio.lowlevel, "start_thread_soon", counting)
+    n = await ctx.run_job(write_file_job, ctx, str(tmp_path / "f"), 4)
+    assert n == 4 << 20
+    assert thread_calls == 1
+    assert len(engine.threads) >= 64 + 2  # open, 64 writes of 64 KiB, fsync
+    assert len(set(engine.threads)) == 1
+    assert engine.threads[0] != threading.get_ident()
+    assert (tmp_path / "f").stat().st_size == 4 << 20
+    await ctx.aclose()
+
+
+async def test_loop_keeps_ticking_during_long_job(engine_kind: str, tmp_path: Path) -> None:
+    ctx = IoContext(create_engine(engine_kind), no_sync=True)
+    try:
+        # Each 64 KiB write pauses 2 ms: a job of ~64 writes takes well over 100 ms.
+        failpoints.configure({"virtual-file-write": "sleep(2)"})
+        ticks = 0
+        max_gap = 0.0
+        finished = False
+
+        async def ticker() -> None:
+            nonlocal ticks, max_gap
+            last = trio.current_time()
+            while not finished:
+                await trio.sleep(0.001)
+                now = trio.current_time()
+                max_gap = max(max_gap, now - last)
+                last = now
+                ticks += 1
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ticker)
+            t0 = trio.current_time()
+            await ctx.run_job(write_file_job, ctx, str(tmp_path / "g"), 4)
+            elapsed = trio.current_time() - t0
+            finished = True
+        assert elapsed > 0.1
+        assert ticks >= 20, (ticks, elapsed)
+        # Generous: the GIL switch interval and a noisy machine; a blocked loop would
+        # show a gap as long as the whole job.
+        assert max_gap < elapsed * 0.5, (max_gap, elapsed)
+    finally:
+        await ctx.aclose()
+        await ctx.engine.aclose()
+
+
+async def test_cancelled_job_cleans_up_before_caller_returns(engine_kind: str, tmp_path: Path) -> None:
+    ctx = IoContext(create_engine(engine_kind), no_sync=True)
+    try:
+        failpoints.configure({"virtual-file-write": "sleep(5)"})
+        path = tmp_path / "cancelled.___temp"
+        with trio.move_on_after(0.05) as scope:
+            await ctx.run_job(write_file_job, ctx, str(path), 64)
+        assert scope.cancelled_caught
+        # The caller came back only after the job stopped and removed its temp file.
+        assert not path.exists()
+        assert [p.name for p in tmp_path.iterdir()] == []
+        assert threading.active_count() >= 1
+    finally:
+        await ctx.aclose()
+        await ctx.engine.aclose()
+
+
+async def test_job_that_suspends_is_a_clear_error(tmp_path: Path) -> None:
+    ctx = IoContext(StdFsEngine(), no_sync=True)
+    cleaned = []
+
+    class RawYield:
+        def __await__(self):  # type: ignore[no-untyped-def]
+            yield "suspend-me"
+
+    async def suspending_job() -> None:
+        try:
+            await RawYield()
+        finally:
+            cleaned.append("raw")
+
+    async def trio_primitive_job() -> None:
+        try:
+            await trio.sleep(0.01)
+        finally:
+            cleaned.append("trio")
+
+    with pytest.raises(JobSuspendedError, match="tried to suspend"):
+        await ctx.run_job(suspending_job)
+    # trio itself refuses first: there is no trio run in the worker thread.
+    with pytest.raises(RuntimeError):
+        await ctx.run_job(trio_primitive_job)
+    assert cleaned == ["raw", "trio"]
+
+
+async def test_job_result_and_errors_propagate(io_ctx: IoContext, tmp_path: Path) -> None:
+    async def ok(x: int) -> int:
+        return x * 2
+
+    async def fails() -> None:
+        await io_ctx.open(str(tmp_path / "nope"))
+
+    assert await io_ctx.run_job(ok, 21) == 42
+    with pytest.raises(FileNotFoundError):
+        await io_ctx.run_job(fails)
+
+
+async def test_uring_jobs_start_no_python_thread(tmp_path: Path) -> None:
+    from tests.conftest import require_engine
+
+    require_engine("trio-uring")
+    ctx = IoContext(create_engine("trio-uring"), no_sync=True)
+    try:
+        assert ctx.engine.kind == "trio-uring"
+        before = {t.ident for t in threading.enumerate()}
+        tasks_before = set(os.listdir("/proc/self/task"))
+        await ctx.run_job(write_file_job, ctx, str(tmp_path / "u"), 8)
+        assert {t.ident for t in threading.enumerate()} == before
+        new_tasks = set(os.listdir("/proc/self/task")) - tasks_before
+        names = []
+        for tid in new_tasks:
+            try:
+                names.append(Path(f"/proc/self/task/{tid}/comm").read_text().strip())
+            except FileNotFoundError:
+                pass
+        assert all(n.startswith("iou-") for n in names), names
+    finally:
+        await ctx.aclose()
+        await ctx.engine.aclose()
