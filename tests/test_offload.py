@@ -10,7 +10,13 @@ import pytest
 import trio
 
 from pageserver import failpoints
-from pageserver.io import BufferedWriter, IoContext, cooperative_checkpoint, create_engine
+from pageserver.io import (
+    BufferedWriter,
+    IoContext,
+    cleanup_shield,
+    cooperative_checkpoint,
+    create_engine,
+)
 from pageserver.io.engine import StdFsEngine
 from pageserver.io.offload import JobSuspendedError
 
@@ -46,9 +52,10 @@ async def write_file_job(ctx: IoContext, path: str, mib: int) -> int:
         n = await writer.finish()
         await vf.sync_all(force=True)
     except BaseException:
-        await writer.abandon()
-        await vf.close()
-        await ctx.unlink(path)
+        with cleanup_shield():
+            await writer.abandon()
+            await vf.close()
+            await ctx.unlink(path)
         raise
     await vf.close()
     return n

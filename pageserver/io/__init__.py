@@ -8,7 +8,7 @@ from pageserver.io._jobstate import JobCancelled
 from pageserver.io.buffered_writer import BufferedWriter
 from pageserver.io.context import IoContext
 from pageserver.io.engine import FileStat, IoEngine, create_engine
-from pageserver.io.offload import cooperative_checkpoint
+from pageserver.io.offload import cleanup_shield, cooperative_checkpoint
 from pageserver.io.virtual_file import UnexpectedEof, VirtualFile
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "JobCancelled",
     "UnexpectedEof",
     "VirtualFile",
+    "cleanup_shield",
     "cooperative_checkpoint",
     "create_engine",
 ]

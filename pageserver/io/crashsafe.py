@@ -19,6 +19,7 @@ import os
 from typing import TYPE_CHECKING
 
 from pageserver import failpoints
+from pageserver.io.offload import cleanup_shield
 
 if TYPE_CHECKING:
     from pageserver.io.context import IoContext
@@ -40,11 +41,12 @@ async def crashsafe_overwrite(ctx: IoContext, path: str, content: bytes) -> None
         await failpoints.failpoint("crashsafe-after-write")
         await vf.sync_all(force=True)
     except BaseException:
-        await vf.close()
-        try:
-            await engine.unlink(temp)
-        except FileNotFoundError:
-            pass
+        with cleanup_shield():
+            await vf.close()
+            try:
+                await engine.unlink(temp)
+            except FileNotFoundError:
+                pass
         raise
     await vf.close()
     await failpoints.failpoint("crashsafe-before-rename")

@@ -27,6 +27,7 @@ thread ends and reschedules the caller, which then lets trio's cancellation prop
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar, cast
@@ -40,7 +41,13 @@ from pageserver.io.engine import IoEngine
 
 T = TypeVar("T")
 
-__all__ = ["JobCancelled", "cooperative_checkpoint", "run_job", "drive_to_completion"]
+__all__ = [
+    "JobCancelled",
+    "cleanup_shield",
+    "cooperative_checkpoint",
+    "drive_to_completion",
+    "run_job",
+]
 
 
 class JobSuspendedError(RuntimeError):
@@ -78,6 +85,20 @@ async def cooperative_checkpoint() -> None:
     """
     if not _jobstate.in_worker_thread():
         await trio.lowlevel.checkpoint()
+
+
+def cleanup_shield() -> contextlib.AbstractContextManager[object]:
+    """A context for clean-up code (close, unlink of a temp file) that must run to the end.
+
+    On the loop (trio-uring, or std-fs code outside a job) a cancelled task would get
+    ``Cancelled`` at the first operation of its clean-up and leave the temp file behind,
+    so clean-up runs in a shielded cancel scope. In an offloaded worker thread there is
+    no trio run to shield from (nor to create a scope in): the engine's clean-up
+    operations (close, unlink) ignore the job's cancel flag already.
+    """
+    if _jobstate.in_worker_thread():
+        return contextlib.nullcontext()
+    return trio.CancelScope(shield=True)
 
 
 async def run_job(
