@@ -548,6 +548,9 @@ def test_put_check_order() -> None:
 def test_check_put_batch_direct() -> None:
     assert check_put_batch([]) is None
     assert check_put_batch([(KEY, 1, img(b"")), (KEY, 1, img(b"a"))]) is None
+    assert check_put_batch([[KEY, 1, img(b"")], (KEY, 2, img(b"a"))]) is None  # type: ignore[list-item]
+    e = check_put_batch([[KEY, 2, img(b"")], [KEY, 1, img(b"a")]])  # type: ignore[list-item]
+    assert e is not None and e.code is ErrorCode.LSN_OUT_OF_ORDER
     e = check_put_batch([(KEY, 2**64, img(b""))])
     assert e is not None and e.code is ErrorCode.BAD_REQUEST and "lsn" in e.message
     e = check_put_batch([(bytearray(KEY), 1, img(b""))])  # type: ignore[list-item]

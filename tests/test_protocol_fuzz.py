@@ -392,6 +392,7 @@ def reference_check(records: list[Any]) -> tuple[ErrorCode, int] | None:
 maybe_bad_records = st.lists(
     st.one_of(
         st.tuples(keys, st.integers(0, 20), valid_values),
+        st.tuples(keys, st.integers(0, 20), valid_values).map(list),  # in-process callers
         st.tuples(st.binary(min_size=17, max_size=19), st.integers(0, 20), any_values),
         st.tuples(st.just(KEY_MAX), st.integers(0, 20), valid_values),
         st.tuples(keys, st.integers(-2, 20) | st.booleans(), any_values),

@@ -689,7 +689,14 @@ def _check_records(records: object) -> tuple[PutRecord, ...] | ProtocolError:
         ):
             err = _check_columns(values, lsns)
             return err if err is not None else recs
-    return _slow_record_error(recs)
+    shape_err = _first_malformed_record(recs)
+    if shape_err is not None:
+        return shape_err
+    # Well formed after all: records given in-process as lists rather than tuples.
+    recs = tuple(map(tuple, recs))
+    keys, lsns, values = zip(*recs, strict=True)
+    err = _check_columns(values, lsns)
+    return err if err is not None else recs
 
 
 def _check_columns(values: Sequence[bytes], lsns: Sequence[int]) -> ProtocolError | None:
@@ -710,8 +717,11 @@ def _check_columns(values: Sequence[bytes], lsns: Sequence[int]) -> ProtocolErro
     return None
 
 
-def _slow_record_error(recs: tuple[Any, ...]) -> ProtocolError:
-    """Find and describe the first malformed record (the fast path found one)."""
+def _first_malformed_record(recs: tuple[Any, ...]) -> ProtocolError | None:
+    """Describe the first record that is not ``[18-byte key < Key.MAX, u64 lsn, bin]``.
+
+    Runs only when the column-wise fast path failed, so it may be slow and precise.
+    """
     for i, rec in enumerate(recs):
         name = f"records[{i}]"
         if type(rec) is not tuple and type(rec) is not list:
@@ -729,12 +739,7 @@ def _slow_record_error(recs: tuple[Any, ...]) -> ProtocolError:
             return _bad_p(f"{name}.lsn", f"must be an unsigned 64-bit integer, not {_short(lsn)}")
         if type(value) is not bytes:
             return _bad_p(f"{name}.value", f"must be a bin, not {_type_name(value)}")
-    # Only reachable if the records are well formed after all (e.g. lists given in-process).
-    keys, lsns, values = zip(*recs, strict=True)
-    err = _check_columns(values, lsns)
-    if err is not None:
-        return err
-    raise AssertionError("fast path rejected a valid batch")  # pragma: no cover
+    return None
 
 
 def _bad_p(name: str, what: str) -> ProtocolError:
