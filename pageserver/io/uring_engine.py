@@ -176,9 +176,17 @@ class UringEngine(IoEngine):
     (created on the first operation, closed when the run ends or by :meth:`aclose`),
     so one engine can serve several runs (tests) and several engines share a run's ring.
 
-    ``force_async`` sets ``IOSQE_ASYNC`` on data operations, making the kernel hand each
+    ``force_async`` sets ``IOSQE_ASYNC`` on every operation, making the kernel hand each
     one to an io-wq worker instead of trying it inline first; tests use it to keep
     operations in the kernel's hands long enough to cancel them there.
+
+    Cancellation: data and metadata operations follow trio's rules (see
+    ``uring/_trio.py``): cancelled before submission, they never happen and raise
+    ``Cancelled``; cancelled in the kernel, they finish and return their result, and
+    ``Cancelled`` comes at the next checkpoint. ``close`` and ``unlink`` are the
+    exception, as under std-fs (where they ignore a job's cancel flag): they are what
+    clean-up code calls from ``except``/``finally`` blocks in an already cancelled scope,
+    so they always run to completion, and ``Cancelled`` is left for the next checkpoint.
     """
 
     kind: ClassVar[str] = TRIO_URING
@@ -192,6 +200,13 @@ class UringEngine(IoEngine):
 
     async def _driver(self) -> UringDriver:
         return await driver_with_room(sq_entries=self._sq_entries)
+
+    async def _cleanup_driver(self) -> UringDriver:
+        drv = _RUN_DRIVER.get()
+        if drv is None or not drv.has_room():
+            with trio.CancelScope(shield=True):
+                drv = await self._driver()
+        return drv
 
     # -- data ---------------------------------------------------------------------------
 
@@ -279,7 +294,7 @@ class UringEngine(IoEngine):
         drv = _RUN_DRIVER.get()
         if drv is None or not drv.has_room():
             drv = await self._driver()
-        op = drv.push(_OP_OPENAT, 0, _AT_FDCWD, 0, addr, mode, flags | os.O_CLOEXEC, keep)
+        op = drv.push(_OP_OPENAT, self._sqe_flags, _AT_FDCWD, 0, addr, mode, flags | os.O_CLOEXEC, keep)
         res = await drv.wait(op)
         if res < 0:
             raise _err(res, path)
@@ -289,16 +304,14 @@ class UringEngine(IoEngine):
         return res
 
     async def _discard_fd(self, fd: int) -> None:
-        # Shielded: room for one SQE is a short wait; the CQE is not awaited.
-        with trio.CancelScope(shield=True):
-            drv = await self._driver()
+        # Room for one SQE is a short, shielded wait; the CQE is not awaited.
+        drv = await self._cleanup_driver()
         drv.push(_OP_CLOSE, 0, fd, 0, 0, 0, 0, None)
 
     async def close(self, fd: int) -> None:
-        drv = _RUN_DRIVER.get()
-        if drv is None or not drv.has_room():
-            drv = await self._driver()
-        res = await drv.wait(drv.push(_OP_CLOSE, 0, fd, 0, 0, 0, 0, None))
+        """Close ``fd``; runs to completion even in a cancelled scope (see class doc)."""
+        drv = await self._cleanup_driver()
+        res = await drv.wait_uncancellable(drv.push(_OP_CLOSE, self._sqe_flags, fd, 0, 0, 0, 0, None))
         if res < 0:
             raise _err(res)
 
@@ -310,7 +323,7 @@ class UringEngine(IoEngine):
             drv = await self._driver()
         op = drv.push(
             _OP_STATX,
-            0,
+            self._sqe_flags,
             fd,
             ctypes.addressof(st),
             path_addr,
@@ -336,7 +349,7 @@ class UringEngine(IoEngine):
         drv = _RUN_DRIVER.get()
         if drv is None or not drv.has_room():
             drv = await self._driver()
-        res = await drv.wait(drv.push(_OP_FTRUNCATE, 0, fd, length, 0, 0, 0, None))
+        res = await drv.wait(drv.push(_OP_FTRUNCATE, self._sqe_flags, fd, length, 0, 0, 0, None))
         if res < 0:
             raise _err(res)
 
@@ -348,7 +361,7 @@ class UringEngine(IoEngine):
             drv = await self._driver()
         op = drv.push(
             _OP_RENAMEAT,
-            0,
+            self._sqe_flags,
             _AT_FDCWD,
             dst_addr,
             src_addr,
@@ -367,11 +380,12 @@ class UringEngine(IoEngine):
         await self._rename(src, dst, _abi.RENAME_NOREPLACE)
 
     async def unlink(self, path: str) -> None:
+        """Unlink ``path``; runs to completion even in a cancelled scope (see class doc)."""
         addr, keep = _buffers.c_path(path)
-        drv = _RUN_DRIVER.get()
-        if drv is None or not drv.has_room():
-            drv = await self._driver()
-        res = await drv.wait(drv.push(_OP_UNLINKAT, 0, _AT_FDCWD, 0, addr, 0, 0, keep))
+        drv = await self._cleanup_driver()
+        res = await drv.wait_uncancellable(
+            drv.push(_OP_UNLINKAT, self._sqe_flags, _AT_FDCWD, 0, addr, 0, 0, keep)
+        )
         if res < 0:
             raise _err(res, path)
 
