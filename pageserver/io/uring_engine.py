@@ -203,10 +203,11 @@ class UringEngine(IoEngine):
 
     async def _cleanup_driver(self) -> UringDriver:
         drv = _RUN_DRIVER.get()
-        if drv is None or not drv.has_room():
-            with trio.CancelScope(shield=True):
-                drv = await self._driver()
-        return drv
+        if drv is not None and drv.has_room():
+            return drv
+        with trio.CancelScope(shield=True):
+            return await self._driver()
+        raise AssertionError("unreachable: a shielded scope swallows nothing")
 
     # -- data ---------------------------------------------------------------------------
 
