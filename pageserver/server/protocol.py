@@ -36,6 +36,14 @@ Decisions where SPEC is silent (keep in sync with the report / docs):
   type system), and is echoed as decoded.
 * End of stream in the middle of a frame just ends the connection: there is no peer left to
   read a ``bad_frame`` about it.
+
+Memory: buffered bytes per connection are bounded by the framer (see :class:`FrameDecoder`).
+Decoding one payload into Python objects is a transient on top of that: ~1x for ``put``
+batches of page images, ~5x for tiny records, and up to ~32x ``max_frame_bytes`` for a
+hostile frame of nested tiny arrays (measured: ~520 MiB for 16 MiB). A payload that does not
+start with a map is rejected before decoding, and maps are capped, which removes the worst
+(~64x) shapes. Parse on the event loop, one frame at a time, and that transient is a
+process-wide constant rather than a per-connection one.
 """
 
 from __future__ import annotations
@@ -600,12 +608,21 @@ def _unpack_limited(payload: bytes, *, use_list: bool, map_cap: int | None) -> o
     )
 
 
+def _is_map_marker(b: int) -> bool:
+    """Whether a msgpack object starting with byte ``b`` is a map (fixmap, map16, map32)."""
+    return 0x80 <= b <= 0x8F or b == 0xDE or b == 0xDF
+
+
 def _parse_envelope(payload: bytes) -> tuple[Id, object, dict[object, object]] | ProtocolError:
     """Decode the msgpack map and extract ``id`` and (unchecked) ``op``.
 
     Split from :func:`parse_request` so the connection can refuse non-``hello`` ops before
     authentication without validating their fields.
     """
+    if payload and not _is_map_marker(payload[0]):
+        # Whatever follows, the frame is not one map: reject it without decoding, since a
+        # frame-sized array of tiny items costs ~30x its size in Python objects.
+        return ProtocolError(ErrorCode.BAD_FRAME, "frame does not hold a msgpack map")
     try:
         # Tuples, not lists: ``put`` records arrive as the (key, lsn, value) tuples the
         # request holds, with no per-record conversion.
