@@ -42,3 +42,25 @@ IO_ENGINE_KIND = Info("pageserver_io_engine", "The io engine this process uses")
 OP_SECONDS = {op: IO_OPERATION_SECONDS.labels(operation=op) for op in IO_OPERATIONS}
 BYTES_READ = IO_OPERATION_BYTES.labels(operation="read")
 BYTES_WRITTEN = IO_OPERATION_BYTES.labels(operation="write")
+
+# -- ingest, flush, layers, LSNs (SPEC section 8) -------------------------------------------
+
+INGEST_RECORDS = Counter("pageserver_ingest_records_total", "Records accepted by put")
+INGEST_BYTES = Counter("pageserver_ingest_bytes_total", "Value bytes accepted by put")
+FLUSH_SECONDS = Histogram(
+    "pageserver_flush_seconds",
+    "Duration of flushing one frozen in-memory layer to an L0 delta layer",
+    buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
+FLUSH_BYTES = Counter("pageserver_flush_bytes_total", "Bytes of layer files written by flushes")
+LAYER_COUNT = Gauge(
+    "pageserver_layers", "Historic layers per timeline", ["tenant_id", "timeline_id", "kind"]
+)
+LAST_RECORD_LSN = Gauge(
+    "pageserver_last_record_lsn", "last_record_lsn per timeline", ["tenant_id", "timeline_id"]
+)
+DISK_CONSISTENT_LSN = Gauge(
+    "pageserver_disk_consistent_lsn",
+    "disk_consistent_lsn per timeline",
+    ["tenant_id", "timeline_id"],
+)

@@ -1,0 +1,188 @@
+"""The in-memory layer: recent records of a timeline, before they reach a delta layer.
+
+Values live in an append-only ``ephemeral-<n>`` file written through the buffered
+writer, not in Python objects; the index maps each key to a ``bytearray`` of packed
+fixed-size entries ``(lsn u64, offset u64, len u32, will_init u8)`` in LSN order. A Python
+tuple of ints per record would cost ~150 bytes; a packed entry costs 21, which is what
+keeps ingest of millions of small records inside the memory budget.
+
+Lifecycle: *open* (accepting puts) -> *frozen* (``end_lsn`` set, tail written to the file,
+read-only) -> flushed into an L0 delta layer by the timeline's flush task -> deleted.
+
+Reads of the open layer go through :meth:`BufferedWriter.read_at`, which serves the tail
+still in memory. The flush of a frozen layer reads the whole ephemeral file in large
+sequential reads (one frozen layer is at most about ``checkpoint_distance`` bytes) and
+then emits values in (key, lsn) order from memory: one value per ``pread`` would make the
+flush cost a syscall per record.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+from collections.abc import Iterator
+
+import trio
+
+from pageserver.io import BufferedWriter, IoContext, VirtualFile, cleanup_shield
+from pageserver.layers.common import LayerInfo
+from pageserver.layers.delta_layer import DeltaLayerWriter
+from pageserver.layers.key import Key, TenantId, TimelineId
+
+_ENTRY = struct.Struct("<QQIB")
+ENTRY_SIZE = _ENTRY.size
+_unpack_entry = _ENTRY.unpack_from
+_pack_entry = _ENTRY.pack
+
+#: Chunk size of the flush's sequential read of the ephemeral file.
+_FLUSH_READ_CHUNK = 4 << 20
+
+
+class InMemoryLayer:
+    def __init__(
+        self, ctx: IoContext, path: str, vf: VirtualFile, start_lsn: int
+    ) -> None:
+        self.ctx = ctx
+        self.path = path
+        self._vf = vf
+        self._writer = BufferedWriter(vf)
+        self.start_lsn = start_lsn
+        #: Exclusive end, set when frozen.
+        self.end_lsn: int | None = None
+        #: Highest LSN of any record, -1 while empty.
+        self.max_lsn = -1
+        self.index: dict[bytes, bytearray] = {}
+        self.num_records = 0
+        self.created_at = time.monotonic()
+        #: Reads in progress; the ephemeral file is deleted only once none is left.
+        self.readers = 0
+        self._no_readers: trio.Event | None = None
+
+    @classmethod
+    async def create(cls, ctx: IoContext, timeline_dir: str, seq: int, start_lsn: int) -> InMemoryLayer:
+        path = os.path.join(timeline_dir, f"ephemeral-{seq}")
+        vf = await ctx.create(path)
+        return cls(ctx, path, vf, start_lsn)
+
+    @property
+    def size(self) -> int:
+        """Bytes of values appended so far (what ``checkpoint_distance`` compares with)."""
+        return self._writer.offset
+
+    @property
+    def is_empty(self) -> bool:
+        return self.num_records == 0
+
+    @property
+    def frozen(self) -> bool:
+        return self.end_lsn is not None
+
+    # -- writes (open layer only, under the timeline's write lock) ------------------------
+
+    async def put_batch(self, records: list[tuple[bytes, int, bytes, bool]]) -> None:
+        """Append ``(key, lsn, encoded value, will_init)`` records, LSN-ordered.
+
+        All values are appended first; the index is updated only after every append
+        succeeded, so a failing write leaves the index (and so every read) unchanged. The
+        orphaned bytes at the file's tail are harmless.
+        """
+        assert self.end_lsn is None, "put into a frozen layer"
+        write = self._writer.write
+        offsets = [await write(value) for _key, _lsn, value, _w in records]
+        index = self.index
+        pack = _pack_entry
+        for (key, lsn, value, will_init), off in zip(records, offsets, strict=True):
+            entry = pack(lsn, off, len(value), will_init)
+            entries = index.get(key)
+            if entries is None:
+                index[key] = bytearray(entry)
+                self.num_records += 1
+            elif _unpack_entry(entries, len(entries) - ENTRY_SIZE)[0] == lsn:
+                # A second value for the same (key, lsn) replaces the first.
+                entries[-ENTRY_SIZE:] = entry
+            else:
+                entries += entry
+                self.num_records += 1
+            if lsn > self.max_lsn:
+                self.max_lsn = lsn
+
+    async def freeze(self, end_lsn: int) -> None:
+        """Stop accepting puts; write the tail so that the flush can read the file."""
+        assert self.end_lsn is None
+        assert end_lsn > self.max_lsn
+        self.end_lsn = end_lsn
+        await self._writer.flush_full()
+        await self._writer.finish()
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def entries_for(self, key: bytes, below_lsn: int) -> Iterator[tuple[int, int, int, bool]]:
+        """``(lsn, offset, len, will_init)`` of ``key`` with lsn < ``below_lsn``, newest first."""
+        entries = self.index.get(key)
+        if entries is None:
+            return
+        pos = len(entries) - ENTRY_SIZE
+        while pos >= 0:
+            lsn, off, n, w = _unpack_entry(entries, pos)
+            if lsn < below_lsn:
+                yield lsn, off, n, bool(w)
+            pos -= ENTRY_SIZE
+
+    async def read_value(self, offset: int, length: int) -> bytes:
+        if self.end_lsn is None:
+            return await self._writer.read_at(offset, length)
+        return await self._vf.read_exact_at(length, offset)
+
+    # -- flush ----------------------------------------------------------------------------
+
+    async def write_delta_layer(
+        self, timeline_dir: str, tenant_id: TenantId, timeline_id: TimelineId
+    ) -> LayerInfo:
+        """Write this frozen layer as an L0 delta layer (runs inside ``ctx.run_job``)."""
+        assert self.end_lsn is not None
+        size = self.size
+        data = bytearray(size)
+        view = memoryview(data)
+        pos = 0
+        while pos < size:
+            n = min(_FLUSH_READ_CHUNK, size - pos)
+            await self._vf.read_exact_at_into(view[pos : pos + n], pos)
+            pos += n
+        writer = DeltaLayerWriter(
+            self.ctx, timeline_dir, tenant_id, timeline_id, Key.MIN, self.start_lsn, self.end_lsn
+        )
+        async with writer:
+            put = writer.put_value
+            unpack = _unpack_entry
+            for key in sorted(self.index):
+                entries = self.index[key]
+                for pos in range(0, len(entries), ENTRY_SIZE):
+                    lsn, off, n, w = unpack(entries, pos)
+                    await put(key, lsn, data[off : off + n], bool(w))
+            info = await writer.finish(Key.MAX)
+        return info
+
+    def release_reader(self) -> None:
+        self.readers -= 1
+        if self.readers == 0 and self._no_readers is not None:
+            self._no_readers.set()
+
+    async def delete(self) -> None:
+        """Close and remove the ephemeral file (after the flush, or at shutdown).
+
+        Waits for reads still using the file: a ``get`` that took its snapshot of the
+        in-memory layers before the flush finished may still be reading this one.
+        """
+        while self.readers:
+            self._no_readers = trio.Event()
+            await self._no_readers.wait()
+        with cleanup_shield():
+            try:
+                await self._writer.abandon()
+            finally:
+                await self._vf.close()
+                try:
+                    await self.ctx.unlink(self.path)
+                except FileNotFoundError:
+                    pass

@@ -1,0 +1,117 @@
+"""The layer map: which historic (on-disk) layers a timeline has, searchable in memory.
+
+A read at (key, lsn) must look at layers newest to oldest and never open a file that
+cannot hold the key. The map keeps each layer's name (key range, LSN range) in memory and
+opens a reader lazily, the first time a search picks that layer; readers stay open
+(their descriptors are VirtualFile slots, so "open" costs nothing once evicted).
+
+Search rule (Neon's, simplified to what this server creates): among layers whose key
+range contains the key and whose LSN range starts below the continuation LSN ``cont``
+(exclusive upper bound of what is still missing), take the one whose LSN range reaches
+highest (capped at ``cont``); on a tie prefer an image layer, which ends the search.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from pageserver.io import IoContext
+from pageserver.layers.delta_layer import DeltaLayer
+from pageserver.layers.image_layer import ImageLayer
+from pageserver.layers.layer_name import LayerName
+
+
+@dataclass(eq=False)
+class HistoricLayer:
+    name: LayerName
+    path: str
+    file_size: int
+    #: Created by compaction (L1) rather than by a flush (L0: full key range).
+    level0: bool
+    _reader: DeltaLayer | ImageLayer | None = field(default=None, repr=False)
+
+    @property
+    def is_delta(self) -> bool:
+        return self.name.is_delta
+
+    @property
+    def lsn_start(self) -> int:
+        return int(self.name.lsn_range[0])
+
+    @property
+    def lsn_end(self) -> int:
+        return int(self.name.lsn_range[1])
+
+    def contains_key(self, key: bytes) -> bool:
+        return self.name.key_start <= key < self.name.key_end
+
+    async def delta(self, ctx: IoContext) -> DeltaLayer:
+        if self._reader is None:
+            self._reader = await DeltaLayer.open(ctx, self.path)
+        assert isinstance(self._reader, DeltaLayer)
+        return self._reader
+
+    async def image(self, ctx: IoContext) -> ImageLayer:
+        if self._reader is None:
+            self._reader = await ImageLayer.open(ctx, self.path)
+        assert isinstance(self._reader, ImageLayer)
+        return self._reader
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            reader, self._reader = self._reader, None
+            await reader.close()
+
+
+class LayerMap:
+    def __init__(self) -> None:
+        self.layers: list[HistoricLayer] = []
+
+    def add(self, layer: HistoricLayer) -> None:
+        self.layers.append(layer)
+        # Newest first by LSN end, so searches usually stop at the first candidates.
+        self.layers.sort(key=lambda layer: (-layer.lsn_end, layer.is_delta))
+
+    def remove(self, layer: HistoricLayer) -> None:
+        self.layers.remove(layer)
+
+    def search(self, key: bytes, cont_lsn: int) -> HistoricLayer | None:
+        best: HistoricLayer | None = None
+        best_top = -1
+        for layer in self.layers:
+            if layer.lsn_start >= cont_lsn or not layer.contains_key(key):
+                continue
+            top = min(layer.lsn_end, cont_lsn)
+            if top > best_top or (
+                top == best_top and best is not None and best.is_delta and not layer.is_delta
+            ):
+                best, best_top = layer, top
+        return best
+
+    def counts(self) -> dict[str, int]:
+        l0 = sum(1 for layer in self.layers if layer.is_delta and layer.level0)
+        delta = sum(1 for layer in self.layers if layer.is_delta and not layer.level0)
+        image = sum(1 for layer in self.layers if not layer.is_delta)
+        return {"l0": l0, "delta": delta, "image": image}
+
+    def l0_deltas(self) -> list[HistoricLayer]:
+        return sorted(
+            (layer for layer in self.layers if layer.is_delta and layer.level0),
+            key=lambda layer: layer.lsn_start,
+        )
+
+    async def close_all(self) -> None:
+        for layer in self.layers:
+            await layer.close()
+
+
+def is_level0(name: LayerName) -> bool:
+    """A flush writes deltas over the whole key space; compaction writes narrower ones."""
+    from pageserver.layers.key import Key
+
+    return name.is_delta and name.key_start == Key.MIN and name.key_end == Key.MAX
+
+
+def layer_path(timeline_dir: str, name: LayerName) -> str:
+    return os.path.join(timeline_dir, str(name))

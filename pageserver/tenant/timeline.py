@@ -1,0 +1,548 @@
+"""A timeline: ingest into the in-memory layer, freeze, flush to L0 deltas, reads, restart.
+
+LSN bookkeeping (SPEC sections 5 and 7):
+
+``last_record_lsn``      the highest LSN accepted by ``put``.
+``disk_consistent_lsn``  every record at or below it is in durable layer files; it
+                         advances only after the layer file *and* its directory entry are
+                         durable and then the ``metadata`` file says so. A reply that
+                         reports it therefore never promises more than a restart keeps.
+``next_layer_start``     the start LSN of the next open layer: one above the end of the last
+                         frozen layer (or ``disk_consistent_lsn + 1``). A record below it can
+                         no longer be placed and fails with ``lsn_out_of_order``.
+
+Writes are serialised by a per-timeline ``trio.Lock`` held for validation plus append, so
+two connections' batches never interleave. One flush task per timeline turns frozen layers
+into L0 delta layers, oldest first, through the conditional-offload helper
+(``ctx.run_job``): one worker thread per flush under std-fs, the loop under trio-uring.
+When ``MAX_FROZEN_LAYERS`` are waiting, ``put`` waits (backpressure) instead of letting
+memory grow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import structlog
+import trio
+
+from pageserver import failpoints, metrics
+from pageserver.config import TenantConfig
+from pageserver.io import IoContext
+from pageserver.layers.common import LayerFileError, open_layer_file
+from pageserver.layers.key import KEY_SIZE, Key, TenantId, TimelineId
+from pageserver.layers.layer_name import LayerName, try_parse_layer_name
+from pageserver.layers.value import (
+    BadValue as ValueDecodeError,
+)
+from pageserver.layers.value import (
+    Image,
+    RedoError,
+    check_ingest,
+    decode_value,
+    image_bytes,
+    materialize,
+)
+from pageserver.layers.value import (
+    RedoUnsupported as ValueRedoUnsupported,
+)
+from pageserver.tenant.errors import (
+    BadRequest,
+    BadValue,
+    CorruptLayer,
+    LsnOutOfOrder,
+    PageserverError,
+    RedoFailed,
+    RedoUnsupported,
+    ShuttingDown,
+)
+from pageserver.tenant.inmemory_layer import InMemoryLayer
+from pageserver.tenant.layer_map import HistoricLayer, LayerMap, is_level0
+
+log = structlog.get_logger("pageserver.timeline")
+
+METADATA_FILE = "metadata"
+METADATA_FORMAT_VERSION = 1
+#: Frozen layers allowed to wait for the flush task before ``put`` waits.
+MAX_FROZEN_LAYERS = 2
+
+_KEY_MAX = bytes(Key.MAX)
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    last_record_lsn: int
+    disk_consistent_lsn: int
+    skipped: int
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    image: bytes | None
+    image_lsn: int | None
+    #: ``(lsn, encoded value)`` above ``image_lsn``, oldest first.
+    records: list[tuple[int, bytes]]
+
+
+def encode_metadata(disk_consistent_lsn: int, start_lsn: int) -> bytes:
+    return (
+        json.dumps(
+            {
+                "format_version": METADATA_FORMAT_VERSION,
+                "disk_consistent_lsn": disk_consistent_lsn,
+                "start_lsn": start_lsn,
+            },
+            sort_keys=True,
+        ).encode()
+        + b"\n"
+    )
+
+
+def decode_metadata(path: str, raw: bytes) -> tuple[int, int]:
+    try:
+        data = json.loads(raw)
+        if data.get("format_version") != METADATA_FORMAT_VERSION:
+            raise ValueError(f"unsupported format_version {data.get('format_version')!r}")
+        dcl, start = data["disk_consistent_lsn"], data["start_lsn"]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (dcl, start)):
+            raise ValueError("LSNs must be unsigned integers")
+        return dcl, start
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CorruptLayer(f"{path}: invalid timeline metadata: {e}") from None
+
+
+class Timeline:
+    def __init__(
+        self,
+        ctx: IoContext,
+        tenant_id: TenantId,
+        timeline_id: TimelineId,
+        timeline_dir: str,
+        conf: Callable[[], TenantConfig],
+        start_lsn: int,
+        disk_consistent_lsn: int,
+    ) -> None:
+        self.ctx = ctx
+        self.tenant_id = tenant_id
+        self.timeline_id = timeline_id
+        self.dir = timeline_dir
+        self._conf = conf
+        self.start_lsn = start_lsn
+        self.disk_consistent_lsn = disk_consistent_lsn
+        self.last_record_lsn = disk_consistent_lsn
+        self.next_layer_start = disk_consistent_lsn + 1
+        self.open_layer: InMemoryLayer | None = None
+        self.frozen: deque[InMemoryLayer] = deque()
+        self.layer_map = LayerMap()
+        self._write_lock = trio.Lock()
+        self._ephemeral_seq = 0
+        #: Set (and replaced) whenever the flush task made progress or failed.
+        self._progress = trio.Event()
+        self._frozen_added = trio.Event()
+        self._flush_error: BaseException | None = None
+        self._closed = False
+        self.log = log.bind(tenant_id=str(tenant_id), timeline_id=str(timeline_id))
+        labels = {"tenant_id": str(tenant_id), "timeline_id": str(timeline_id)}
+        self._m_last_record = metrics.LAST_RECORD_LSN.labels(**labels)
+        self._m_dcl = metrics.DISK_CONSISTENT_LSN.labels(**labels)
+        self._m_layers = {k: metrics.LAYER_COUNT.labels(kind=k, **labels) for k in ("l0", "delta", "image")}
+        self._update_gauges()
+
+    # -- creation and loading ---------------------------------------------------------------
+
+    @classmethod
+    async def create(
+        cls,
+        ctx: IoContext,
+        tenant_id: TenantId,
+        timeline_id: TimelineId,
+        timeline_dir: str,
+        conf: Callable[[], TenantConfig],
+        start_lsn: int,
+    ) -> Timeline:
+        os.mkdir(timeline_dir)
+        await ctx.crashsafe_overwrite(
+            os.path.join(timeline_dir, METADATA_FILE), encode_metadata(start_lsn, start_lsn)
+        )
+        await ctx.fsync_dir(os.path.dirname(timeline_dir), force=True)
+        return cls(ctx, tenant_id, timeline_id, timeline_dir, conf, start_lsn, start_lsn)
+
+    @classmethod
+    async def load(
+        cls,
+        ctx: IoContext,
+        tenant_id: TenantId,
+        timeline_id: TimelineId,
+        timeline_dir: str,
+        conf: Callable[[], TenantConfig],
+    ) -> Timeline:
+        """Restart rules of SPEC section 3. A layer failing validation raises CorruptLayer."""
+        meta_path = os.path.join(timeline_dir, METADATA_FILE)
+        vf = await ctx.open(meta_path)
+        try:
+            raw = await vf.read_exact_at((await vf.metadata()).size, 0)
+        finally:
+            await vf.close()
+        dcl, start_lsn = decode_metadata(meta_path, raw)
+        tl = cls(ctx, tenant_id, timeline_id, timeline_dir, conf, start_lsn, dcl)
+        for entry in sorted(os.listdir(timeline_dir)):
+            path = os.path.join(timeline_dir, entry)
+            if entry == METADATA_FILE:
+                continue
+            if entry.endswith(".___temp") or entry.startswith("ephemeral-"):
+                tl.log.info("removing leftover file", file=entry)
+                await ctx.unlink(path)
+                continue
+            name = try_parse_layer_name(entry)
+            if name is None:
+                tl.log.warning("ignoring unknown file in timeline directory", file=entry)
+                continue
+            if name.is_in_future(dcl):
+                tl.log.warning("removing future layer", layer=entry, disk_consistent_lsn=dcl)
+                await ctx.unlink(path)
+                continue
+            size = await validate_layer(ctx, path, name, tenant_id, timeline_id)
+            tl.layer_map.add(HistoricLayer(name, path, size, level0=is_level0(name)))
+        await ctx.fsync_dir(timeline_dir)
+        tl._update_gauges()
+        return tl
+
+    # -- ingest -------------------------------------------------------------------------------
+
+    async def put(self, records: Sequence[tuple[bytes, int, bytes]]) -> PutResult:
+        """Validate the whole batch, then apply it (SPEC section 5 ``put`` rules)."""
+        validated = validate_batch(records)
+        async with self._write_lock:
+            if self._closed:
+                raise ShuttingDown("timeline is shutting down")
+            dcl = self.disk_consistent_lsn
+            last = self.last_record_lsn
+            floor = self.open_layer.start_lsn if self.open_layer is not None else self.next_layer_start
+            accepted: list[tuple[bytes, int, bytes, bool]] = []
+            skipped = 0
+            for rec in validated:
+                lsn = rec[1]
+                if lsn <= dcl:
+                    skipped += 1
+                elif lsn >= last and lsn >= floor:
+                    accepted.append(rec)
+                    last = lsn
+                else:
+                    raise LsnOutOfOrder(
+                        f"lsn {lsn} is below the last record lsn {self.last_record_lsn} "
+                        f"or the open layer's start {floor} (disk_consistent_lsn {dcl})"
+                    )
+            if accepted:
+                await self._apply(accepted)
+                nbytes = sum(len(r[2]) for r in accepted)
+                metrics.INGEST_RECORDS.inc(len(accepted))
+                metrics.INGEST_BYTES.inc(nbytes)
+                self._m_last_record.set(self.last_record_lsn)
+            return PutResult(self.last_record_lsn, self.disk_consistent_lsn, skipped)
+
+    async def _apply(self, records: list[tuple[bytes, int, bytes, bool]]) -> None:
+        conf = self._conf()
+        distance = conf.checkpoint_distance
+        start = 0
+        n = len(records)
+        while start < n:
+            layer = await self._writable_layer()
+            # Find how far this layer may take the batch: a roll happens only at an LSN
+            # boundary, once the LSN distance or the layer's size reaches the threshold.
+            end = start
+            size = layer.size
+            prev_lsn = layer.max_lsn
+            while end < n:
+                lsn = records[end][1]
+                if (
+                    lsn != prev_lsn
+                    and (prev_lsn >= 0 or end > start)
+                    and (lsn - layer.start_lsn >= distance or size >= distance)
+                ):
+                    break
+                size += len(records[end][2])
+                prev_lsn = lsn
+                end += 1
+            if end > start:
+                await layer.put_batch(records[start:end])
+                self.last_record_lsn = records[end - 1][1]
+            if end < n:
+                await self._freeze_open_layer()
+            start = end
+
+    async def _writable_layer(self) -> InMemoryLayer:
+        if self.open_layer is not None:
+            return self.open_layer
+        # Backpressure: do not start another layer while too many wait for the flush.
+        while len(self.frozen) >= MAX_FROZEN_LAYERS:
+            if self._closed:
+                raise ShuttingDown("timeline is shutting down")
+            await self._progress.wait()
+        seq = self._ephemeral_seq
+        self._ephemeral_seq += 1
+        self.open_layer = await InMemoryLayer.create(self.ctx, self.dir, seq, self.next_layer_start)
+        return self.open_layer
+
+    async def _freeze_open_layer(self) -> None:
+        layer = self.open_layer
+        if layer is None or layer.is_empty:
+            return
+        end_lsn = layer.max_lsn + 1
+        await layer.freeze(end_lsn)
+        self.open_layer = None
+        self.next_layer_start = end_lsn
+        self.frozen.append(layer)
+        self._frozen_added.set()
+
+    async def freeze_if_idle_too_long(self, now: float) -> None:
+        """Roll a non-empty open layer older than ``checkpoint_timeout`` (background)."""
+        layer = self.open_layer
+        if layer is None or layer.is_empty:
+            return
+        if now - layer.created_at >= self._conf().checkpoint_timeout:
+            async with self._write_lock:
+                if self.open_layer is layer:
+                    self.log.info("rolling open layer on checkpoint_timeout", records=layer.num_records)
+                    await self._freeze_open_layer()
+
+    async def flush(self) -> int:
+        """Freeze the open layer and wait until everything received is durable."""
+        async with self._write_lock:
+            target = self.last_record_lsn
+            await self._freeze_open_layer()
+        while self.disk_consistent_lsn < target:
+            if self._flush_error is not None:
+                raise PageserverError(f"flush failed: {self._flush_error}")
+            if self._closed and not self.frozen:
+                raise ShuttingDown("timeline is shutting down")
+            await self._progress.wait()
+        return self.disk_consistent_lsn
+
+    # -- the flush task -----------------------------------------------------------------------
+
+    def _notify_progress(self) -> None:
+        self._progress.set()
+        self._progress = trio.Event()
+
+    async def flush_loop(self) -> None:
+        """Flush frozen layers oldest first, forever (runs in the manager's nursery)."""
+        while True:
+            if not self.frozen:
+                if self._closed:
+                    return
+                self._frozen_added = trio.Event()
+                await self._frozen_added.wait()
+                continue
+            try:
+                await self._flush_one(self.frozen[0])
+                self._flush_error = None
+            except trio.Cancelled:
+                raise
+            except PageserverError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a failed flush is retried
+                self._flush_error = e
+                self.log.error("flush failed; retrying", error=repr(e))
+                self._notify_progress()
+                await trio.sleep(1.0)
+
+    async def _flush_one(self, layer: InMemoryLayer) -> None:
+        assert layer.end_lsn is not None
+        t0 = time.perf_counter()
+        info = await self.ctx.run_job(
+            layer.write_delta_layer, self.dir, self.tenant_id, self.timeline_id
+        )
+        elapsed_layer = time.perf_counter() - t0
+        name: LayerName = info.name
+        self.layer_map.add(HistoricLayer(name, info.path, info.file_size, level0=True))
+        self.frozen.popleft()
+        await failpoints.failpoint("flush-before-dcl-update")
+        new_dcl = layer.end_lsn - 1
+        await self.ctx.crashsafe_overwrite(
+            os.path.join(self.dir, METADATA_FILE), encode_metadata(new_dcl, self.start_lsn)
+        )
+        self.disk_consistent_lsn = new_dcl
+        elapsed = time.perf_counter() - t0
+        metrics.FLUSH_SECONDS.observe(elapsed)
+        metrics.FLUSH_BYTES.inc(info.file_size)
+        self._m_dcl.set(new_dcl)
+        self._update_gauges()
+        self.log.info(
+            "flushed layer",
+            layer=str(name),
+            records=layer.num_records,
+            bytes=info.file_size,
+            duration_s=round(elapsed, 4),
+            layer_write_s=round(elapsed_layer, 4),
+            mib_per_s=round(info.file_size / max(elapsed_layer, 1e-9) / 2**20, 1),
+            io_engine=self.ctx.engine_kind,
+            disk_consistent_lsn=new_dcl,
+        )
+        self._notify_progress()
+        await layer.delete()
+
+    def _update_gauges(self) -> None:
+        for kind, count in self.layer_map.counts().items():
+            self._m_layers[kind].set(count)
+        self._m_dcl.set(self.disk_consistent_lsn)
+        self._m_last_record.set(self.last_record_lsn)
+
+    async def shutdown(self, flush: bool) -> None:
+        """Stop ingest; with ``flush``, write every in-memory record to a layer first."""
+        if flush and not self._closed:
+            try:
+                await self.flush()
+            except PageserverError as e:
+                self.log.error("flush at shutdown failed", error=str(e))
+        async with self._write_lock:
+            self._closed = True
+        self._frozen_added.set()
+        self._notify_progress()
+
+    async def close_files(self) -> None:
+        for layer in [*self.frozen, *([self.open_layer] if self.open_layer else [])]:
+            await layer.delete()
+        self.frozen.clear()
+        self.open_layer = None
+        await self.layer_map.close_all()
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    async def _collect(self, key: bytes, lsn: int) -> tuple[bytes | None, int | None, list[tuple[int, bytes]]]:
+        """Walk layers newest to oldest: (image, image_lsn, records newest first)."""
+        if len(key) != KEY_SIZE:
+            raise BadRequest(f"field 'key' must be {KEY_SIZE} bytes")
+        if lsn > self.last_record_lsn:
+            raise BadRequest(
+                f"field 'lsn' ({lsn}) is above last_record_lsn ({self.last_record_lsn})"
+            )
+        records: list[tuple[int, bytes]] = []
+        cont = lsn + 1
+        mem_layers = ([self.open_layer] if self.open_layer is not None else []) + list(
+            reversed(self.frozen)
+        )
+        for layer in mem_layers:
+            layer.readers += 1
+        try:
+            for layer in mem_layers:
+                if layer.start_lsn >= cont:
+                    continue
+                for rec_lsn, off, n, will_init in layer.entries_for(key, cont):
+                    raw = await layer.read_value(off, n)
+                    img = image_bytes(raw)
+                    if img is not None:
+                        return img, rec_lsn, records
+                    records.append((rec_lsn, raw))
+                    if will_init:
+                        return None, None, records
+                cont = layer.start_lsn
+        finally:
+            for layer in mem_layers:
+                layer.release_reader()
+        while True:
+            hl = self.layer_map.search(key, cont)
+            if hl is None:
+                return None, None, records
+            if hl.is_delta:
+                delta = await hl.delta(self.ctx)
+                for rec_lsn, raw in await delta.get_values_reconstruct_data(key, (hl.lsn_start, cont)):
+                    img = image_bytes(raw)
+                    if img is not None:
+                        return img, int(rec_lsn), records
+                    records.append((int(rec_lsn), raw))
+                    if _will_init_wal(raw):
+                        return None, None, records
+            else:
+                image = await (await hl.image(self.ctx)).get(key)
+                if image is not None:
+                    return image, hl.lsn_start, records
+            cont = hl.lsn_start
+
+    async def get(self, key: bytes, lsn: int) -> bytes | None:
+        image, _image_lsn, records = await self._collect(key, lsn)
+        if image is None and not records:
+            return None
+        try:
+            return materialize(image, [decode_value(raw) for _lsn, raw in reversed(records)])
+        except ValueRedoUnsupported as e:
+            raise RedoUnsupported(str(e)) from None
+        except (RedoError, ValueDecodeError) as e:
+            raise RedoFailed(str(e)) from None
+
+    async def get_history(self, key: bytes, lsn: int) -> History:
+        image, image_lsn, records = await self._collect(key, lsn)
+        records.reverse()
+        return History(image, image_lsn, records)
+
+    def status(self) -> dict[str, object]:
+        return {
+            "timeline_id": str(self.timeline_id),
+            "last_record_lsn": self.last_record_lsn,
+            "disk_consistent_lsn": self.disk_consistent_lsn,
+            "layers": self.layer_map.counts(),
+        }
+
+
+def _will_init_wal(raw: bytes) -> bool:
+    from pageserver.layers.value import value_will_init
+
+    return value_will_init(raw)
+
+
+def validate_batch(records: Sequence[tuple[bytes, int, bytes]]) -> list[tuple[bytes, int, bytes, bool]]:
+    """The whole-batch checks of ``put``: keys, values, LSN order. Returns records + will_init."""
+    out: list[tuple[bytes, int, bytes, bool]] = []
+    prev = -1
+    for i, rec in enumerate(records):
+        key, lsn, raw = rec
+        if not isinstance(key, bytes | bytearray) or len(key) != KEY_SIZE:
+            raise BadRequest(f"field 'records[{i}]' key must be {KEY_SIZE} bytes")
+        if key == _KEY_MAX:
+            raise BadRequest(f"field 'records[{i}]' key must be below Key.MAX")
+        if isinstance(lsn, bool) or not isinstance(lsn, int) or not 0 <= lsn < 2**64:
+            raise BadRequest(f"field 'records[{i}]' lsn must be an unsigned 64-bit integer")
+        if lsn < prev:
+            raise LsnOutOfOrder(f"records[{i}]: lsn {lsn} is below the previous record's {prev}")
+        prev = lsn
+        try:
+            value = decode_value(raw)
+            check_ingest(value)
+        except ValueDecodeError as e:
+            raise BadValue(f"records[{i}]: {e}") from None
+        out.append((bytes(key), lsn, bytes(raw), isinstance(value, Image) or bool(getattr(value, "will_init", False))))
+    return out
+
+
+async def validate_layer(
+    ctx: IoContext, path: str, name: LayerName, tenant_id: TenantId, timeline_id: TimelineId
+) -> int:
+    """Startup validation (SPEC section 3); returns the file size or raises CorruptLayer."""
+    try:
+        vf, reader, summary = await open_layer_file(ctx, path)
+    except (LayerFileError, OSError) as e:
+        raise CorruptLayer(f"layer file {path} failed validation: {e}") from None
+    try:
+        size = (await vf.metadata()).size
+    finally:
+        await vf.close()
+    del reader
+    problems = []
+    if summary.kind != name.kind:
+        problems.append(f"summary is a {summary.kind} layer, the name a {name.kind} layer")
+    elif (summary.key_start, summary.key_end) != (name.key_start, name.key_end):
+        problems.append("summary key range differs from the file name's")
+    elif summary.kind == "delta":
+        if (summary.lsn_start, summary.lsn_end) != name.lsn_range:  # type: ignore[union-attr]
+            problems.append("summary LSN range differs from the file name's")
+    elif summary.lsn != name.lsn_range[0]:  # type: ignore[union-attr]
+        problems.append("summary LSN differs from the file name's")
+    if not problems and (summary.tenant_id, summary.timeline_id) != (tenant_id, timeline_id):
+        problems.append("summary tenant/timeline ids differ from the directory's")
+    if problems:
+        raise CorruptLayer(f"layer file {path} failed validation: {'; '.join(problems)}")
+    return size
