@@ -25,6 +25,19 @@ because many file operations (reads from the page cache, most buffered writes) c
 inline inside ``io_uring_enter``: their tasks are runnable again in the very next batch,
 without the ring fd ever becoming readable.
 
+**Eager submission.** Batching has a price at queue depth one: the submitter runs a
+tick after the task queued its SQE, and the task resumes a tick after that, two trips
+around the loop for one operation. So when a task queues an SQE into an idle ring (no
+other operation queued or in flight) and no eager submission happened since the
+submitter last ran, it calls ``io_uring_enter`` itself; if the operation completed
+inline it takes a single ``cancel_shielded_checkpoint`` (every operation stays a
+schedule point, so a loop of writes cannot starve the other tasks) and returns. The
+eager submission kicks the submitter, and only the submitter's next run re-arms the
+fast path, so a crowd of tasks arriving in one batch still shares one ``enter``: the
+first goes eagerly, the rest batch behind it. A task whose scope is already cancelled
+never takes the fast path: it parks, and the withdrawal below makes the operation not
+happen, as it would without the fast path.
+
 **Never sleep in the kernel.** ``min_complete`` is always 0. Waiting is epoll's job: the
 loop waits for everything at once in one ``epoll_wait``.
 
@@ -102,12 +115,14 @@ from typing import Any, Final
 
 import outcome
 import trio
+from trio import current_effective_deadline
 from trio.lowlevel import (
     Abort,
     ParkingLot,
     RaiseCancelT,
     RunVar,
     Task,
+    cancel_shielded_checkpoint,
     current_task,
     reschedule,
     wait_task_rescheduled,
@@ -120,6 +135,7 @@ _U32: Final = 0xFFFFFFFF
 _NOP: Final = _abi.IORING_OP_NOP
 _pack_sqe = _abi.SQE_STRUCT.pack_into
 _Value = outcome.Value
+_NEG_INF: Final = float("-inf")
 
 DEFAULT_SQ_ENTRIES: Final = 256
 
@@ -232,6 +248,8 @@ class UringDriver:
         self._room = ParkingLot()
         # True while the submitter is runnable (or not started / gone): do not reschedule.
         self._kicked = True
+        #: May the next submission enter the kernel at once (see "Eager submission")?
+        self._eager_ok = False
         self._submitter_task: Task | None = None
         self._cancel_scope = trio.CancelScope()
 
@@ -295,8 +313,22 @@ class UringDriver:
         ``Cancelled`` is raised here and the operation never happens; otherwise this
         returns the real result and ``op.cancelled`` is set.
         """
-        if op.done:
-            return op.res
+        if (
+            self._eager_ok
+            and self._unsubmitted == 1
+            and len(self._inflight) == 1
+            and current_effective_deadline() != _NEG_INF
+        ):
+            # The idle-ring fast path (see "Eager submission" in the module docstring).
+            self._eager_ok = False
+            self._flush()
+            if not self._kicked:
+                self._kicked = True
+                assert self._submitter_task is not None
+                reschedule(self._submitter_task)
+            if op.done:
+                await cancel_shielded_checkpoint()
+                return op.res
         op.task = current_task()
         res: int = await wait_task_rescheduled(op.abort)
         return res
@@ -422,6 +454,7 @@ class UringDriver:
         self._submitter_task = current_task()
         while True:
             self._kicked = False
+            self._eager_ok = True
             self._flush()
             await wait_task_rescheduled(_abort_succeeded)
 
