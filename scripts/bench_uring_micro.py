@@ -22,7 +22,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
@@ -135,15 +134,13 @@ def main() -> int:
             size = kib * 1024
             count = (mib << 20) // size
 
-            def run(fn: Callable[[], Awaitable[Row]]) -> None:
-                rows.append(trio.run(fn))
-                os.unlink(path)
-
             rows.append(bench_pwrite(path, size, count))
             os.unlink(path)
-            run(lambda: bench_to_thread(path, size, count))
-            run(lambda: bench_uring(path, size, count, 1))
-            run(lambda: bench_uring(path, size, count, args.tasks))
+            rows.append(trio.run(bench_to_thread, path, size, count))
+            os.unlink(path)
+            for tasks in (1, args.tasks):
+                rows.append(trio.run(bench_uring, path, size, count, tasks))
+                os.unlink(path)
     print(f"{mib} MiB per case, page-cache writes (no fsync), python {sys.version.split()[0]}")
     print_rows(rows)
     return 0

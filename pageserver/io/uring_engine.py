@@ -295,7 +295,9 @@ class UringEngine(IoEngine):
         drv = _RUN_DRIVER.get()
         if drv is None or not drv.has_room():
             drv = await self._driver()
-        op = drv.push(_OP_OPENAT, self._sqe_flags, _AT_FDCWD, 0, addr, mode, flags | os.O_CLOEXEC, keep)
+        op = drv.push(
+            _OP_OPENAT, self._sqe_flags, _AT_FDCWD, 0, addr, mode, flags | os.O_CLOEXEC, keep
+        )
         res = await drv.wait(op)
         if res < 0:
             raise _err(res, path)
@@ -312,7 +314,9 @@ class UringEngine(IoEngine):
     async def close(self, fd: int) -> None:
         """Close ``fd``; runs to completion even in a cancelled scope (see class doc)."""
         drv = await self._cleanup_driver()
-        res = await drv.wait_uncancellable(drv.push(_OP_CLOSE, self._sqe_flags, fd, 0, 0, 0, 0, None))
+        res = await drv.wait_uncancellable(
+            drv.push(_OP_CLOSE, self._sqe_flags, fd, 0, 0, 0, 0, None)
+        )
         if res < 0:
             raise _err(res)
 
