@@ -25,7 +25,6 @@ which owns nothing), and the ring releases those views itself before ``munmap``.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import platform
 from typing import Final
@@ -46,7 +45,10 @@ MAP_SHARED: Final = 0x01
 MAP_POPULATE: Final = 0x8000
 _MAP_FAILED: Final = ctypes.c_void_p(-1).value
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+# ``CDLL(None)`` is ``dlopen(NULL)``: the global namespace of the running interpreter,
+# which includes libc. ``ctypes.util.find_library("c")`` would also work but runs
+# ``ldconfig -p`` in a subprocess at import time.
+_libc = ctypes.CDLL(None, use_errno=True)
 _syscall_addr: int = ctypes.cast(_libc.syscall, ctypes.c_void_p).value or 0
 
 # long syscall(long nr, int fd, unsigned to_submit, unsigned min_complete, unsigned flags,
