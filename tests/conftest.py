@@ -6,6 +6,7 @@ when ``PAGESERVER_REQUIRE_URING=1`` (CI), so a refusal can never pass silently.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,6 +17,10 @@ from hypothesis import HealthCheck, settings
 from pageserver import failpoints
 from pageserver.io import IoContext, create_engine
 from pageserver.io.engine import STD_FS, TRIO_URING, uring_refusal_reason, uring_required
+from pageserver.logging import configure_logging
+
+# Tests log at WARNING and above (the daemon subprocesses configure their own logging).
+configure_logging("kv", logging.WARNING)
 
 settings.register_profile(
     "ci",

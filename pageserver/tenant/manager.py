@@ -125,9 +125,18 @@ class TenantManager:
     @classmethod
     @asynccontextmanager
     async def open(
-        cls, ctx: IoContext, data_dir: str | os.PathLike[str], config: PageserverConfig
+        cls,
+        ctx: IoContext,
+        data_dir: str | os.PathLike[str],
+        config: PageserverConfig,
+        *,
+        flush_on_exit: bool = True,
     ) -> AsyncIterator[TenantManager]:
-        """Load everything, run background tasks; on exit flush open layers and stop."""
+        """Load everything, run background tasks; on exit flush open layers and stop.
+
+        ``flush_on_exit=False`` drops in-memory layers instead, which is what a crash does
+        to them (tests use it to check that a restart keeps exactly what was durable).
+        """
         mgr = cls(ctx, data_dir, config)
         await mgr.load()
         async with trio.open_nursery() as nursery:
@@ -140,7 +149,7 @@ class TenantManager:
                 yield mgr
             finally:
                 with trio.CancelScope(shield=True):
-                    await mgr.shutdown()
+                    await mgr.shutdown(flush=flush_on_exit)
                 nursery.cancel_scope.cancel()
         with trio.CancelScope(shield=True):
             for tenant in mgr.tenants.values():
@@ -202,15 +211,15 @@ class TenantManager:
         content = CONFIG_HEADER + render_toml(tenant_overrides_to_toml(overrides))
         await self.ctx.crashsafe_overwrite(os.path.join(tenant_path, CONFIG_FILE), content.encode())
 
-    async def shutdown(self) -> None:
-        """Stop accepting writes and flush every open layer (graceful stop)."""
+    async def shutdown(self, flush: bool = True) -> None:
+        """Stop accepting writes and (by default) flush every open layer (graceful stop)."""
         if self.shutting_down:
             return
         self.shutting_down = True
         async with trio.open_nursery() as nursery:
             for tenant in self.tenants.values():
                 for tl in tenant.timelines.values():
-                    nursery.start_soon(tl.shutdown, True)
+                    nursery.start_soon(tl.shutdown, flush)
 
     async def _timeout_loop(self) -> None:
         while True:

@@ -1,0 +1,95 @@
+"""Shared helpers for tenant/timeline tests: keys, values, a reference model."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from pageserver.config import PageserverConfig, TenantConfig
+from pageserver.io import IoContext, create_engine
+from pageserver.layers.value import Image, PostgresRecord, TestRecord, encode_value
+from pageserver.tenant.manager import TenantManager
+
+TENANT = "0123456789abcdef0123456789abcdef"
+TIMELINE = "fedcba9876543210fedcba9876543210"
+
+
+def key(i: int) -> bytes:
+    return bytes([0]) + struct.pack(">IIIBI", 1663, 1, i // 7, 0, i)
+
+
+def image(data: bytes) -> bytes:
+    return encode_value(Image(data))
+
+
+def trec(append: str, *, clear: bool = False, will_init: bool = False, only_if: str | None = None) -> bytes:
+    return encode_value(TestRecord(append, clear, will_init, only_if))
+
+
+def pg_rec(data: bytes, will_init: bool = False) -> bytes:
+    return encode_value(PostgresRecord(will_init, data))
+
+
+def config(checkpoint_distance: int = 268435456, checkpoint_timeout: float = 600.0) -> PageserverConfig:
+    return PageserverConfig(
+        no_sync=True,
+        tenant_config=TenantConfig(
+            checkpoint_distance=checkpoint_distance, checkpoint_timeout=checkpoint_timeout
+        ),
+    )
+
+
+@asynccontextmanager
+async def manager(
+    engine_kind: str,
+    data_dir: Path,
+    cfg: PageserverConfig | None = None,
+    fds: int = 100,
+    *,
+    flush_on_exit: bool = True,
+) -> AsyncIterator[TenantManager]:
+    cfg = cfg or config()
+    engine = create_engine(engine_kind)
+    assert engine.kind == engine_kind
+    ctx = IoContext(engine, max_file_descriptors=fds, no_sync=cfg.no_sync)
+    try:
+        async with TenantManager.open(ctx, data_dir, cfg, flush_on_exit=flush_on_exit) as mgr:
+            yield mgr
+    finally:
+        await ctx.aclose()
+        await engine.aclose()
+
+
+class Model:
+    """A plain dict model of what ``get`` must return: key -> [(lsn, value bytes)]."""
+
+    def __init__(self) -> None:
+        self.history: dict[bytes, list[tuple[int, bytes]]] = {}
+
+    def put(self, k: bytes, lsn: int, value: bytes) -> None:
+        hist = self.history.setdefault(k, [])
+        if hist and hist[-1][0] == lsn:
+            hist[-1] = (lsn, value)
+        else:
+            hist.append((lsn, value))
+
+    def truncate_above(self, lsn: int) -> None:
+        for k in list(self.history):
+            self.history[k] = [(lsn_, v) for lsn_, v in self.history[k] if lsn_ <= lsn]
+
+    def get(self, k: bytes, lsn: int) -> bytes | None:
+        from pageserver.layers.value import decode_value, materialize
+
+        recs = [v for lsn_, v in self.history.get(k, []) if lsn_ <= lsn]
+        if not recs:
+            return None
+        # Start from the newest will_init record.
+        start = 0
+        for i in range(len(recs) - 1, -1, -1):
+            dv = decode_value(recs[i])
+            if dv.will_init:
+                start = i
+                break
+        return materialize(None, [decode_value(v) for v in recs[start:]])
