@@ -54,11 +54,50 @@ async def fsync_once(path: str) -> None:
     print("fsync returned", flush=True)
 
 
+def ingest_value(lsn: int) -> bytes:
+    """Deterministic record payload for LSN ``lsn`` (the crash tests model it)."""
+    from pageserver.layers.value import Image, encode_value
+
+    return encode_value(Image(lsn.to_bytes(8, "big") * 12))
+
+
+def ingest_key(lsn: int) -> bytes:
+    return bytes(14) + (lsn % 97).to_bytes(4, "big")
+
+
+async def ingest(data_dir: str, count: int) -> None:
+    """Create tenant/timeline if needed, then put records 1..count, reporting dcl."""
+    from pageserver.config import PageserverConfig, TenantConfig
+    from pageserver.tenant.errors import AlreadyExists
+    from pageserver.tenant.manager import TenantManager
+
+    tenant, timeline = "ab" * 16, "cd" * 16
+    cfg = PageserverConfig(no_sync=False, tenant_config=TenantConfig(checkpoint_distance=30_000))
+    engine = create_engine(_engine_kind())
+    ctx = IoContext(engine, no_sync=False)
+    async with TenantManager.open(ctx, data_dir, cfg) as mgr:
+        try:
+            await mgr.create_tenant(tenant)
+            await mgr.create_timeline(tenant, timeline, 0)
+        except AlreadyExists:
+            pass
+        last_dcl = -1
+        start = mgr.status()[0]["timelines"][0]["last_record_lsn"] + 1
+        for lsn in range(start, count + 1):
+            res = await mgr.put(tenant, timeline, [(ingest_key(lsn), lsn, ingest_value(lsn))])
+            if res.disk_consistent_lsn != last_dcl:
+                last_dcl = res.disk_consistent_lsn
+                print(f"dcl {last_dcl}", flush=True)
+        print(f"flushed {await mgr.flush(tenant, timeline)}", flush=True)
+
+
 def main() -> None:
     configure_logging()
     mode = sys.argv[1]
     if mode == "crashsafe":
         trio.run(crashsafe_loop, sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    elif mode == "ingest":
+        trio.run(ingest, sys.argv[2], int(sys.argv[3]))
     elif mode == "fsync":
         trio.run(fsync_once, sys.argv[2])
     else:
