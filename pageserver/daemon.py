@@ -2,22 +2,29 @@
 
 Start-up order: create DIR with a default config if it is missing, load and validate the
 config, resolve the io engine once (config, ``PAGESERVER_VIRTUAL_FILE_IO_ENGINE``,
-probe), raise ``RLIMIT_NOFILE``'s soft limit, then serve until SIGINT/SIGTERM.
+probe), raise ``RLIMIT_NOFILE``'s soft limit (every connection is an fd, and trio's
+listener only backs off on ``EMFILE``), bind the listeners, load tenants, then serve the
+wire protocol (:mod:`pageserver.server.server`) and ``/metrics`` until SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
 
 import resource
 import signal
+import sys
 from pathlib import Path
 
 import structlog
 import trio
 
 from pageserver import metrics
-from pageserver.config import PageserverConfig, ensure_data_dir, load_config
+from pageserver.config import ConfigError, PageserverConfig, ensure_data_dir, load_config
 from pageserver.io import IoContext
 from pageserver.io.engine import IoEngine, resolve_engine
+from pageserver.server.metrics_http import serve_metrics
+from pageserver.server.server import BindError, Server, listener_address, open_listeners
+from pageserver.tenant.errors import PageserverError
+from pageserver.tenant.manager import TenantManager
 
 log = structlog.get_logger("pageserver")
 
@@ -51,22 +58,81 @@ def prepare(data_dir: str) -> tuple[PageserverConfig, IoEngine]:
     return config, engine
 
 
-async def serve(data_dir: str, config: PageserverConfig, engine: IoEngine) -> None:
+async def serve(data_dir: str, config: PageserverConfig, engine: IoEngine) -> int:
+    """Bind, load tenants, serve until SIGINT/SIGTERM, then stop gracefully.
+
+    Listeners are bound before tenants are loaded, so a taken port fails in milliseconds
+    with :class:`BindError` instead of after a long load. The signal receiver is opened
+    first, so a SIGTERM during start-up is not lost (it stops the daemon once serving).
+    A second signal during the graceful stop abandons it (open layers are not flushed;
+    whatever was flushed before stays durable) and exits 1.
+    """
     ctx = IoContext(engine, config.max_file_descriptors, config.no_sync)
+    listeners: list[trio.SocketListener] = []
+    forced = False
+    metrics_listeners: list[trio.SocketListener] = []
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            log.info("pageserver ready", io_engine=engine.kind)
-            async for signum in signals:
-                log.info("shutting down", signal=signal.Signals(signum).name)
-                break
+            listeners = await open_listeners(config.listen_addr)
+            if config.metrics_addr:
+                metrics_listeners = await open_listeners(config.metrics_addr)
+            async with TenantManager.open(ctx, data_dir, config) as mgr:
+                server = Server(
+                    mgr,
+                    io_engine=engine.kind,
+                    max_frame_bytes=config.max_frame_bytes,
+                    auth_token=config.auth_token,
+                )
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(server.serve, listeners)
+                    if metrics_listeners:
+                        await nursery.start(serve_metrics, metrics_listeners)
+                    log.info(
+                        "pageserver ready",
+                        io_engine=engine.kind,
+                        listen=server.addresses,
+                        metrics=[listener_address(m) for m in metrics_listeners],
+                    )
+                    async for signum in signals:
+                        log.info("shutting down", signal=signal.Signals(signum).name)
+                        break
+                    with trio.CancelScope() as stop_scope:
+
+                        async def second_signal() -> None:
+                            nonlocal forced
+                            async for signum in signals:
+                                log.warning(
+                                    "second signal: stopping without finishing the flush",
+                                    signal=signal.Signals(signum).name,
+                                )
+                                forced = True
+                                stop_scope.cancel()
+                                return
+
+                        async with trio.open_nursery() as watch:
+                            watch.start_soon(second_signal)
+                            await server.shutdown()
+                            watch.cancel_scope.cancel()
+                    nursery.cancel_scope.cancel()
     finally:
-        await ctx.aclose()
-        await engine.aclose()
-    log.info("pageserver stopped")
+        with trio.CancelScope(shield=True):
+            for lst in [*listeners, *metrics_listeners]:
+                await lst.aclose()
+            await ctx.aclose()
+            await engine.aclose()
+    log.info("pageserver stopped", graceful=not forced)
+    return 1 if forced else 0
 
 
 def run(data_dir: str) -> int:
+    """The ``run`` command: 0 after a graceful stop, 1 with a one-line message on failure."""
     raise_fd_limit()
     config, engine = prepare(data_dir)
-    trio.run(serve, data_dir, config, engine)
-    return 0
+    try:
+        return trio.run(serve, data_dir, config, engine)
+    except BindError as e:
+        print(f"pageserver: {e}", file=sys.stderr)
+        return 1
+    except (ConfigError, PageserverError) as e:
+        print(f"pageserver: {e}", file=sys.stderr)
+        return 1

@@ -260,6 +260,21 @@ class FrameDecoder:
             return 0
         return max(0, self.max_frame_bytes + HEADER_LEN - len(self._buf))
 
+    @property
+    def head_frame_bytes(self) -> int:
+        """Total size (header included) of the frame at the head of the buffer, or 0.
+
+        0 while fewer than 4 bytes are buffered, once closed, and for a length that will
+        be rejected (0 or above ``max_frame_bytes``). A server with a global memory budget
+        uses it to reserve a whole frame at once, so a connection never waits for budget
+        in the middle of a frame it was allowed to start (no hold-and-wait deadlock).
+        """
+        buf = self._buf
+        if self._closed or len(buf) < HEADER_LEN:
+            return 0
+        n = int.from_bytes(buf[:HEADER_LEN], "big")
+        return HEADER_LEN + n if 0 < n <= self.max_frame_bytes else 0
+
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append received bytes. Ignored once closed (a rejected frame is not buffered)."""
         if self._closed or self._eof:
@@ -1038,6 +1053,11 @@ class ServerConnection:
     @property
     def buffered(self) -> int:
         return self._decoder.buffered
+
+    @property
+    def head_frame_bytes(self) -> int:
+        """See :attr:`FrameDecoder.head_frame_bytes`."""
+        return 0 if self.should_close else self._decoder.head_frame_bytes
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Feed bytes from the peer; ``b""`` means end of stream (what trio returns)."""
