@@ -28,6 +28,8 @@ class JobState:
     cancelled: threading.Event = field(default_factory=threading.Event)
     #: True while running in a worker thread (no trio run is available).
     in_worker: bool = False
+    #: Depth of ``cleanup_shield`` blocks: while positive, the cancel flag is ignored.
+    shielded: int = 0
 
 
 _current: contextvars.ContextVar[JobState | None] = contextvars.ContextVar(
@@ -55,5 +57,5 @@ def in_worker_thread() -> bool:
 
 def raise_if_job_cancelled() -> None:
     state = _current.get()
-    if state is not None and state.cancelled.is_set():
+    if state is not None and state.cancelled.is_set() and not state.shielded:
         raise JobCancelled("the caller of this io job was cancelled")

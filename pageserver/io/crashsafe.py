@@ -50,6 +50,10 @@ async def crashsafe_overwrite(ctx: IoContext, path: str, content: bytes) -> None
         raise
     await vf.close()
     await failpoints.failpoint("crashsafe-before-rename")
-    await engine.rename(temp, path)
-    await failpoints.failpoint("crashsafe-after-rename")
-    await ctx.fsync_dir(os.path.dirname(path) or ".", force=True)
+    # The commit point: once the rename is issued, finish it (and make it durable) even
+    # if the caller is being cancelled, so that "returned with an error" always means
+    # "the old content is still in place" to the caller.
+    with cleanup_shield():
+        await engine.rename(temp, path)
+        await failpoints.failpoint("crashsafe-after-rename")
+        await ctx.fsync_dir(os.path.dirname(path) or ".", force=True)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any, TypeVar, cast
 
 import outcome
@@ -88,17 +88,27 @@ async def cooperative_checkpoint() -> None:
 
 
 def cleanup_shield() -> contextlib.AbstractContextManager[object]:
-    """A context for clean-up code (close, unlink of a temp file) that must run to the end.
+    """A block that runs to its end even if the caller is being cancelled.
 
-    On the loop (trio-uring, or std-fs code outside a job) a cancelled task would get
-    ``Cancelled`` at the first operation of its clean-up and leave the temp file behind,
-    so clean-up runs in a shielded cancel scope. In an offloaded worker thread there is
-    no trio run to shield from (nor to create a scope in): the engine's clean-up
-    operations (close, unlink) ignore the job's cancel flag already.
+    For clean-up code (close, unlink of a temp file) and for the commit step of a
+    multi-step update (rename + fsync of the directory), which must not stop half-way. On
+    the loop (trio-uring, or std-fs code outside a job) it is a shielded cancel scope. In
+    an offloaded worker thread there is no trio run to shield from; there it makes the
+    engine ignore the job's cancel flag until the block ends.
     """
-    if _jobstate.in_worker_thread():
-        return contextlib.nullcontext()
+    state = _jobstate.current_job()
+    if state is not None and state.in_worker:
+        return _suppress_job_cancel(state)
     return trio.CancelScope(shield=True)
+
+
+@contextlib.contextmanager
+def _suppress_job_cancel(state: JobState) -> Iterator[None]:
+    state.shielded += 1
+    try:
+        yield
+    finally:
+        state.shielded -= 1
 
 
 async def run_job(

@@ -33,8 +33,8 @@ import trio
 
 from pageserver import failpoints, metrics
 from pageserver.config import TenantConfig
-from pageserver.io import IoContext
-from pageserver.layers.common import LayerFileError, open_layer_file
+from pageserver.io import IoContext, cleanup_shield
+from pageserver.layers.common import LayerFileError, LayerInfo, open_layer_file
 from pageserver.layers.key import KEY_SIZE, Key, TenantId, TimelineId
 from pageserver.layers.layer_name import LayerName, try_parse_layer_name
 from pageserver.layers.value import (
@@ -351,21 +351,36 @@ class Timeline:
                 self._notify_progress()
                 await trio.sleep(1.0)
 
+    async def _flush_job(self, layer: InMemoryLayer) -> LayerInfo:
+        """The I/O of one flush, as one job: layer file, then the metadata that adopts it.
+
+        Runs through ``ctx.run_job`` (one worker thread under std-fs). If the metadata
+        update fails, the new layer is removed again: the retry must not collide with it.
+        """
+        assert layer.end_lsn is not None
+        info = await layer.write_delta_layer(self.dir, self.tenant_id, self.timeline_id)
+        try:
+            await failpoints.failpoint("flush-before-dcl-update")
+            await self.ctx.crashsafe_overwrite(
+                os.path.join(self.dir, METADATA_FILE),
+                encode_metadata(layer.end_lsn - 1, self.start_lsn),
+            )
+        except BaseException:
+            with cleanup_shield():
+                await self.ctx.unlink(info.path)
+            raise
+        return info
+
     async def _flush_one(self, layer: InMemoryLayer) -> None:
         assert layer.end_lsn is not None
         t0 = time.perf_counter()
-        info = await self.ctx.run_job(
-            layer.write_delta_layer, self.dir, self.tenant_id, self.timeline_id
-        )
-        elapsed_layer = time.perf_counter() - t0
-        name: LayerName = info.name
-        self.layer_map.add(HistoricLayer(name, info.path, info.file_size, level0=True))
+        info = await self.ctx.run_job(self._flush_job, layer)
+        # The layer and the metadata naming its end are durable: publish both at once
+        # (no await between), so a reader sees the records either in the frozen layer or
+        # in the new delta layer.
+        self.layer_map.add(HistoricLayer(info.name, info.path, info.file_size, level0=True))
         self.frozen.popleft()
-        await failpoints.failpoint("flush-before-dcl-update")
         new_dcl = layer.end_lsn - 1
-        await self.ctx.crashsafe_overwrite(
-            os.path.join(self.dir, METADATA_FILE), encode_metadata(new_dcl, self.start_lsn)
-        )
         self.disk_consistent_lsn = new_dcl
         elapsed = time.perf_counter() - t0
         metrics.FLUSH_SECONDS.observe(elapsed)
@@ -374,12 +389,11 @@ class Timeline:
         self._update_gauges()
         self.log.info(
             "flushed layer",
-            layer=str(name),
+            layer=str(info.name),
             records=layer.num_records,
             bytes=info.file_size,
             duration_s=round(elapsed, 4),
-            layer_write_s=round(elapsed_layer, 4),
-            mib_per_s=round(info.file_size / max(elapsed_layer, 1e-9) / 2**20, 1),
+            mib_per_s=round(info.file_size / max(elapsed, 1e-9) / 2**20, 1),
             io_engine=self.ctx.engine_kind,
             disk_consistent_lsn=new_dcl,
         )

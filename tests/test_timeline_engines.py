@@ -1,0 +1,160 @@
+"""Engine parity and where a flush's syscalls run."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+import trio
+
+from pageserver.config import PageserverConfig
+from pageserver.io import IoContext
+from pageserver.io.engine import StdFsEngine
+from pageserver.tenant.manager import TenantManager
+from tests.conftest import require_engine
+from tests.tenant_helpers import TENANT, TIMELINE, config, image, key, manager, trec
+
+
+async def run_workload(engine_kind: str, data_dir: Path) -> None:
+    cfg = config(checkpoint_distance=20_000)  # checkpoint_timeout stays 10 min: no time rolls
+    async with manager(engine_kind, data_dir, cfg) as mgr:
+        await mgr.create_tenant(TENANT, {"compaction_threshold": 5})
+        await mgr.create_timeline(TENANT, TIMELINE, start_lsn=7)
+        for lsn in range(8, 600):
+            recs = [(key(lsn * 3 % 101), lsn, image(bytes([lsn % 251]) * (lsn % 300)))]
+            if lsn % 5 == 0:
+                recs.append((key(lsn % 13), lsn, trec(f"a{lsn}")))
+            await mgr.put(TENANT, TIMELINE, recs)
+            if lsn % 150 == 0:
+                await mgr.flush(TENANT, TIMELINE)
+    async with manager(engine_kind, data_dir, cfg) as mgr:
+        for lsn in range(600, 800):
+            await mgr.put(TENANT, TIMELINE, [(key(lsn % 50), lsn, image(lsn.to_bytes(4, "big") * 500))])
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != "pageserver.toml"
+    }
+
+
+async def test_byte_identical_layer_files(tmp_path: Path) -> None:
+    require_engine("trio-uring")
+    await run_workload("std-fs", tmp_path / "a")
+    await run_workload("trio-uring", tmp_path / "b")  # manager() asserts the engine kind
+    a, b = tree(tmp_path / "a"), tree(tmp_path / "b")
+    assert a.keys() == b.keys()
+    assert sum(1 for name in a if "__" in name) >= 10
+    for name in a:
+        assert a[name] == b[name], name
+
+
+class RecordingEngine(StdFsEngine):
+    """std-fs that notes the thread of every write and fsync, by path of the fd."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int, str]] = []
+
+    def _note(self, op: str, fd: int) -> None:
+        try:
+            path = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            path = "?"
+        self.calls.append((op, threading.get_ident(), path))
+
+    async def write_at(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
+        self._note("write", fd)
+        return await super().write_at(fd, data, offset)
+
+    async def read_at(self, fd: int, buf: bytearray | memoryview, offset: int) -> int:
+        self._note("read", fd)
+        return await super().read_at(fd, buf, offset)
+
+    async def fsync(self, fd: int) -> None:
+        self._note("fsync", fd)
+        await super().fsync(fd)
+
+
+async def test_std_fs_flush_is_one_thread_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = RecordingEngine()
+    ctx = IoContext(engine, no_sync=False)
+    thread_calls = 0
+    original = trio.lowlevel.start_thread_soon
+
+    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        nonlocal thread_calls
+        thread_calls += 1
+        return original(*args, **kwargs)
+
+    cfg = PageserverConfig(no_sync=False)
+    async with TenantManager.open(ctx, tmp_path, cfg) as mgr:
+        await mgr.create_tenant(TENANT)
+        await mgr.create_timeline(TENANT, TIMELINE)
+        for lsn in range(1, 3001):
+            await mgr.put(TENANT, TIMELINE, [(key(lsn % 400), lsn, image(b"p" * 2000))])
+        ticks = 0
+        max_gap = 0.0
+        done = False
+
+        async def ticker() -> None:
+            nonlocal ticks, max_gap
+            last = trio.current_time()
+            while not done:
+                await trio.sleep(0.001)
+                now = trio.current_time()
+                max_gap = max(max_gap, now - last)
+                last = now
+                ticks += 1
+
+        engine.calls.clear()
+        monkeypatch.setattr(trio.lowlevel, "start_thread_soon", counting)
+        loop_thread = threading.get_ident()
+        async with trio.open_nursery() as n:
+            n.start_soon(ticker)
+            t0 = trio.current_time()
+            await mgr.flush(TENANT, TIMELINE)
+            elapsed = trio.current_time() - t0
+            done = True
+        monkeypatch.setattr(trio.lowlevel, "start_thread_soon", original)
+    assert thread_calls == 1
+    # The flush job: reads of the frozen ephemeral file, writes and fsync of the layer's
+    # temp file. (Freezing writes the ephemeral file's tail on the loop, as ingest does.)
+    job_calls = [
+        c for c in engine.calls
+        if "___temp" in c[2] or (c[0] == "read" and "ephemeral-" in c[2])
+    ]  # fmt: skip
+    layer_writes = [c for c in job_calls if c[0] == "write"]
+    assert len(layer_writes) >= 20  # ~6 MiB of layer in 256 KiB buffers
+    assert any(c[0] == "fsync" for c in job_calls)
+    assert any(c[0] == "read" for c in job_calls)
+    flush_threads = {tid for _op, tid, _p in job_calls}
+    assert len(flush_threads) == 1 and loop_thread not in flush_threads, [(c[0], c[1] == loop_thread, c[2].rsplit("/", 1)[-1]) for c in job_calls if c[1] == loop_thread][:5]
+    assert ticks >= 5, (ticks, elapsed)
+    assert max_gap < max(0.25, elapsed * 0.6), (max_gap, elapsed)
+    await ctx.aclose()
+
+
+async def test_uring_flush_starts_no_thread(tmp_path: Path) -> None:
+    require_engine("trio-uring")
+    async with manager("trio-uring", tmp_path) as mgr:
+        await mgr.create_tenant(TENANT)
+        await mgr.create_timeline(TENANT, TIMELINE)
+        for lsn in range(1, 2001):
+            await mgr.put(TENANT, TIMELINE, [(key(lsn % 300), lsn, image(b"q" * 2000))])
+        before = {t.ident for t in threading.enumerate()}
+        tasks_before = set(os.listdir("/proc/self/task"))
+        await mgr.flush(TENANT, TIMELINE)
+        assert {t.ident for t in threading.enumerate()} == before
+        new = set(os.listdir("/proc/self/task")) - tasks_before
+        names = []
+        for tid in new:
+            try:
+                names.append(Path(f"/proc/self/task/{tid}/comm").read_text().strip())
+            except FileNotFoundError:
+                pass
+        assert all(n.startswith("iou-") for n in names), names
+        assert mgr.status()[0]["timelines"][0]["layers"]["l0"] == 1
