@@ -240,3 +240,48 @@ async def test_concurrent_puts_never_interleave(engine_kind: str, tmp_path: Path
             for c in range(4):
                 chunk = present[c * 20 : (c + 1) * 20]
                 assert all(chunk) or not any(chunk)
+
+
+async def test_backpressure_waits_for_flush(engine_kind: str, tmp_path: Path) -> None:
+    from pageserver import failpoints
+    from pageserver.tenant.timeline import MAX_FROZEN_LAYERS
+
+    await make(engine_kind, tmp_path, start_lsn=0)
+    async with manager(engine_kind, tmp_path, config(checkpoint_distance=1000)) as mgr:
+        tl = mgr.timeline(TENANT, TIMELINE)
+        failpoints.configure({"flush-before-dcl-update": "sleep(150)"})
+        max_frozen = 0
+        t0 = trio.current_time()
+        for lsn in range(1, 61):
+            await mgr.put(TENANT, TIMELINE, [(key(lsn), lsn, image(b"b" * 200))])
+            max_frozen = max(max_frozen, len(tl.frozen))
+        elapsed = trio.current_time() - t0
+        # ~12 layers of ~5 records; each flush takes >= 150 ms, and puts had to wait.
+        assert max_frozen <= MAX_FROZEN_LAYERS
+        assert elapsed >= 0.15 * (12 - MAX_FROZEN_LAYERS - 1)
+        failpoints.clear()
+        assert await mgr.flush(TENANT, TIMELINE) == 60
+        for lsn in (1, 30, 60):
+            assert await mgr.get(TENANT, TIMELINE, key(lsn), 60) == b"b" * 200
+
+
+async def test_reads_open_only_layers_that_matter(engine_kind: str, tmp_path: Path) -> None:
+    await make(engine_kind, tmp_path, start_lsn=0)
+    async with manager(engine_kind, tmp_path, config(checkpoint_distance=300)) as mgr:
+        for lsn in range(1, 401):
+            await mgr.put(TENANT, TIMELINE, [(key(lsn % 10), lsn, image(bytes([lsn % 256]) * 100))])
+        await mgr.flush(TENANT, TIMELINE)
+    async with manager(engine_kind, tmp_path) as mgr:
+        tl = mgr.timeline(TENANT, TIMELINE)
+        assert len(tl.layer_map.layers) >= 100
+        # Key 3's newest image is at 393: only the few layers above it are opened, and
+        # nothing older than the one holding it (L0 layers span every key).
+        assert await mgr.get(TENANT, TIMELINE, key(3), 400) == bytes([393 % 256]) * 100
+        opened = [layer for layer in tl.layer_map.layers if layer._reader is not None]
+        assert 1 <= len(opened) <= 5
+        assert all(layer.lsn_end > 393 for layer in opened)
+        t0 = trio.current_time()
+        for lsn in range(10, 401, 3):
+            k = lsn % 10
+            assert await mgr.get(TENANT, TIMELINE, key(k), lsn) == bytes([lsn % 256]) * 100
+        assert trio.current_time() - t0 < 20
