@@ -10,16 +10,28 @@ reading the next. Three properties follow without further machinery:
 * a connection never buffers more than ``max_frame_bytes + 4`` bytes.
 
 **Total memory.** A per-connection bound times a thousand connections is still too much, so
-every byte a connection reads is first reserved from one process-wide :class:`ByteBudget`
-(``max_buffered_bytes``). When the budget is exhausted, connections wait before reading
-(their peers see TCP back-pressure) until others drain. Bytes stay charged until the
-request they belong to has been answered, which also covers the decoded request while the
-tenant manager works on it. Deadlock avoidance: once a frame's header is in, the whole
-frame is reserved in one step, so a connection never waits for budget in the middle of a
-frame it was allowed to start; only a connection holding at most one read chunk of a frame
-whose header it has not yet seen can wait while holding budget. The remaining exposure is
-deliberate and documented: peers that send large partial frames and then stall hold their
-reservation (a slow-loris can make everyone wait; it cannot make memory grow).
+every byte a connection reads is first charged to one of two process-wide
+:class:`ByteBudget` pools, and stays charged until the request it belongs to has been
+answered (which also covers the decoded request while the tenant manager works on it).
+When a pool is exhausted, connections wait before reading (their peers see TCP
+back-pressure) until others drain. Two pools, because one is deadlock-prone: with a single
+pool, connections that each hold part of a frame and wait for budget to read the rest can
+hold all of it between them, and then nobody moves (honest clients sending big frames do
+that; the first test of this design did).
+
+* the *frame pool* (``max_buffered_bytes``) holds whole frames: once a frame's header is
+  in, the whole frame is reserved in one step, and reads then never go past its end (except
+  by a non-blocking speculative extra from the read pool). A frame-pool holder therefore
+  never waits for any budget: it only needs its peer to send.
+* the *read pool* (1/8 of that, at least 4 MiB) holds bytes read before a header is known
+  (one chunk of up to 64 KiB) and speculative read-ahead. Its holders wait only for the
+  frame pool, which always drains; and a connection waits for the read pool only while
+  holding at most 3 bytes (a partial header).
+
+So there is no cycle of waiters, and the total stays at or below the sum of the pools. The
+remaining exposure is deliberate and documented: peers that send large partial frames and
+then stall hold their reservation (a slow-loris can make everyone else wait; it cannot make
+memory grow, and it is not closed, since SPEC section 5 allows no such close).
 
 Parsing runs on the event loop, one frame at a time (it is synchronous): the transient cost
 of decoding hostile nested msgpack (up to ~32x a frame, see :mod:`protocol`) is therefore
@@ -98,8 +110,13 @@ _PEER_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionErro
 
 
 def default_max_buffered_bytes(max_frame_bytes: int) -> int:
-    """Total budget: room for four maximal frames, and never below 64 MiB."""
+    """Frame pool: room for four maximal frames, and never below 64 MiB."""
     return max(4 * (max_frame_bytes + HEADER_LEN), 64 * 1024 * 1024)
+
+
+def read_pool_bytes(frame_pool: int) -> int:
+    """Read pool: 1/8 of the frame pool, at least 4 MiB (64 concurrent chunk reads)."""
+    return max(frame_pool // 8, 64 * CHUNK)
 
 
 class BindError(Exception):
@@ -125,6 +142,13 @@ class ByteBudget:
     @property
     def waiting(self) -> int:
         return len(self._waiters)
+
+    def try_acquire(self, n: int) -> bool:
+        """Take ``n`` bytes if they fit now (and nobody queues before us); never waits."""
+        if not self._waiters and self.used + n <= self.capacity:
+            self._grant(n)
+            return True
+        return False
 
     async def acquire(self, n: int) -> None:
         if n <= 0:
@@ -241,7 +265,10 @@ class _Conn:
     proto: ServerConnection
     stream: trio.SocketStream
     peer: str
-    charged: int = 0
+    frame_charge: int = 0
+    """Bytes of the frame pool held: 0, or the size of the frame at the head."""
+    read_charge: int = 0
+    """Bytes of the read pool held."""
     requests: int = 0
     log: Any = field(default=None)
 
@@ -266,7 +293,9 @@ class Server:
         self._token_check = token_checker(auth_token) if auth_token is not None else None
         cap = max_buffered_bytes or default_max_buffered_bytes(max_frame_bytes)
         # A whole frame must always fit, or a maximal frame could never be read.
-        self.budget = ByteBudget(max(cap, max_frame_bytes + HEADER_LEN + CHUNK))
+        self.frame_pool = ByteBudget(max(cap, max_frame_bytes + HEADER_LEN))
+        self.read_pool = ByteBudget(read_pool_bytes(self.frame_pool.capacity))
+        self.buffered_peak = 0
         self._compact = compact
         self._conns: set[_Conn] = set()
         self._conn_ids = itertools.count(1)
@@ -285,8 +314,21 @@ class Server:
 
     @property
     def buffered_bytes(self) -> int:
-        """Bytes currently charged to connections (always <= ``budget.capacity``)."""
-        return self.budget.used
+        """Bytes currently charged to connections (always <= :attr:`buffered_cap`)."""
+        return self.frame_pool.used + self.read_pool.used
+
+    @property
+    def buffered_cap(self) -> int:
+        return self.frame_pool.capacity + self.read_pool.capacity
+
+    @property
+    def budget_waiters(self) -> int:
+        return self.frame_pool.waiting + self.read_pool.waiting
+
+    def _note_peak(self) -> None:
+        total = self.frame_pool.used + self.read_pool.used
+        if total > self.buffered_peak:
+            self.buffered_peak = total
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -391,8 +433,9 @@ class Server:
             c.log.error("connection handler failed", error=repr(e), exc_info=True)
         finally:
             self._conns.discard(c)
-            self.budget.release(c.charged)
-            c.charged = 0
+            self.frame_pool.release(c.frame_charge)
+            self.read_pool.release(c.read_charge)
+            c.frame_charge = c.read_charge = 0
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
             c.log.debug("connection closed", reason=reason, requests=c.requests)
@@ -430,18 +473,35 @@ class Server:
             self._settle(c)
 
     async def _receive(self, c: _Conn) -> bool:
-        """Reserve budget, then read once. False at end of stream."""
+        """Charge the right pool (see the module docstring), then read once. False at EOF.
+
+        Called only after ``NEED_DATA``: either fewer than 4 bytes are buffered (header
+        unknown), or the head frame is known and incomplete, and then every buffered byte
+        belongs to it.
+        """
         proto = c.proto
         buffered = proto.buffered
         head = proto.head_frame_bytes
-        if head > buffered:  # completing a known frame: read bigger pieces, not past it
-            want = min(proto.room, max(CHUNK, min(BIG_CHUNK, head - buffered)))
+        if head > buffered:
+            if c.frame_charge != head:
+                assert c.frame_charge == 0
+                await self.frame_pool.acquire(head)  # may wait: holding only read-pool bytes
+                c.frame_charge = head
+            if c.read_charge:  # the frame pool now covers every buffered byte
+                self.read_pool.release(c.read_charge)
+                c.read_charge = 0
+            want = min(proto.room, head - buffered, BIG_CHUNK)
+            if want == head - buffered and self.read_pool.try_acquire(CHUNK):
+                c.read_charge = CHUNK  # read ahead into the next frame, never waiting
+                want = min(proto.room, want + CHUNK)
         else:
+            assert c.frame_charge == 0
             want = min(proto.room, CHUNK)
-        need = max(buffered + want, head)
-        if need > c.charged:
-            await self.budget.acquire(need - c.charged)
-            c.charged = need
+            target = buffered + want
+            if c.read_charge < target:
+                await self.read_pool.acquire(target - c.read_charge)  # holding <= 3 bytes
+                c.read_charge = target
+        self._note_peak()
         data = await c.stream.receive_some(want)
         if not data:
             return False
@@ -449,11 +509,15 @@ class Server:
         return True
 
     def _settle(self, c: _Conn) -> None:
-        """Release budget beyond what the connection still holds (or has reserved)."""
-        keep = max(c.proto.buffered, c.proto.head_frame_bytes)
-        if c.charged > keep:
-            self.budget.release(c.charged - keep)
-            c.charged = keep
+        """After a frame was answered: its frame-pool reservation (if any) is released,
+        and read-pool charge beyond the bytes still buffered too."""
+        if c.frame_charge:
+            self.frame_pool.release(c.frame_charge)
+            c.frame_charge = 0
+        keep = c.proto.buffered
+        if c.read_charge > keep:
+            self.read_pool.release(c.read_charge - keep)
+            c.read_charge = keep
 
     # -- requests -------------------------------------------------------------------------------
 
