@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pageserver.server._value_check import validate_value
+from pageserver.layers.value_check import validate_value
 from pageserver.server.protocol import (
     CLOSED,
     KEY_MAX,

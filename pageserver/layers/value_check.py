@@ -7,10 +7,9 @@ does) is more than the protocol needs: it only has to know *whether* the bytes a
 one valid encoding. This module answers that with ``struct.unpack_from`` on the original
 buffer, no slicing and no exceptions on the success path.
 
-It is private and provisional: it was written while the value codec in
-``pageserver/layers/value.py`` was still being built, to avoid a dependency race. Once that
-codec offers an equally cheap validity check, this module should be replaced by it (the
-differential test in ``tests/test_protocol_fuzz.py`` keeps the two in agreement meanwhile).
+The protocol (``put`` batch checks) and the timeline (whole-batch validation of the Python
+API) both use it; ``pageserver/layers/value.py`` is the full codec with the redo. The
+differential test in ``tests/test_protocol_fuzz.py`` keeps the two in agreement.
 
 Encoding recap (bincode: big-endian, fixed-width ints, ``u8`` bools that must be 0 or 1,
 ``u64`` length prefixes, ``u8`` option tags)::

@@ -59,7 +59,7 @@ from typing import Any, ClassVar, Final, Literal, TypeAlias
 
 import msgpack
 
-from pageserver.server._value_check import validate_value as _validate_value
+from pageserver.layers.value_check import validate_value as _validate_value
 
 __all__ = [
     "CLOSED",

@@ -41,16 +41,16 @@ from pageserver.layers.value import (
     BadValue as ValueDecodeError,
 )
 from pageserver.layers.value import (
-    Image,
     RedoError,
-    check_ingest,
     decode_value,
     image_bytes,
     materialize,
+    value_will_init,
 )
 from pageserver.layers.value import (
     RedoUnsupported as ValueRedoUnsupported,
 )
+from pageserver.layers.value_check import validate_value
 from pageserver.tenant.errors import (
     BadRequest,
     BadValue,
@@ -469,7 +469,7 @@ class Timeline:
                     if img is not None:
                         return img, int(rec_lsn), records
                     records.append((int(rec_lsn), raw))
-                    if _will_init_wal(raw):
+                    if value_will_init(raw):
                         return None, None, records
             else:
                 image = await (await hl.image(self.ctx)).get(key)
@@ -502,33 +502,33 @@ class Timeline:
         }
 
 
-def _will_init_wal(raw: bytes) -> bool:
-    from pageserver.layers.value import value_will_init
-
-    return value_will_init(raw)
-
-
 def validate_batch(records: Sequence[tuple[bytes, int, bytes]]) -> list[tuple[bytes, int, bytes, bool]]:
-    """The whole-batch checks of ``put``: keys, values, LSN order. Returns records + will_init."""
+    """The whole-batch checks of ``put``: keys, values, LSN order. Returns records + will_init.
+
+    The order of the checks follows SPEC section 5: keys (``bad_request``), values
+    (``bad_value``), LSN order (``lsn_out_of_order``). Values are checked with the lean
+    validator, not decoded: this runs for every ingested record.
+    """
     out: list[tuple[bytes, int, bytes, bool]] = []
-    prev = -1
-    for i, rec in enumerate(records):
-        key, lsn, raw = rec
+    for i, (key, lsn, _raw) in enumerate(records):
         if not isinstance(key, bytes | bytearray) or len(key) != KEY_SIZE:
             raise BadRequest(f"field 'records[{i}]' key must be {KEY_SIZE} bytes")
         if key == _KEY_MAX:
             raise BadRequest(f"field 'records[{i}]' key must be below Key.MAX")
         if isinstance(lsn, bool) or not isinstance(lsn, int) or not 0 <= lsn < 2**64:
             raise BadRequest(f"field 'records[{i}]' lsn must be an unsigned 64-bit integer")
+    for i, (_key, _lsn, raw) in enumerate(records):
+        if not isinstance(raw, bytes | bytearray):
+            raise BadRequest(f"field 'records[{i}]' value must be bytes")
+        problem = validate_value(bytes(raw))
+        if problem is not None:
+            raise BadValue(f"records[{i}]: {problem}")
+    prev = -1
+    for i, (key, lsn, raw) in enumerate(records):
         if lsn < prev:
             raise LsnOutOfOrder(f"records[{i}]: lsn {lsn} is below the previous record's {prev}")
         prev = lsn
-        try:
-            value = decode_value(raw)
-            check_ingest(value)
-        except ValueDecodeError as e:
-            raise BadValue(f"records[{i}]: {e}") from None
-        out.append((bytes(key), lsn, bytes(raw), isinstance(value, Image) or bool(getattr(value, "will_init", False))))
+        out.append((bytes(key), lsn, bytes(raw), value_will_init(raw)))
     return out
 
 
