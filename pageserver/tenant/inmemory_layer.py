@@ -88,12 +88,15 @@ class InMemoryLayer:
         orphaned bytes at the file's tail are harmless.
         """
         assert self.end_lsn is None, "put into a frozen layer"
-        write = self._writer.write
-        offsets = [await write(value) for _key, _lsn, value, _w in records]
+        # One append for the whole batch: a single copy into the writer instead of an
+        # await per record; offsets follow from the running sum of lengths.
+        off = await self._writer.write(b"".join([r[2] for r in records]))
         index = self.index
         pack = _pack_entry
-        for (key, lsn, value, will_init), off in zip(records, offsets, strict=True):
-            entry = pack(lsn, off, len(value), will_init)
+        for key, lsn, value, will_init in records:
+            n = len(value)
+            entry = pack(lsn, off, n, will_init)
+            off += n
             entries = index.get(key)
             if entries is None:
                 index[key] = bytearray(entry)

@@ -510,25 +510,44 @@ def validate_batch(records: Sequence[tuple[bytes, int, bytes]]) -> list[tuple[by
     validator, not decoded: this runs for every ingested record.
     """
     out: list[tuple[bytes, int, bytes, bool]] = []
-    for i, (key, lsn, _raw) in enumerate(records):
-        if not isinstance(key, bytes | bytearray) or len(key) != KEY_SIZE:
-            raise BadRequest(f"field 'records[{i}]' key must be {KEY_SIZE} bytes")
-        if key == _KEY_MAX:
-            raise BadRequest(f"field 'records[{i}]' key must be below Key.MAX")
-        if isinstance(lsn, bool) or not isinstance(lsn, int) or not 0 <= lsn < 2**64:
-            raise BadRequest(f"field 'records[{i}]' lsn must be an unsigned 64-bit integer")
-    for i, (_key, _lsn, raw) in enumerate(records):
-        if not isinstance(raw, bytes | bytearray):
-            raise BadRequest(f"field 'records[{i}]' value must be bytes")
-        problem = validate_value(bytes(raw))
-        if problem is not None:
-            raise BadValue(f"records[{i}]: {problem}")
+    append = out.append
+    key_max = _KEY_MAX
+    bad_key = bad_value = bad_order = None
     prev = -1
-    for i, (key, lsn, raw) in enumerate(records):
-        if lsn < prev:
-            raise LsnOutOfOrder(f"records[{i}]: lsn {lsn} is below the previous record's {prev}")
+    for i, (key, lsn, given) in enumerate(records):
+        if type(key) is not bytes:
+            key = bytes(key) if isinstance(key, bytearray) else b""
+        raw: bytes | None = given
+        if type(given) is not bytes:
+            raw = bytes(given) if isinstance(given, bytearray) else None
+        if len(key) != KEY_SIZE or key == key_max or type(lsn) is not int or not 0 <= lsn < 2**64:
+            bad_key = i
+            break
+        if bad_value is None:
+            if raw is None or validate_value(raw) is not None:
+                bad_value = i
+            elif bad_order is None and lsn < prev:
+                bad_order = i
         prev = lsn
-        out.append((bytes(key), lsn, bytes(raw), value_will_init(raw)))
+        if bad_value is None and bad_order is None and raw is not None:
+            append((key, lsn, raw, value_will_init(raw)))
+    # Report in the order of SPEC section 5: keys, then values, then LSN order.
+    if bad_key is not None:
+        key, lsn, _ = records[bad_key]
+        if not isinstance(key, bytes | bytearray) or len(key) != KEY_SIZE:
+            raise BadRequest(f"field 'records[{bad_key}]' key must be {KEY_SIZE} bytes")
+        if key == key_max:
+            raise BadRequest(f"field 'records[{bad_key}]' key must be below Key.MAX")
+        raise BadRequest(f"field 'records[{bad_key}]' lsn must be an unsigned 64-bit integer")
+    if bad_value is not None:
+        raw = records[bad_value][2]
+        if not isinstance(raw, bytes | bytearray):
+            raise BadRequest(f"field 'records[{bad_value}]' value must be bytes")
+        raise BadValue(f"records[{bad_value}]: {validate_value(bytes(raw))}")
+    if bad_order is not None:
+        raise LsnOutOfOrder(
+            f"records[{bad_order}]: lsn {records[bad_order][1]} is below the previous record's"
+        )
     return out
 
 
