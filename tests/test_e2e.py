@@ -89,10 +89,10 @@ async def test_feed_flush_read_restart(daemon: Daemon, engine_kind: str) -> None
         f"\n{engine_kind}: feed of {COUNT} records: {summary['records_per_s']} records/s "
         f"over the socket ({elapsed:.2f}s with process start)"
     )
-    flushed = json.loads(d.cli("flush", t, tl, "--json").stdout)
     model = FeedModel(gen)
-    assert flushed["disk_consistent_lsn"] == model.last_lsn
-    status = json.loads(d.cli("status", "--json").stdout)
+    async with await Client.connect(d.addr) as c:
+        assert await c.flush(t, tl) == model.last_lsn
+        status = await c.status()
     assert status["io_engine"] == engine_kind
     tl_status = status["tenants"][0]["timelines"][0]
     assert tl_status["last_record_lsn"] == model.last_lsn
