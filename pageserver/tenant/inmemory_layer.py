@@ -18,9 +18,11 @@ flush cost a syscall per record.
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 import time
+from array import array
 from collections.abc import Iterator
 
 import trio
@@ -28,7 +30,7 @@ import trio
 from pageserver.io import BufferedWriter, IoContext, VirtualFile, cleanup_shield
 from pageserver.layers.common import LayerInfo
 from pageserver.layers.delta_layer import DeltaLayerWriter
-from pageserver.layers.key import Key, TenantId, TimelineId
+from pageserver.layers.key import KEY_SIZE, Key, TenantId, TimelineId
 
 _ENTRY = struct.Struct("<QQIB")
 ENTRY_SIZE = _ENTRY.size
@@ -53,6 +55,8 @@ class InMemoryLayer:
         #: Highest LSN of any record, -1 while empty.
         self.max_lsn = -1
         self.index: dict[bytes, bytearray] = {}
+        #: The frozen layer's index once the flush compacted it (see ``compact_index``).
+        self._compact: SortedIndex | None = None
         self.num_records = 0
         self.created_at = time.monotonic()
         #: Reads in progress; the ephemeral file is deleted only once none is left.
@@ -122,7 +126,12 @@ class InMemoryLayer:
 
     def entries_for(self, key: bytes, below_lsn: int) -> Iterator[tuple[int, int, int, bool]]:
         """``(lsn, offset, len, will_init)`` of ``key`` with lsn < ``below_lsn``, newest first."""
-        entries = self.index.get(key)
+        # Read ``index`` before ``_compact``: the flush (possibly in a worker thread) sets
+        # ``_compact`` first and then replaces ``index``, so whoever sees the new, empty
+        # ``index`` also sees ``_compact``.
+        index = self.index
+        compact = self._compact
+        entries = compact.get(key) if compact is not None else index.get(key)
         if entries is None:
             return
         pos = len(entries) - ENTRY_SIZE
@@ -132,6 +141,19 @@ class InMemoryLayer:
                 yield lsn, off, n, bool(w)
             pos -= ENTRY_SIZE
 
+    def compact_index(self) -> SortedIndex:
+        """Replace the dict index of a frozen layer by a sorted, packed one.
+
+        The dict costs ~170 bytes per distinct key (key object, dict slot, bytearray); the
+        sorted form costs the 18 key bytes, the 21-byte entries and an 8-byte start offset.
+        Done at the start of the flush, which needs the keys sorted anyway, so that a
+        layer being flushed does not hold two indexes' worth of memory beside the open
+        layer. Reads switch over atomically (one attribute assignment).
+        """
+        if self._compact is None:
+            self._compact = SortedIndex.build(self.index)
+            self.index = {}
+        return self._compact
     async def read_value(self, offset: int, length: int) -> bytes:
         if self.end_lsn is None:
             return await self._writer.read_at(offset, length)
@@ -144,6 +166,7 @@ class InMemoryLayer:
     ) -> LayerInfo:
         """Write this frozen layer as an L0 delta layer (runs inside ``ctx.run_job``)."""
         assert self.end_lsn is not None
+        index = self.compact_index()
         size = self.size
         data = bytearray(size)
         view = memoryview(data)
@@ -158,8 +181,7 @@ class InMemoryLayer:
         async with writer:
             put = writer.put_value
             unpack = _unpack_entry
-            for key in sorted(self.index):
-                entries = self.index[key]
+            for key, entries in index.items():
                 for pos in range(0, len(entries), ENTRY_SIZE):
                     lsn, off, n, w = unpack(entries, pos)
                     await put(key, lsn, data[off : off + n], bool(w))
@@ -189,3 +211,44 @@ class InMemoryLayer:
                     await self.ctx.unlink(self.path)
                 except FileNotFoundError:
                     pass
+
+
+class SortedIndex:
+    """An immutable key -> packed entries map over three flat buffers, in key order."""
+
+    __slots__ = ("_keys", "_starts", "_entries", "_n")
+
+    def __init__(self, keys: bytes, starts: array[int], entries: bytes) -> None:
+        self._keys = keys
+        self._starts = starts
+        self._entries = entries
+        self._n = len(starts) - 1
+
+    @classmethod
+    def build(cls, index: dict[bytes, bytearray]) -> SortedIndex:
+        keys = sorted(index)
+        starts = array("Q", [0])
+        starts.extend(itertools.accumulate(len(index[k]) for k in keys))
+        return cls(b"".join(keys), starts, b"".join([index[k] for k in keys]))
+
+    def __len__(self) -> int:
+        return self._n
+
+    def get(self, key: bytes) -> bytes | None:
+        keys = self._keys
+        lo, hi = 0, self._n
+        while lo < hi:
+            mid = (lo + hi) // 2
+            k = keys[mid * KEY_SIZE : (mid + 1) * KEY_SIZE]
+            if k < key:
+                lo = mid + 1
+            elif k > key:
+                hi = mid
+            else:
+                return self._entries[self._starts[mid] : self._starts[mid + 1]]
+        return None
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        keys, starts, entries = self._keys, self._starts, self._entries
+        for i in range(self._n):
+            yield keys[i * KEY_SIZE : (i + 1) * KEY_SIZE], entries[starts[i] : starts[i + 1]]

@@ -68,8 +68,9 @@ log = structlog.get_logger("pageserver.timeline")
 
 METADATA_FILE = "metadata"
 METADATA_FORMAT_VERSION = 1
-#: Frozen layers allowed to wait for the flush task before ``put`` waits.
-MAX_FROZEN_LAYERS = 2
+#: Frozen layers allowed to wait for the flush task before ``put`` waits. One (the layer
+#: being flushed) keeps ingest memory at about one open layer's index plus one flush.
+MAX_FROZEN_LAYERS = 1
 
 _KEY_MAX = bytes(Key.MAX)
 
