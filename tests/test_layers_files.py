@@ -362,5 +362,5 @@ async def test_validation_rejects_damaged_files(io_ctx: IoContext, tmp_path: Pat
         f"{Key.MIN}-{Key.MAX}__{1:016X}-{3:016X}"
     )
     path.rename(other)
-    with pytest.raises(LayerFileError, match="differ from the file name"):
+    with pytest.raises(LayerFileError, match="differs from the file name"):
         await validate_layer_file(io_ctx, str(other))

@@ -24,24 +24,31 @@ from pageserver.layers.summary import DeltaSummary, ImageSummary, Summary
 
 
 def check_summary_matches_name(path: str, name: LayerName, summary: Summary) -> None:
+    got: tuple[int, ...]
+    want: tuple[int, ...]
     if isinstance(name, DeltaLayerName):
         if not isinstance(summary, DeltaSummary):
             raise LayerFileError(f"{path}: named as a delta layer but holds an image layer")
-        got = (summary.key_start, summary.key_end, summary.lsn_start, summary.lsn_end)
-        want = (name.key_start, name.key_end, name.lsn_start, name.lsn_end)
+        got = (summary.lsn_start, summary.lsn_end)
+        want = (name.lsn_start, name.lsn_end)
     else:
         if not isinstance(summary, ImageSummary):
             raise LayerFileError(f"{path}: named as an image layer but holds a delta layer")
-        got = (summary.key_start, summary.key_end, summary.lsn)
-        want = (name.key_start, name.key_end, name.lsn)
+        got = (summary.lsn,)
+        want = (name.lsn,)
+    if (summary.key_start, summary.key_end) != (name.key_start, name.key_end):
+        raise LayerFileError(
+            f"{path}: summary key range {summary.key_start}-{summary.key_end} differs from "
+            f"the file name's {name.key_start}-{name.key_end}"
+        )
     if got != want:
         raise LayerFileError(
-            f"{path}: summary ranges {_fmt(got)} differ from the file name's {_fmt(want)}"
+            f"{path}: summary LSN range {_fmt(got)} differs from the file name's {_fmt(want)}"
         )
 
 
-def _fmt(t: tuple[object, ...]) -> str:
-    return "(" + ", ".join(str(x) if not isinstance(x, int) else f"{x:X}" for x in t) + ")"
+def _fmt(t: tuple[int, ...]) -> str:
+    return "..".join(f"{x:X}" for x in t)
 
 
 async def validate_layer_file(
