@@ -307,3 +307,21 @@ def test_value_and_key_length_limits() -> None:
 def test_empty_tree_rejected() -> None:
     with pytest.raises(BtreeError):
         DiskBtreeBuilder(18).finish()
+
+
+@pytest.mark.parametrize("key_len", [18, 26])
+def test_extend_equals_append(key_len: int) -> None:
+    rng = random.Random(key_len)
+    keys = keys_with_prefix(20_000, key_len, 3, rng)
+    values = [rng.randrange(MAX_VALUE + 1) for _ in keys]
+    a = build(keys, values, key_len)
+    b = DiskBtreeBuilder(key_len)
+    pos = 0
+    while pos < len(keys):  # uneven chunks, like the delta writer's staging flushes
+        step = rng.randrange(1, 3000)
+        b.extend(keys[pos : pos + step], values[pos : pos + step])
+        pos += step
+    assert a.finish() == b.finish()
+    assert a.pages == b.pages
+    with pytest.raises(BtreeError):
+        b.extend([keys[-1]], [1])

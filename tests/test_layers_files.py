@@ -151,6 +151,21 @@ async def test_large_multi_page_values(io_ctx: IoContext, tmp_path: Path) -> Non
         assert (await layer.get_values_reconstruct_data(rows[123][0], (0, 11)))[0][1] == rows[123][2]
 
 
+async def test_put_values_batch_equals_put_value(io_ctx: IoContext, tmp_path: Path) -> None:
+    rows = [(Key.from_int(i // 3), 10 + i % 3, encode_value(Image(bytes(i % 700)))) for i in range(9000)]
+    one = await write_delta(io_ctx, str(tmp_path), rows, 10, 13)
+    data = Path(one).read_bytes()
+    os.unlink(one)
+
+    async def job() -> str:
+        w = DeltaLayerWriter(io_ctx, str(tmp_path), TENANT, TIMELINE, rows[0][0], 10, 13)
+        await w.put_values(rows[:5000])
+        await w.put_values(iter(rows[5000:]))
+        return (await w.finish(rows[-1][0].next())).path
+
+    assert Path(await io_ctx.run_job(job)).read_bytes() == data
+
+
 # -- parity between engines --------------------------------------------------------------------
 
 
@@ -229,6 +244,13 @@ async def test_out_of_order_put_abandons(io_ctx: IoContext, tmp_path: Path) -> N
     rows = _entries(5, 10)
     with pytest.raises(ValueError):
         await write_delta(io_ctx, str(tmp_path), [rows[1], rows[0]], 1, 2)
+
+    async def below_key_start() -> None:
+        w = DeltaLayerWriter(io_ctx, str(tmp_path), TENANT, TIMELINE, Key.from_int(5), 1, 2)
+        await w.put_value(Key.from_int(4), 1, rows[0][2])
+
+    with pytest.raises(ValueError):
+        await io_ctx.run_job(below_key_start)
     with pytest.raises(ValueError):
         await write_delta(io_ctx, str(tmp_path), rows, 1, 1)  # lsn_end not above the lsns
     assert list(tmp_path.iterdir()) == []

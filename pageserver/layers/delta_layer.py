@@ -12,12 +12,12 @@ no trio primitive; it yields under trio-uring with ``cooperative_checkpoint``.
 from __future__ import annotations
 
 import struct
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Iterable
 from typing import Final
 
 from pageserver.io import IoContext, VirtualFile
 from pageserver.io.offload import cooperative_checkpoint
-from pageserver.layers.blob_io import MAX_BLOB_LEN, BlobError, PagedReader
+from pageserver.layers.blob_io import MAX_BLOB_LEN, PAGE_SZ, BlobError, PagedReader
 from pageserver.layers.common import LayerFileError, LayerFileWriter, LayerInfo, open_layer_file
 from pageserver.layers.disk_btree import DiskBtreeBuilder, DiskBtreeReader
 from pageserver.layers.key import KEY_SIZE, Key, Lsn, TenantId, TimelineId
@@ -27,9 +27,13 @@ from pageserver.layers.value import Value, encode_value, value_will_init
 
 DELTA_KEY_SIZE: Final = KEY_SIZE + 8
 _HDR4 = struct.Struct(">I")
+_HDR1 = [bytes((i,)) for i in range(128)]
 _LSN = struct.Struct(">Q")
-#: How many values between cooperative checkpoints (under trio-uring the job is on the loop).
-CHECKPOINT_EVERY: Final = 1024
+#: Staged bytes / entries before a hand-over to the buffered writer and the B-tree builder
+#: (also where the job yields under trio-uring, where it runs on the loop).
+STAGING_BYTES: Final = 256 * 1024
+STAGING_ENTRIES: Final = 2048
+_NEW, _OPEN, _CLOSED = 0, 1, 2
 
 
 def delta_key(key: bytes, lsn: int) -> bytes:
@@ -64,10 +68,19 @@ class DeltaLayerWriter:
             ctx, timeline_dir, f"{self.key_start}-XXX__{self.lsn_start:016X}-{end}"
         )
         self._tree = DiskBtreeBuilder(DELTA_KEY_SIZE)
-        #: The buffered writer's bound ``write``, once the file is open.
-        self._write: Callable[[bytes], Awaitable[int]] | None = None
+        # Staging: blobs are packed here and handed to the buffered writer in large
+        # appends; their B-tree entries wait beside them and go to the builder in one
+        # ``extend`` call. Per value that leaves a few bytearray/list appends.
+        self._state = _NEW
+        self._staging = bytearray()
+        self._staged_keys: list[bytes] = []
+        self._staged_refs: list[int] = []
+        self._base = PAGE_SZ  # absolute file offset of ``_staging[0]``
         self._max_lsn = -1
-        self._last_key = b""
+        # Just below (key_start, 0), so that the order check also rejects keys below
+        # the layer's key range.
+        ks = self.key_start.to_int()
+        self._last_dk = b"" if ks == 0 else Key.from_int(ks - 1) + b"\xff" * 8
         self.num_entries = 0
 
     @property
@@ -77,9 +90,7 @@ class DeltaLayerWriter:
     @property
     def size_estimate(self) -> int:
         """Bytes the file would have if finished now (values + index so far + summary)."""
-        bw = self._file.bw
-        values = bw.offset if bw is not None else 8192
-        return values + 8192 * (len(self._tree.pages) + 1)
+        return self._base + len(self._staging) + PAGE_SZ * (len(self._tree.pages) + 1)
 
     async def __aenter__(self) -> DeltaLayerWriter:
         return self
@@ -88,6 +99,64 @@ class DeltaLayerWriter:
         if not self._file.done:
             await self.abandon()
 
+    async def _open(self) -> None:
+        if self._state != _NEW:
+            raise RuntimeError("this delta layer writer is already finished or abandoned")
+        await self._file.open()
+        self._state = _OPEN
+
+    def _stage(
+        self, key: bytes, lsn: int, value: bytes | bytearray | memoryview | Value,
+        will_init: bool | None,
+    ) -> bool:  # fmt: skip
+        """Stage one value; True when the staging area should be flushed."""
+        if type(value) is not bytes:
+            if isinstance(value, bytearray | memoryview):
+                value = bytes(value)
+            else:
+                assert not isinstance(value, bytes)
+                will_init = value.will_init
+                value = encode_value(value)
+        if will_init is None:
+            will_init = value_will_init(value)
+        if lsn < self.lsn_start:
+            raise ValueError(f"lsn {lsn} below the layer's start {self.lsn_start}")
+        dk = key + _LSN.pack(lsn)
+        if dk <= self._last_dk or len(dk) != DELTA_KEY_SIZE:
+            raise ValueError(
+                f"(key, lsn) ({bytes(key).hex()}, {lsn}) is not above the previous one "
+                "(or below the layer's key start), or the key is not 18 bytes"
+            )
+        st = self._staging
+        off = self._base + len(st)
+        n = len(value)
+        if n < 128:
+            st += _HDR1[n]
+        elif n <= MAX_BLOB_LEN:
+            st += _HDR4.pack(n | 0x8000_0000)
+        else:
+            raise BlobError(f"blob too large ({n} bytes)")
+        st += value
+        self._last_dk = dk
+        self._staged_keys.append(dk)
+        self._staged_refs.append((off << 1) | will_init)
+        if lsn > self._max_lsn:
+            self._max_lsn = lsn
+        self.num_entries += 1
+        return len(st) >= STAGING_BYTES or len(self._staged_keys) >= STAGING_ENTRIES
+
+    async def _flush_staging(self) -> None:
+        bw = self._file.bw
+        assert bw is not None
+        if self._staging:
+            await bw.write(self._staging)
+            self._staging = bytearray()
+        self._base = bw.offset
+        self._tree.extend(self._staged_keys, self._staged_refs)
+        self._staged_keys = []
+        self._staged_refs = []
+        await cooperative_checkpoint()
+
     async def put_value(
         self,
         key: bytes,
@@ -95,41 +164,34 @@ class DeltaLayerWriter:
         value: bytes | bytearray | memoryview | Value,
         will_init: bool | None = None,
     ) -> None:
-        """Append a value (encoded bytes, or a Value object, which is encoded here)."""
+        """Append one value: encoded bytes (``will_init`` read from them unless given),
+        or a Value object, which is encoded here."""
         try:
-            write = self._write
-            if write is None:
-                write = self._write = (await self._file.open()).write
-            if not isinstance(value, bytes | bytearray | memoryview):
-                will_init = value.will_init
-                value = encode_value(value)
-            elif will_init is None:
-                will_init = value_will_init(value)
-            if lsn < self.lsn_start:
-                raise ValueError(f"lsn {lsn} below the layer's start {self.lsn_start}")
-            n = len(value)
-            if n < 128:
-                off = await write(bytes((n,)) + value)
-            elif n <= MAX_BLOB_LEN:
-                off = await write(_HDR4.pack(n | 0x8000_0000) + value)
-            else:
-                raise BlobError(f"blob too large ({n} bytes)")
-            self._tree.append(key + _LSN.pack(lsn), (off << 1) | will_init)
-            if lsn > self._max_lsn:
-                self._max_lsn = lsn
-            self.num_entries += 1
-            if not self.num_entries % CHECKPOINT_EVERY:
-                await cooperative_checkpoint()
+            if self._state != _OPEN:
+                await self._open()
+            if self._stage(key, lsn, value, will_init):
+                await self._flush_staging()
         except BaseException:
             await self._file.abandon()
+            self._state = _CLOSED
             raise
 
     async def put_values(
-        self, entries: Sequence[tuple[bytes, int, bytes]]
+        self, entries: Iterable[tuple[bytes, int, bytes | bytearray | memoryview | Value]]
     ) -> None:
-        """Append many already-encoded values (the flush path's batch form)."""
-        for key, lsn, raw in entries:
-            await self.put_value(key, lsn, raw)
+        """Append many values in order: the batch form of :meth:`put_value`, with one
+        coroutine call per batch instead of per value."""
+        try:
+            if self._state != _OPEN:
+                await self._open()
+            stage = self._stage
+            for key, lsn, value in entries:
+                if stage(key, lsn, value, None):
+                    await self._flush_staging()
+        except BaseException:
+            await self._file.abandon()
+            self._state = _CLOSED
+            raise
 
     async def finish(self, key_end: Key, lsn_end: int | None = None) -> LayerInfo:
         """Write index and summary, fsync, and rename to the final name."""
@@ -142,14 +204,15 @@ class DeltaLayerWriter:
                 raise ValueError("lsn_end must be given at creation or to finish()")
             if self.num_entries == 0:
                 raise ValueError("refusing to write an empty delta layer")
-            last_key = self._tree_last_key()
+            if self._state != _OPEN:
+                raise RuntimeError("this delta layer writer is already finished or abandoned")
+            await self._flush_staging()
+            last_key = Key(self._last_dk[:KEY_SIZE])
             if key_end <= last_key or key_end <= self.key_start:
                 raise ValueError(f"key_end {Key(key_end)} is not above the last key {last_key}")
             if lsn_end <= self._max_lsn:
                 raise ValueError(f"lsn_end {lsn_end} is not above the last lsn {self._max_lsn}")
             name = DeltaLayerName(self.key_start, Key(key_end), self.lsn_start, Lsn(lsn_end))
-            if self._write is None:  # pragma: no cover - num_entries > 0 implies open
-                await self._file.open()
 
             def make_summary(index_start_blk: int, root_blk: int) -> DeltaSummary:
                 return DeltaSummary(
@@ -161,14 +224,14 @@ class DeltaLayerWriter:
         except BaseException:
             await self._file.abandon()
             raise
+        finally:
+            self._state = _CLOSED
         assert self._file.final_path is not None
         return LayerInfo(self._file.final_path, name, summary, size, self.num_entries)
 
-    def _tree_last_key(self) -> Key:
-        return Key(self._tree._last_key[:KEY_SIZE])
-
     async def abandon(self) -> None:
         """Delete the temp file (or the renamed file, if finishing failed after the rename)."""
+        self._state = _CLOSED
         await self._file.abandon()
 
 
