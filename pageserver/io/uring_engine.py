@@ -301,9 +301,12 @@ class UringEngine(IoEngine):
         res = await drv.wait(op)
         if res < 0:
             raise _err(res, path)
-        if op.cancelled:
+        if op.cancelled and trio.current_effective_deadline() == float("-inf"):
+            # Still effectively cancelled (cancellation is sticky, so this is the normal
+            # case): drop the fd, then let the checkpoint raise Cancelled.
             await self._discard_fd(res)
-            await trio.lowlevel.checkpoint()  # raises Cancelled: the scope is cancelled
+            await trio.lowlevel.checkpoint()
+            raise AssertionError("a checkpoint in a cancelled scope must raise Cancelled")
         return res
 
     async def _discard_fd(self, fd: int) -> None:
