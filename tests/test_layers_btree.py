@@ -215,6 +215,13 @@ async def _check_reader(keys: list[bytes], values: list[int], key_len: int, prob
     # Full backward scan.
     got = [kv async for kv in r.iter(b"\xff" * key_len, forward=False)]
     assert got == list(zip(reversed(keys), reversed(values), strict=True))
+    # The same in small batches, both ways.
+    for forward, start in ((True, bytes(key_len)), (False, b"\xff" * key_len)):
+        it, got = r.iter(start, forward), []
+        while batch := await it.next_batch(3):
+            assert 1 <= len(batch) <= 3
+            got += batch
+        assert got == list(zip(keys, values, strict=True))[:: 1 if forward else -1]
     for _ in range(probes):
         i = rng.randrange(len(keys))
         assert await r.get(keys[i]) == values[i]

@@ -89,7 +89,14 @@ class LayerFileWriter:
         self.done = False
 
     async def open(self) -> BufferedWriter:
-        self.vf = await self.ctx.create_new(self.temp_path)
+        try:
+            self.vf = await self.ctx.create_new(self.temp_path)
+        except FileExistsError:
+            raise
+        except BaseException:
+            # Cancelled or failed after the kernel may have created it: clean up anyway.
+            self._created = True
+            raise
         self._created = True
         self.bw = BufferedWriter(self.vf, LAYER_WRITE_BUFFER, start_offset=PAGE_SZ)
         return self.bw
@@ -114,8 +121,8 @@ class LayerFileWriter:
         await vf.close()
         final = os.path.join(self.timeline_dir, final_name)
         await failpoint("layer-before-rename")
-        await self.ctx.rename_noreplace(self.temp_path, final)
         self.final_path = final
+        await self.ctx.rename_noreplace(self.temp_path, final)
         self._renamed = True
         await failpoint("layer-after-rename")
         await self.ctx.fsync_dir(self.timeline_dir)
@@ -141,12 +148,21 @@ class LayerFileWriter:
                     await vf.close()
                 except OSError:
                     pass
-            path = self.final_path if self._renamed else self.temp_path
-            if path is not None and self._created:
+            if not self._created:
+                return
+            if not self._renamed:
                 try:
-                    await self.ctx.unlink(path)
+                    await self.ctx.unlink(self.temp_path)
+                    return
                 except FileNotFoundError:
+                    # The temp name is ours alone: if it is gone, a rename that reported
+                    # failure (e.g. cancelled while in flight) did happen.
                     pass
+                except OSError:
+                    return
+            if self.final_path is not None:
+                try:
+                    await self.ctx.unlink(self.final_path)
                 except OSError:
                     pass
 

@@ -288,8 +288,10 @@ class DeltaLayer:
         refs: list[tuple[int, int]] = []
         it = self.index.iter(delta_key(key, end - 1), forward=False)
         done = False
+        want = 8  # most keys have few versions in one layer; grow for those with many
         while not done:
-            batch = await it.next_batch()
+            batch = await it.next_batch(want)
+            want = min(want * 4, 1024)
             if not batch:
                 break
             for dk, ref in batch:

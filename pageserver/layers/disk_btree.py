@@ -367,8 +367,12 @@ class BtreeIterator:
             return max(i - 1, 0)
         return i if found else i - 1
 
-    async def next_batch(self) -> list[tuple[bytes, int]]:
-        """The next leaf's worth of entries (empty list at the end)."""
+    async def next_batch(self, max_entries: int = PAGE_SZ) -> list[tuple[bytes, int]]:
+        """Up to ``max_entries`` next entries, never spanning two leaves (empty at the end).
+
+        Point-like scans (a key's few versions) ask for a handful; full scans take a
+        whole leaf at a time.
+        """
         if self._pending:
             out = list(self._pending)
             self._pending.clear()
@@ -378,17 +382,18 @@ class BtreeIterator:
             self._started = True
             root = await r.node(r.root_blk)
             self._stack.append((root, self._first_index(root)))
-        step = 1 if self._forward else -1
+        forward = self._forward
+        step = 1 if forward else -1
         while self._stack:
             node, i = self._stack.pop()
             if not 0 <= i < node.n:
                 continue
             if node.level == 0:
-                if self._forward:
-                    idx = range(i, node.n)
-                else:
-                    idx = range(i, -1, -1)
-                return [(node.key(j), node.value(j)) for j in idx]
+                end = min(node.n, i + max_entries) if forward else max(-1, i - max_entries)
+                if 0 <= end < node.n:
+                    self._stack.append((node, end))
+                key, value = node.key, node.value
+                return [(key(j), value(j)) for j in range(i, end, step)]
             self._stack.append((node, i + step))
             child = await r.node(node.child(i))
             self._stack.append((child, self._first_index(child)))
