@@ -174,3 +174,25 @@ async def test_feed_survives_sigkill_and_restart(daemon: Daemon, engine_kind: st
     samples = [(k, model.last_lsn) for k in range(KEYS)] + model.samples(rng, 300)
     await _check_reads(d.addr, model, samples)
     assert d.stop(signal.SIGTERM) == 0
+
+
+def test_bind_error_is_one_line_and_exit_1(tmp_path: object) -> None:
+    import os
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        d = Daemon("std-fs")
+        try:
+            with open(os.path.join(d.data_dir, "pageserver.toml"), "w") as f:
+                f.write(f'listen_addr = "127.0.0.1:{port}"\nmetrics_addr = ""\n')
+            p = subprocess.run(
+                [PAGESERVER, "run", "-D", d.data_dir], capture_output=True, text=True, timeout=60
+            )
+        finally:
+            d.cleanup()
+    assert p.returncode == 1
+    last = p.stderr.splitlines()[-1]
+    assert last == f"pageserver: cannot listen on 127.0.0.1:{port}: Address already in use"
