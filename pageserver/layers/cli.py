@@ -255,7 +255,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
                     lsns = lsn_str(r["lsn_start"])
                 status = "" if r["valid"] else "  INVALID"
                 print(
-                    f"{r['kind']:<5}  {r['key_start']}-{r['key_end']}  {lsns:<35}  "
+                    f"{r['kind']:<5}  {r['key_start']}-{r['key_end']}  {lsns:<24}  "
                     f"{r['size']:>12}{status}"
                 )
         return 1 if failed else 0

@@ -196,8 +196,8 @@ class LayerFileError(ValueError):
 def check_structure(path: str, size: int, first_page: bytes) -> Summary:
     if size < 2 * PAGE_SZ or size % PAGE_SZ:
         raise LayerFileError(
-            f"{path}: size {size} is not a multiple of {PAGE_SZ} of at least two pages: "
-            "not a layer file"
+            f"{path}: size {size} is not a multiple of {PAGE_SZ} of at least two pages, "
+            "so not a layer file"
         )
     try:
         summary = parse_summary(first_page)
