@@ -8,6 +8,25 @@ import sys
 import structlog
 
 
+class _StderrLogger:
+    """Writes each line to whatever ``sys.stderr`` is *now* (not at configuration time).
+
+    structlog's PrintLogger keeps the file object it was created with; under pytest's
+    capture that object may be closed by the time a later test logs.
+    """
+
+    def msg(self, message: str) -> None:
+        stream = sys.stderr
+        stream.write(message + "\n")
+        stream.flush()
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = failure = msg
+
+
+def _stderr_logger_factory(*_args: object) -> _StderrLogger:
+    return _StderrLogger()
+
+
 def configure_logging(fmt: str = "kv", level: int = logging.INFO) -> None:
     renderer: structlog.typing.Processor
     if fmt == "json":
@@ -25,6 +44,6 @@ def configure_logging(fmt: str = "kv", level: int = logging.INFO) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger_factory,
         cache_logger_on_first_use=False,
     )

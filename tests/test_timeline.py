@@ -285,3 +285,21 @@ async def test_reads_open_only_layers_that_matter(engine_kind: str, tmp_path: Pa
             k = lsn % 10
             assert await mgr.get(TENANT, TIMELINE, key(k), lsn) == bytes([lsn % 256]) * 100
         assert trio.current_time() - t0 < 20
+
+
+async def test_checkpoint_timeout_never_cuts_an_lsn(engine_kind: str, tmp_path: Path) -> None:
+    await make(engine_kind, tmp_path, start_lsn=0)
+    async with manager(engine_kind, tmp_path, config(checkpoint_timeout=0.3)) as mgr:
+        # Keep sending records of one LSN past the timeout: no roll may split LSN 5.
+        for i in range(12):
+            await mgr.put(TENANT, TIMELINE, [(key(i), 5, image(b"same lsn"))])
+            await trio.sleep(0.05)
+        assert mgr.status()[0]["timelines"][0]["disk_consistent_lsn"] == 0
+        # The first record above it passes the boundary: the old layer rolls there.
+        await mgr.put(TENANT, TIMELINE, [(key(99), 6, image(b"next"))])
+        with trio.fail_after(10):
+            while mgr.status()[0]["timelines"][0]["disk_consistent_lsn"] < 5:
+                await trio.sleep(0.02)
+        assert mgr.status()[0]["timelines"][0]["disk_consistent_lsn"] == 5
+        for i in range(12):
+            assert await mgr.get(TENANT, TIMELINE, key(i), 6) == b"same lsn"

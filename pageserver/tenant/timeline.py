@@ -71,6 +71,8 @@ METADATA_FORMAT_VERSION = 1
 #: Frozen layers allowed to wait for the flush task before ``put`` waits. One (the layer
 #: being flushed) keeps ingest memory at about one open layer's index plus one flush.
 MAX_FROZEN_LAYERS = 1
+#: A quiet open layer past ``checkpoint_timeout`` is frozen after this long without puts.
+IDLE_FREEZE_SECONDS = 10.0
 
 _KEY_MAX = bytes(Key.MAX)
 
@@ -249,6 +251,8 @@ class Timeline:
     async def _apply(self, records: list[tuple[bytes, int, bytes, bool]]) -> None:
         conf = self._conf()
         distance = conf.checkpoint_distance
+        timeout = conf.checkpoint_timeout
+        now = time.monotonic()
         start = 0
         n = len(records)
         while start < n:
@@ -263,7 +267,11 @@ class Timeline:
                 if (
                     lsn != prev_lsn
                     and (prev_lsn >= 0 or end > start)
-                    and (lsn - layer.start_lsn >= distance or size >= distance)
+                    and (
+                        lsn - layer.start_lsn >= distance
+                        or size >= distance
+                        or now - layer.created_at >= timeout
+                    )
                 ):
                     break
                 size += len(records[end][2])
@@ -301,11 +309,21 @@ class Timeline:
         self._frozen_added.set()
 
     async def freeze_if_idle_too_long(self, now: float) -> None:
-        """Roll a non-empty open layer older than ``checkpoint_timeout`` (background)."""
+        """Roll a non-empty open layer older than ``checkpoint_timeout`` (background).
+
+        While puts keep coming, the timeout roll happens in ``put`` at the next LSN
+        boundary it passes (a record above the open layer's last LSN), which never cuts an
+        LSN in two. This background rule covers a timeline that went quiet: the layer is
+        also idle (no put for ``min(checkpoint_timeout, IDLE_FREEZE_SECONDS)``), and it is
+        frozen at ``last_record_lsn + 1``.
+        """
         layer = self.open_layer
         if layer is None or layer.is_empty:
             return
-        if now - layer.created_at >= self._conf().checkpoint_timeout:
+        timeout = self._conf().checkpoint_timeout
+        if now - layer.created_at >= timeout and now - layer.last_put_at >= min(
+            timeout, IDLE_FREEZE_SECONDS
+        ):
             async with self._write_lock:
                 if self.open_layer is layer:
                     self.log.info("rolling open layer on checkpoint_timeout", records=layer.num_records)
