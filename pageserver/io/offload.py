@@ -99,6 +99,10 @@ def cleanup_shield() -> contextlib.AbstractContextManager[object]:
     state = _jobstate.current_job()
     if state is not None and state.in_worker:
         return _suppress_job_cancel(state)
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:  # a plain thread with no trio run: nothing can cancel it
+        return contextlib.nullcontext()
     return trio.CancelScope(shield=True)
 
 

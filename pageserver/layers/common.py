@@ -18,11 +18,8 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import trio
-
 from pageserver.failpoints import failpoint
-from pageserver.io import IoContext, VirtualFile
-from pageserver.io._jobstate import in_worker_thread
+from pageserver.io import IoContext, VirtualFile, cleanup_shield
 from pageserver.io.buffered_writer import BufferedWriter
 from pageserver.layers.blob_io import PAGE_SZ, PagedReader
 from pageserver.layers.disk_btree import DiskBtreeBuilder
@@ -44,22 +41,9 @@ def temp_path(timeline_dir: str, stem: str) -> str:
     return os.path.join(timeline_dir, f"{stem}.{next_temp_disambiguator():x}.___temp")
 
 
-def _on_trio_loop() -> bool:
-    if in_worker_thread():
-        return False
-    try:
-        trio.lowlevel.current_task()
-    except RuntimeError:
-        return False
-    return True
-
-
 async def run_cleanup(fn: Callable[[], Awaitable[None]]) -> None:
-    """Run clean-up to the end even if the caller is being cancelled."""
-    if _on_trio_loop():
-        with trio.CancelScope(shield=True):
-            await fn()
-    else:
+    """Run clean-up to the end even if the caller is being cancelled (``cleanup_shield``)."""
+    with cleanup_shield():
         await fn()
 
 

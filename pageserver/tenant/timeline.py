@@ -34,9 +34,10 @@ import trio
 from pageserver import failpoints, metrics
 from pageserver.config import TenantConfig
 from pageserver.io import IoContext, cleanup_shield
-from pageserver.layers.common import LayerFileError, LayerInfo, open_layer_file
+from pageserver.layers.common import LayerFileError, LayerInfo
 from pageserver.layers.key import KEY_SIZE, Key, TenantId, TimelineId
-from pageserver.layers.layer_name import LayerName, try_parse_layer_name
+from pageserver.layers.layer_name import try_parse_layer_name
+from pageserver.layers.validate import validate_layer_file
 from pageserver.layers.value import (
     BadValue as ValueDecodeError,
 )
@@ -209,7 +210,12 @@ class Timeline:
                 tl.log.warning("removing future layer", layer=entry, disk_consistent_lsn=dcl)
                 await ctx.unlink(path)
                 continue
-            size = await validate_layer(ctx, path, name, tenant_id, timeline_id)
+            try:
+                name, _summary, size = await validate_layer_file(
+                    ctx, path, tenant_id=tenant_id, timeline_id=timeline_id
+                )
+            except (LayerFileError, OSError) as e:
+                raise CorruptLayer(f"layer file failed validation: {e}") from None
             tl.layer_map.add(HistoricLayer(name, path, size, level0=is_level0(name)))
         await ctx.fsync_dir(timeline_dir)
         tl._update_gauges()
@@ -570,31 +576,3 @@ def validate_batch(records: Sequence[tuple[bytes, int, bytes]]) -> list[tuple[by
     return out
 
 
-async def validate_layer(
-    ctx: IoContext, path: str, name: LayerName, tenant_id: TenantId, timeline_id: TimelineId
-) -> int:
-    """Startup validation (SPEC section 3); returns the file size or raises CorruptLayer."""
-    try:
-        vf, reader, summary = await open_layer_file(ctx, path)
-    except (LayerFileError, OSError) as e:
-        raise CorruptLayer(f"layer file {path} failed validation: {e}") from None
-    try:
-        size = (await vf.metadata()).size
-    finally:
-        await vf.close()
-    del reader
-    problems = []
-    if summary.kind != name.kind:
-        problems.append(f"summary is a {summary.kind} layer, the name a {name.kind} layer")
-    elif (summary.key_start, summary.key_end) != (name.key_start, name.key_end):
-        problems.append("summary key range differs from the file name's")
-    elif summary.kind == "delta":
-        if (summary.lsn_start, summary.lsn_end) != name.lsn_range:  # type: ignore[union-attr]
-            problems.append("summary LSN range differs from the file name's")
-    elif summary.lsn != name.lsn_range[0]:  # type: ignore[union-attr]
-        problems.append("summary LSN differs from the file name's")
-    if not problems and (summary.tenant_id, summary.timeline_id) != (tenant_id, timeline_id):
-        problems.append("summary tenant/timeline ids differ from the directory's")
-    if problems:
-        raise CorruptLayer(f"layer file {path} failed validation: {'; '.join(problems)}")
-    return size
