@@ -23,18 +23,12 @@ from pageserver.io.uring import _abi
 from pageserver.io.uring._ring import Ring
 from pageserver.io.uring._trio import UringDriver, current_driver
 from pageserver.io.uring_engine import UringEngine, probe_uring, uring_missing_optional_ops
-
-REQUIRE_ENV = "PAGESERVER_REQUIRE_URING"
+from tests.conftest import require_engine
 
 
 def require_uring() -> None:
     """Skip when the kernel refuses io_uring; fail instead under PAGESERVER_REQUIRE_URING=1."""
-    reason = probe_uring()
-    if reason is None:
-        return
-    if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(f"io_uring refused but {REQUIRE_ENV}=1: {reason}")
-    pytest.skip(f"io_uring refused by this kernel: {reason}")
+    require_engine(TRIO_URING)
 
 
 @pytest.fixture(autouse=True)

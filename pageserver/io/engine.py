@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import abc
 import ctypes
-import ctypes.util
 import errno
 import os
 from dataclasses import dataclass
@@ -161,7 +160,9 @@ _libc: ctypes.CDLL | None = None
 def _load_libc() -> ctypes.CDLL:
     global _libc
     if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        # dlopen(NULL): the C library the interpreter already has loaded. (find_library
+        # would run ``ldconfig -p`` in a child process to find the same thing.)
+        _libc = ctypes.CDLL(None, use_errno=True)
     return _libc
 
 
