@@ -104,6 +104,10 @@ CHUNK = 64 * 1024
 BIG_CHUNK = 1024 * 1024
 #: How long a graceful stop waits for requests already being handled.
 DRAIN_TIMEOUT = 60.0
+#: A peer that stops sending in the middle of a frame (or of a frame header) for this long
+#: is taken as gone and its connection closed: it holds byte budget that other clients
+#: need. Between frames a connection holds no budget and may stay idle for ever.
+STALL_TIMEOUT = 30.0
 
 _VALID_CODES = frozenset(c.value for c in ErrorCode)
 _PEER_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError)
@@ -285,8 +289,10 @@ class Server:
         auth_token: str | None = None,
         max_buffered_bytes: int | None = None,
         compact: Callable[[str, str], Any] | None = None,
+        stall_timeout: float = STALL_TIMEOUT,
     ) -> None:
         self.mgr = mgr
+        self.stall_timeout = stall_timeout
         self.io_engine = io_engine
         self.max_frame_bytes = max_frame_bytes
         self._auth_token = auth_token
@@ -499,6 +505,12 @@ class Server:
                 want = min(proto.room, want + CHUNK)
         else:
             assert c.frame_charge == 0
+            if buffered == 0 and c.read_charge == 0:
+                # Idle between requests: wait for the peer before taking any budget, so
+                # that idle connections (a client's pool, say) cost nothing and can never
+                # exhaust the read pool.
+                if not await self._wait_readable(c, stalled_ok=True):
+                    return False
             want = min(proto.room, CHUNK)
             target = buffered + want
             if c.read_charge < target:
@@ -526,12 +538,31 @@ class Server:
             try:
                 n = os.readv(fd, [view])
             except BlockingIOError:
-                await trio.lowlevel.wait_readable(sock)
+                if not await self._wait_readable(c, stalled_ok=False):
+                    return 0
                 continue
             if n:
                 c.proto.receive_data(view[:n])
             await trio.lowlevel.checkpoint()
             return n
+
+    async def _wait_readable(self, c: _Conn, *, stalled_ok: bool) -> bool:
+        """Wait for the peer to send. False if it stalled mid-frame: treat it as gone.
+
+        ``stalled_ok`` (between frames, holding no budget) waits without a limit.
+        """
+        if stalled_ok:
+            await trio.lowlevel.wait_readable(c.stream.socket)
+            return True
+        with trio.move_on_after(self.stall_timeout):
+            await trio.lowlevel.wait_readable(c.stream.socket)
+            return True
+        c.log.warning(
+            "peer stalled in the middle of a frame; closing",
+            stall_timeout_s=self.stall_timeout,
+            buffered=c.proto.buffered,
+        )
+        return False
 
     def _settle(self, c: _Conn) -> None:
         """After a frame was answered: its frame-pool reservation (if any) is released,
