@@ -18,16 +18,22 @@ flush cost a syscall per record.
 
 from __future__ import annotations
 
-import itertools
+import heapq
 import os
 import struct
 import time
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import trio
 
-from pageserver.io import BufferedWriter, IoContext, VirtualFile, cleanup_shield
+from pageserver.io import (
+    BufferedWriter,
+    IoContext,
+    VirtualFile,
+    cleanup_shield,
+    cooperative_checkpoint,
+)
 from pageserver.layers.common import LayerInfo
 from pageserver.layers.delta_layer import DeltaLayerWriter
 from pageserver.layers.key import KEY_SIZE, Key, TenantId, TimelineId
@@ -37,6 +43,9 @@ ENTRY_SIZE = _ENTRY.size
 _unpack_entry = _ENTRY.unpack_from
 _pack_entry = _ENTRY.pack
 
+#: Keys per chunk when sorting a frozen layer's index (a few milliseconds per chunk).
+_SORT_CHUNK = 16_384
+_MERGE_CHECKPOINT_EVERY = 4096
 #: Chunk size of the flush's sequential read of the ephemeral file.
 _FLUSH_READ_CHUNK = 4 << 20
 
@@ -144,7 +153,7 @@ class InMemoryLayer:
                 yield lsn, off, n, bool(w)
             pos -= ENTRY_SIZE
 
-    def compact_index(self) -> SortedIndex:
+    async def compact_index(self) -> SortedIndex:
         """Replace the dict index of a frozen layer by a sorted, packed one.
 
         The dict costs ~170 bytes per distinct key (key object, dict slot, bytearray); the
@@ -154,8 +163,13 @@ class InMemoryLayer:
         layer. Reads switch over atomically (one attribute assignment).
         """
         if self._compact is None:
-            self._compact = SortedIndex.build(self.index)
-            self.index = {}
+            self._compact = await SortedIndex.build(self.index)
+            old, self.index = self.index, {}
+            # Free the dict's millions of small objects in steps, not in one stall.
+            while old:
+                for _ in range(min(len(old), _MERGE_CHECKPOINT_EVERY)):
+                    old.popitem()
+                await cooperative_checkpoint()
         return self._compact
     async def read_value(self, offset: int, length: int) -> bytes:
         if self.end_lsn is None:
@@ -169,7 +183,7 @@ class InMemoryLayer:
     ) -> LayerInfo:
         """Write this frozen layer as an L0 delta layer (runs inside ``ctx.run_job``)."""
         assert self.end_lsn is not None
-        index = self.compact_index()
+        index = await self.compact_index()
         size = self.size
         data = bytearray(size)
         view = memoryview(data)
@@ -228,11 +242,40 @@ class SortedIndex:
         self._n = len(starts) - 1
 
     @classmethod
-    def build(cls, index: dict[bytes, bytearray]) -> SortedIndex:
-        keys = sorted(index)
+    async def build(cls, index: dict[bytes, bytearray]) -> SortedIndex:
+        """Sort in small chunks and merge, yielding between steps.
+
+        One ``sorted()`` of a full layer's keys (millions of them) is a single C call of a
+        second or more: on the loop (trio-uring) it would stall every connection, and in a
+        worker thread (std-fs) it would hold the GIL as long. Chunks of ``_SORT_CHUNK``
+        keys sort in a few milliseconds each; the k-way merge is per-key Python work that
+        checkpoints (and lets the GIL go) as the rest of the flush does.
+        """
+        keys = list(index)
+        chunks: list[list[bytes]] = []
+        for i in range(0, len(keys), _SORT_CHUNK):
+            chunk = keys[i : i + _SORT_CHUNK]
+            chunk.sort()
+            chunks.append(chunk)
+            await cooperative_checkpoint()
+        del keys
+        merged: Iterable[bytes] = heapq.merge(*chunks) if len(chunks) > 1 else chunks[0] if chunks else []
+        # Append straight into two growing buffers (no list of millions of parts to join
+        # and then free in one go: each of those is a long C call too).
+        key_buf = bytearray()
+        entry_buf = bytearray()
         starts = array("Q", [0])
-        starts.extend(itertools.accumulate(len(index[k]) for k in keys))
-        return cls(b"".join(keys), starts, b"".join([index[k] for k in keys]))
+        for n, key in enumerate(merged, 1):
+            key_buf += key
+            entry_buf += index[key]
+            starts.append(len(entry_buf))
+            if not n % _MERGE_CHECKPOINT_EVERY:
+                await cooperative_checkpoint()
+        del merged
+        for chunk in chunks:  # drop the key references a chunk at a time
+            chunk.clear()
+            await cooperative_checkpoint()
+        return cls(bytes(key_buf), starts, bytes(entry_buf))
 
     def __len__(self) -> int:
         return self._n
