@@ -21,6 +21,7 @@ Three kinds of measurement, each chosen so that its number means what its label 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -39,6 +40,7 @@ from pageserver.config import ENGINE_ENV_VAR, PageserverConfig
 from pageserver.io import IoContext, IoEngine, create_engine
 from pageserver.io.engine import FileStat, StdFsEngine, rename_noreplace_sync
 from pageserver.layers.value import Image, encode_value
+from pageserver.logging import configure_logging
 from pageserver.server.client import Client, ConnectionLost, PutBatch
 from pageserver.server.client_cli import FeedGenerator
 from pageserver.tenant.manager import TenantManager
@@ -225,7 +227,11 @@ async def _flush_bench_async(
                         n = min(batch, records - done)
                         # Keys made per batch: the benchmark must not hold large lists itself.
                         recs = [
-                            (prefix + ((done + i) * 2654435761 % nkeys).to_bytes(4, "big"), lsn, payload)
+                            (
+                                prefix + ((done + i) * 2654435761 % nkeys).to_bytes(4, "big"),
+                                lsn,
+                                payload,
+                            )
                             for i in range(n)
                         ]
                         await mgr.put(TENANT, TIMELINE, recs)
@@ -256,9 +262,34 @@ def flush_bench(
     Runs its own ``trio.run`` so that each engine starts from a fresh loop (and ring).
     Also records the ticker's lateness on an idle loop first, the floor to compare with.
     """
-    return trio.run(
-        _flush_bench_async, kind, base, rounds, records, value_size, no_sync, idle_s
-    )
+    return trio.run(_flush_bench_async, kind, base, rounds, records, value_size, no_sync, idle_s)
+
+
+def _flush_bench_child(kind: str, base: str, **kw: Any) -> FlushResult:
+    """The spawned process's entry: it starts with structlog's defaults (stdout, info)."""
+    configure_logging("kv", logging.WARNING)
+    return flush_bench(kind, base, **kw)
+
+
+def flush_bench_isolated(
+    kind: str, base: str, *, rounds: int, records: int, value_size: int, no_sync: bool,
+    idle_s: float = 0.3,
+) -> FlushResult:  # fmt: skip
+    """:func:`flush_bench` in a fresh (spawned) interpreter.
+
+    Each engine then starts from the same state: no heap left by an earlier measurement
+    (which would make the cyclic GC's pauses, seen by the ticker, grow run after run), no
+    warm trio thread cache, so the order in which engines run does not bias the ratios.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        fut = pool.submit(
+            _flush_bench_child, kind, base, rounds=rounds, records=records, value_size=value_size,
+            no_sync=no_sync, idle_s=idle_s,
+        )  # fmt: skip
+        return fut.result()
 
 
 # ---------------------------------------------------------------------------------------

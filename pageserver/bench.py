@@ -52,7 +52,7 @@ class Sizes:
     idle_s: float
 
 
-DEFAULT = Sizes(200_000, 100, 2000, 300_000, 3, 256, 0.3)
+DEFAULT = Sizes(400_000, 100, 3000, 400_000, 5, 256, 0.5)
 QUICK = Sizes(20_000, 100, 300, 40_000, 2, 16, 0.1)
 
 
@@ -137,13 +137,16 @@ def run_bench(
             "idle_s": sizes.idle_s,
         }
         for kind in engines:
-            _note(quiet, f"{kind}: daemon, {sizes.records} records of {sizes.value_size} B over the socket")
+            _note(
+                quiet,
+                f"{kind}: daemon, {sizes.records} records of {sizes.value_size} B over the socket",
+            )
             sock = m.socket_bench(
                 kind, base, records=sizes.records, value_size=sizes.value_size,
                 gets=sizes.gets, no_sync=no_sync,
             )  # fmt: skip
             _note(quiet, f"{kind}: {sizes.flush_rounds} in-process flushes with a 1 ms ticker")
-            fl = m.flush_bench(kind, base, **flush_kw)
+            fl = m.flush_bench_isolated(kind, base, **flush_kw)
             report["engines"][kind] = {
                 "ingest_records_per_s": sock.records_per_s,
                 "ingest_mib_per_s": sock.mib_per_s,
@@ -153,7 +156,9 @@ def run_bench(
                 **_flush_fields(fl),
             }
         _note(quiet, "baseline: the same flushes with per-operation thread offload")
-        report["baselines"]["per_op_offload"] = _flush_fields(m.flush_bench(m.PER_OP, base, **flush_kw))
+        report["baselines"]["per_op_offload"] = _flush_fields(
+            m.flush_bench_isolated(m.PER_OP, base, **flush_kw)
+        )
     finally:
         shutil.rmtree(base, ignore_errors=True)
     report["ratios"] = _ratios(report, no_sync)
@@ -280,7 +285,7 @@ def print_report(report: dict[str, Any]) -> None:
     r.add_column("ratio")
     r.add_column("value", justify="right")
     for name, v in report["ratios"].items():
-        r.add_row(name, _fmt(v, ".2f"))
+        r.add_row(name, _fmt(v, ".2f" if v is None or v >= 0.1 else ".4f"))
     console.print(r)
 
 
@@ -313,7 +318,9 @@ def _engines(text: str) -> list[str]:
     kinds = [k.strip() for k in text.split(",") if k.strip()]
     for k in kinds:
         if k not in ENGINE_KINDS:
-            raise argparse.ArgumentTypeError(f"unknown engine {k!r} (use {', '.join(ENGINE_KINDS)})")
+            raise argparse.ArgumentTypeError(
+                f"unknown engine {k!r} (use {', '.join(ENGINE_KINDS)})"
+            )
     if not kinds:
         raise argparse.ArgumentTypeError("no engine given")
     return list(dict.fromkeys(kinds))
@@ -394,7 +401,9 @@ def register(subparsers: Any) -> None:
         "--flush-rounds", type=_positive, help=f"timed flushes (default {DEFAULT.flush_rounds})"
     )
     p.add_argument(
-        "--raw-mib", type=_positive, help=f"MiB of the raw write baseline (default {DEFAULT.raw_mib})"
+        "--raw-mib",
+        type=_positive,
+        help=f"MiB of the raw write baseline (default {DEFAULT.raw_mib})",
     )
     p.add_argument(
         "--dir", help="where the data directories and test files go (default: $TMPDIR or /tmp)"

@@ -32,7 +32,12 @@ ENGINE_METRICS = (
     "get_p50_ms",
     "get_p99_ms",
 )
-BASELINE_FLUSH_METRICS = ("flush_mib_per_s", "lateness_p50_ms", "lateness_p99_ms", "lateness_max_ms")
+BASELINE_FLUSH_METRICS = (
+    "flush_mib_per_s",
+    "lateness_p50_ms",
+    "lateness_p99_ms",
+    "lateness_max_ms",
+)
 
 
 @pytest.fixture(scope="module")
