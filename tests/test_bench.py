@@ -92,3 +92,42 @@ def test_uring_skip_is_reported(report: dict[str, Any]) -> None:
         assert report["skipped"] == {}
     else:
         assert report["skipped"] == {TRIO_URING: reason}
+
+
+def test_refused_uring_is_skipped_with_its_reason(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The fallback path, whatever this kernel does: a refusal names its reason and the
+    rest of the report (std-fs, baselines, ratios without a trio-uring term) is complete."""
+    from pageserver import bench
+
+    monkeypatch.setattr(bench, "uring_refusal_reason", lambda: "refused for the test")
+    sizes = bench.Sizes(2000, 50, 20, 3000, 1, 2, 0.02)
+    report = bench.run_bench([STD_FS, TRIO_URING], sizes, str(tmp_path), True, quiet=True)
+    assert report["skipped"] == {TRIO_URING: "refused for the test"}
+    assert list(report["engines"]) == [STD_FS]
+    _positive(report["engines"][STD_FS], ENGINE_METRICS, STD_FS)
+    assert not any("trio-uring" in name for name in report["ratios"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fio_figure_is_read_when_fio_is_installed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """fio is not installed everywhere: a stand-in on PATH checks the command and parsing."""
+    from pageserver import _bench_measure as m
+
+    fake = tmp_path / "bin" / "fio"
+    fake.parent.mkdir()
+    fake.write_text(
+        "#!/bin/sh\n"
+        'echo "fio-3.36 banner line"\n'
+        'echo \'{"jobs": [{"write": {"bw_bytes": 104857600}}], "args": "\'"$*"\'"}\'\n'
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:/usr/bin:/bin")
+    mib_s, note = m.fio_sequential_write(str(tmp_path), 4)
+    assert mib_s == pytest.approx(100.0), note
+    assert "fio" in note
+    fake.write_text("#!/bin/sh\necho broken >&2\nexit 3\n")
+    assert m.fio_sequential_write(str(tmp_path), 4) == (None, "fio failed: broken")
