@@ -95,3 +95,16 @@ def test_sigkill_at_random_instants(engine_kind: str, tmp_path: Path) -> None:
         reported = int(last_reported.split()[1])
         assert v in (reported, reported + 1), (v, reported)
         first = v + 1
+
+
+def test_error_after_rename_aborts(engine_kind: str, tmp_path: Path) -> None:
+    """Once the rename is issued, a failing directory fsync may not be reported as "the
+    overwrite failed" (callers would undo what the new content already describes): abort."""
+    path = tmp_path / "f"
+    assert run_child(["crashsafe", str(path), "1", "1"], child_env(engine_kind)).returncode == 0
+    res = run_child(
+        ["crashsafe", str(path), "2", "2"], child_env(engine_kind, "crashsafe-after-rename=return(24)")
+    )
+    assert res.returncode == -signal.SIGABRT, res.stderr
+    assert "fatal io error" in res.stderr
+    assert version_of(path.read_bytes()) == 2

@@ -54,6 +54,8 @@ class BufferedWriter:
         #: Writes in flight, oldest first: (absolute offset, buffer, length, pending).
         self._inflight: deque[tuple[int, bytearray, int, PendingWrite]] = deque()
         self._closed = False
+        #: The first write error: the writer is unusable after it (see ``_fail``).
+        self._error: BaseException | None = None
 
     @property
     def offset(self) -> int:
@@ -67,8 +69,17 @@ class BufferedWriter:
             return self._inflight[0][0]
         return self._buf_offset
 
+    def _check(self) -> None:
+        if self._error is not None:
+            raise OSError(
+                getattr(self._error, "errno", None) or 5,
+                f"{self.file.path}: an earlier write failed ({self._error!r}); the writer is unusable",
+            )
+
     async def write(self, data: bytes | bytearray | memoryview) -> int:
         """Append ``data``; return the absolute offset where it starts."""
+        if self._error is not None:
+            self._check()
         start = self._buf_offset + self._fill
         n = len(data)
         room = self.buffer_size - self._fill
@@ -95,6 +106,7 @@ class BufferedWriter:
         await self._submit(self.buffer_size)
 
     async def _submit(self, length: int) -> None:
+        self._check()
         buf = self._buf
         offset = self._buf_offset
         while len(self._inflight) >= self._depth:
@@ -113,8 +125,17 @@ class BufferedWriter:
         _off, buf, _length, pending = self._inflight[0]
         try:
             await pending.wait()
-        finally:
+        except BaseException as e:
+            # A failed write leaves a hole where bytes already handed out (their offsets
+            # reported, maybe indexed) should be. Nothing after it can be trusted: every
+            # later write and read raises. The buffer is not reused (it may still be
+            # ``_buf`` or be read by ``read_at``).
             self._inflight.popleft()
+            if self._error is None:
+                self._error = e
+            raise
+        self._inflight.popleft()
+        if buf is not self._buf:
             self._free.append(buf)
 
     async def _drain(self) -> None:
@@ -160,7 +181,14 @@ class BufferedWriter:
         self._closed = True
 
     async def read_at(self, offset: int, n: int) -> bytes:
-        """Read ``n`` bytes at absolute ``offset`` of the logical file."""
+        """Read ``n`` bytes at absolute ``offset`` of the logical file.
+
+        The parts still in memory (the current buffer, buffers in flight) are copied
+        *before* any await: a concurrent ``write`` may submit the current buffer, reuse a
+        completed one or move ``durable_offset`` while this read waits for the disk. Only
+        ``[offset, durable_offset)`` is read from the file, and those bytes never change.
+        """
+        self._check()
         end = offset + n
         if end > self.offset:
             raise EOFError(f"read past the end of {self.file.path}: {offset}+{n} > {self.offset}")
@@ -170,10 +198,7 @@ class BufferedWriter:
             i = offset - buf_off
             return bytes(self._buf[i : i + n])
         out = bytearray(n)
-        # Part before the current buffer: from the buffers in flight, else from disk.
         disk_end = min(end, self.durable_offset)
-        if offset < disk_end:
-            await self.file.read_exact_at_into(memoryview(out)[: disk_end - offset], offset)
         for off, buf, length, _p in self._inflight:
             lo = max(offset, off)
             hi = min(end, off + length)
@@ -182,4 +207,7 @@ class BufferedWriter:
         if end > buf_off:
             lo = max(offset, buf_off)
             out[lo - offset :] = self._buf[lo - buf_off : end - buf_off]
+        if offset < disk_end:
+            await self.file.read_exact_at_into(memoryview(out)[: disk_end - offset], offset)
+        self._check()
         return bytes(out)

@@ -6,7 +6,8 @@ The sequence (SPEC section 6, after upstream ``shared/seeds/003_*``):
 2. create it with ``O_CREAT|O_EXCL`` (so two writers can never share it);
 3. write all of the content; fsync it; close it;
 4. rename it over ``path`` (atomic replace within one directory);
-5. fsync the parent directory, which makes the rename itself durable.
+5. fsync the parent directory, which makes the rename itself durable (an error there
+   aborts the process: see the comment in the code).
 
 At every point a crash leaves ``path`` with the whole old content (before step 4's
 rename is durable) or the whole new content (after). The file is fsynced even with
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from pageserver import failpoints
 from pageserver.io.offload import cleanup_shield
+from pageserver.io.virtual_file import fatal_io_error
 
 if TYPE_CHECKING:
     from pageserver.io.context import IoContext
@@ -53,7 +55,17 @@ async def crashsafe_overwrite(ctx: IoContext, path: str, content: bytes) -> None
     # The commit point: once the rename is issued, finish it (and make it durable) even
     # if the caller is being cancelled, so that "returned with an error" always means
     # "the old content is still in place" to the caller.
+    #
+    # After the rename, an error must not be reported as "the overwrite failed": the new
+    # content may already be what a reader (and, once the directory is written back, a
+    # restart) sees, and callers may undo things they believe the old content still
+    # describes. Nor can the fsync be retried (fsyncgate). So any error of the
+    # directory fsync aborts the process; the restart sees one content or the other.
+    directory = os.path.dirname(path) or "."
     with cleanup_shield():
         await engine.rename(temp, path)
-        await failpoints.failpoint("crashsafe-after-rename")
-        await ctx.fsync_dir(os.path.dirname(path) or ".", force=True)
+        try:
+            await failpoints.failpoint("crashsafe-after-rename")
+            await ctx.fsync_dir(directory, force=True)
+        except OSError as e:
+            fatal_io_error("fsync", directory, e)

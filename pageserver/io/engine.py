@@ -31,6 +31,7 @@ import abc
 import ctypes
 import errno
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -58,6 +59,15 @@ class PendingIo(abc.ABC):
     async def result(self) -> int:
         """Wait (uncancellably: the kernel may still use the buffer) for the result."""
 
+    @abc.abstractmethod
+    def add_done_callback(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` once the kernel is done with the operation (at once if it is).
+
+        Runs on the trio loop (or inline); used to release what the operation pinned
+        (its VirtualFile slot) as soon as it completes, even if nobody awaits the result
+        for a long time (an idle writer's last write-behind buffer).
+        """
+
 
 class DoneIo(PendingIo):
     __slots__ = ("_value",)
@@ -67,6 +77,9 @@ class DoneIo(PendingIo):
 
     async def result(self) -> int:
         return self._value
+
+    def add_done_callback(self, fn: Callable[[], None]) -> None:
+        fn()
 
 
 class IoEngine(abc.ABC):

@@ -25,6 +25,7 @@ import ctypes
 import errno
 import os
 import threading
+from collections.abc import Callable
 from typing import ClassVar, Final
 
 import trio
@@ -167,6 +168,14 @@ class PendingUringWrite(PendingIo):
         if res < 0:
             raise _err(res)
         return res
+
+    def add_done_callback(self, fn: Callable[[], None]) -> None:
+        op = self._op
+        if op.done:
+            fn()
+        else:
+            assert op.callback is None, "one callback per operation"
+            op.callback = fn
 
 
 class UringEngine(IoEngine):

@@ -380,8 +380,10 @@ class VirtualFile:
     ) -> PendingWrite:
         """Start writing ``data`` at ``offset``; ``await (…).wait()`` finishes it.
 
-        The slot stays pinned and ``data`` referenced until ``wait()`` returned, which the
-        caller must always do (the buffered writer does, also on error and cancellation).
+        The slot stays pinned until the kernel is done with the write (the engine calls
+        back on completion), so the descriptor cannot be evicted and reused under it;
+        ``data`` must stay unmodified until ``wait()`` returned, which the caller must
+        always do (the buffered writer does, also on error and cancellation).
         """
         table = self._table
         slot = await table.pin(self)
@@ -394,7 +396,8 @@ class VirtualFile:
             if isinstance(e, OSError) and e.errno in FATAL_ERRNOS:
                 fatal_io_error("write", self.path, e)
             raise
-        return PendingWrite(self, slot, view, offset, pending)
+        pending.add_done_callback(lambda: table.unpin(slot))
+        return PendingWrite(self, view, offset, pending)
 
     # -- durability and metadata ----------------------------------------------------------------
 
@@ -453,13 +456,10 @@ class VirtualFile:
 class PendingWrite:
     """A write started by :meth:`VirtualFile.start_write_all_at`."""
 
-    __slots__ = ("_vf", "_slot", "_view", "_offset", "_pending", "_done")
+    __slots__ = ("_vf", "_view", "_offset", "_pending", "_done")
 
-    def __init__(
-        self, vf: VirtualFile, slot: _Slot, view: memoryview, offset: int, pending: PendingIo
-    ) -> None:
+    def __init__(self, vf: VirtualFile, view: memoryview, offset: int, pending: PendingIo) -> None:
         self._vf = vf
-        self._slot = slot
         self._view = view
         self._offset = offset
         self._pending = pending
@@ -472,16 +472,15 @@ class PendingWrite:
         self._done = True
         vf = self._vf
         try:
-            try:
-                n = await self._pending.result()
-            except OSError as e:
-                if e.errno in FATAL_ERRNOS:
-                    fatal_io_error("write", vf.path, e)
-                raise
-            metrics.BYTES_WRITTEN.inc(n)
-            if n < len(self._view):
-                if n == 0:
-                    raise OSError(errno.EIO, f"{vf.path}: write returned 0 bytes")
-                await vf._write_rest(self._slot, self._view, n, self._offset)
-        finally:
-            vf._table.unpin(self._slot)
+            n = await self._pending.result()
+            if n == 0 and len(self._view):
+                raise OSError(errno.EIO, f"{vf.path}: write returned 0 bytes")
+        except OSError as e:
+            if e.errno in FATAL_ERRNOS:
+                fatal_io_error("write", vf.path, e)
+            raise
+        metrics.BYTES_WRITTEN.inc(n)
+        if n < len(self._view):
+            # The slot was released when the kernel completed the short write: the rest
+            # goes through an ordinary (pinning) write.
+            await vf.write_all_at(self._view[n:], self._offset + n)

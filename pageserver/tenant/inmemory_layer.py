@@ -73,6 +73,8 @@ class InMemoryLayer:
         #: Reads in progress; the ephemeral file is deleted only once none is left.
         self.readers = 0
         self._no_readers: trio.Event | None = None
+        #: The error of a failed write; the layer is unusable after it (``check_usable``).
+        self.broken: BaseException | None = None
 
     @classmethod
     async def create(cls, ctx: IoContext, timeline_dir: str, seq: int, start_lsn: int) -> InMemoryLayer:
@@ -103,10 +105,15 @@ class InMemoryLayer:
         orphaned bytes at the file's tail are harmless.
         """
         assert self.end_lsn is None, "put into a frozen layer"
+        self.check_usable()
         self.last_put_at = time.monotonic()
         # One append for the whole batch: a single copy into the writer instead of an
         # await per record; offsets follow from the running sum of lengths.
-        off = await self._writer.write(b"".join([r[2] for r in records]))
+        try:
+            off = await self._writer.write(b"".join([r[2] for r in records]))
+        except BaseException as e:
+            self.broken = e
+            raise
         index = self.index
         pack = _pack_entry
         for key, lsn, value, will_init in records:
@@ -126,13 +133,35 @@ class InMemoryLayer:
             if lsn > self.max_lsn:
                 self.max_lsn = lsn
 
+    def check_usable(self) -> None:
+        """Raise if an earlier write to the ephemeral file failed.
+
+        A failed append leaves a hole under offsets that were already handed out, so the
+        layer can neither take more records nor be flushed: its records (received, never
+        reported durable) are given up, and the timeline refuses writes until a restart.
+        """
+        if self.broken is not None:
+            raise OSError(
+                getattr(self.broken, "errno", None) or 5,
+                f"{self.path}: a write to the in-memory layer failed earlier ({self.broken!r})",
+            )
+
     async def freeze(self, end_lsn: int) -> None:
-        """Stop accepting puts; write the tail so that the flush can read the file."""
+        """Stop accepting puts; write the tail so that the flush can read the file.
+
+        ``end_lsn`` is set only once every write has completed: until then reads keep
+        going through the writer (which serves bytes still in memory), never to a file
+        whose tail is not written yet.
+        """
         assert self.end_lsn is None
         assert end_lsn > self.max_lsn
+        self.check_usable()
+        try:
+            await self._writer.finish()
+        except BaseException as e:
+            self.broken = e
+            raise
         self.end_lsn = end_lsn
-        await self._writer.flush_full()
-        await self._writer.finish()
 
     # -- reads ----------------------------------------------------------------------------
 

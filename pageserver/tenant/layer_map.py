@@ -48,15 +48,22 @@ class HistoricLayer:
 
     async def delta(self, ctx: IoContext) -> DeltaLayer:
         if self._reader is None:
-            self._reader = await DeltaLayer.open(ctx, self.path)
+            await self._adopt(await DeltaLayer.open(ctx, self.path))
         assert isinstance(self._reader, DeltaLayer)
         return self._reader
 
     async def image(self, ctx: IoContext) -> ImageLayer:
         if self._reader is None:
-            self._reader = await ImageLayer.open(ctx, self.path)
+            await self._adopt(await ImageLayer.open(ctx, self.path))
         assert isinstance(self._reader, ImageLayer)
         return self._reader
+
+    async def _adopt(self, reader: DeltaLayer | ImageLayer) -> None:
+        """Keep the first reader opened; a concurrent first read closes its own again."""
+        if self._reader is None:
+            self._reader = reader
+        else:
+            await reader.close()
 
     async def close(self) -> None:
         if self._reader is not None:

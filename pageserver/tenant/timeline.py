@@ -149,6 +149,8 @@ class Timeline:
         self._progress = trio.Event()
         self._frozen_added = trio.Event()
         self._flush_error: BaseException | None = None
+        #: Shutdown has begun: no new puts, backpressure waits give up.
+        self._stopping = False
         self._closed = False
         self.log = log.bind(tenant_id=str(tenant_id), timeline_id=str(timeline_id))
         labels = {"tenant_id": str(tenant_id), "timeline_id": str(timeline_id)}
@@ -227,8 +229,9 @@ class Timeline:
         """Validate the whole batch, then apply it (SPEC section 5 ``put`` rules)."""
         validated = validate_batch(records)
         async with self._write_lock:
-            if self._closed:
+            if self._closed or self._stopping:
                 raise ShuttingDown("timeline is shutting down")
+            self._check_not_broken()
             dcl = self.disk_consistent_lsn
             last = self.last_record_lsn
             floor = self.open_layer.start_lsn if self.open_layer is not None else self.next_layer_start
@@ -247,7 +250,10 @@ class Timeline:
                         f"or the open layer's start {floor} (disk_consistent_lsn {dcl})"
                     )
             if accepted:
-                await self._apply(accepted)
+                # Shielded: a batch is applied whole or (on an I/O error) the timeline is
+                # broken, never left half-applied because the caller went away.
+                with trio.CancelScope(shield=True):
+                    await self._apply(accepted)
                 nbytes = sum(len(r[2]) for r in accepted)
                 metrics.INGEST_RECORDS.inc(len(accepted))
                 metrics.INGEST_BYTES.inc(nbytes)
@@ -294,19 +300,32 @@ class Timeline:
         if self.open_layer is not None:
             return self.open_layer
         # Backpressure: do not start another layer while too many wait for the flush.
+        # (This waits holding the write lock, so it must give up when the timeline
+        # stops, or shutdown could never take the lock.)
         while len(self.frozen) >= MAX_FROZEN_LAYERS:
-            if self._closed:
+            if self._closed or self._stopping:
                 raise ShuttingDown("timeline is shutting down")
+            if self._flush_error is not None:
+                raise PageserverError(f"flush is failing: {self._flush_error}")
             await self._progress.wait()
         seq = self._ephemeral_seq
         self._ephemeral_seq += 1
         self.open_layer = await InMemoryLayer.create(self.ctx, self.dir, seq, self.next_layer_start)
         return self.open_layer
 
+    def _check_not_broken(self) -> None:
+        layer = self.open_layer
+        if layer is not None and layer.broken is not None:
+            raise PageserverError(
+                f"timeline is broken by a failed write to its in-memory layer ({layer.broken!r}); "
+                "records above disk_consistent_lsn were lost; restart the pageserver"
+            )
+
     async def _freeze_open_layer(self) -> None:
         layer = self.open_layer
         if layer is None or layer.is_empty:
             return
+        self._check_not_broken()
         end_lsn = layer.max_lsn + 1
         await layer.freeze(end_lsn)
         self.open_layer = None
@@ -331,7 +350,9 @@ class Timeline:
             timeout, IDLE_FREEZE_SECONDS
         ):
             async with self._write_lock:
-                if self.open_layer is layer:
+                # Re-check: a put may have held the lock (and be mid-LSN) meanwhile.
+                idle = time.monotonic() - layer.last_put_at >= min(timeout, IDLE_FREEZE_SECONDS)
+                if self.open_layer is layer and idle and layer.broken is None:
                     self.log.info("rolling open layer on checkpoint_timeout", records=layer.num_records)
                     await self._freeze_open_layer()
 
@@ -339,6 +360,7 @@ class Timeline:
         """Freeze the open layer and wait until everything received is durable."""
         async with self._write_lock:
             target = self.last_record_lsn
+            self._check_not_broken()
             await self._freeze_open_layer()
         while self.disk_consistent_lsn < target:
             if self._flush_error is not None:
@@ -433,11 +455,15 @@ class Timeline:
 
     async def shutdown(self, flush: bool) -> None:
         """Stop ingest; with ``flush``, write every in-memory record to a layer first."""
+        # Set before taking the lock: a put waiting for backpressure holds it and must
+        # see this to give up.
+        self._stopping = True
+        self._notify_progress()
         if flush and not self._closed:
             try:
                 await self.flush()
-            except PageserverError as e:
-                self.log.error("flush at shutdown failed", error=str(e))
+            except Exception as e:  # noqa: BLE001 - stop anyway; what is durable stays
+                self.log.error("flush at shutdown failed", error=repr(e))
         async with self._write_lock:
             self._closed = True
         self._frozen_added.set()

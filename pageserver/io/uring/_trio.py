@@ -110,6 +110,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -169,7 +170,7 @@ class _Op:
     statx buffer) until the CQE arrives; dropping the entry is what releases it.
     """
 
-    __slots__ = ("driver", "ud", "pos", "task", "res", "keep", "done", "cancelled")
+    __slots__ = ("driver", "ud", "pos", "task", "res", "keep", "done", "cancelled", "callback")
 
     def __init__(self, driver: UringDriver, ud: int, pos: int, keep: object) -> None:
         self.driver = driver
@@ -179,6 +180,8 @@ class _Op:
         self.res = 0
         self.keep = keep
         self.done = False
+        #: Called (no arguments) by the reaper when the CQE arrives; see PendingIo.
+        self.callback: Callable[[], None] | None = None
         #: True when the waiting task was cancelled while the kernel had the operation.
         self.cancelled = False
 
@@ -412,6 +415,9 @@ class UringDriver:
                     if task is not None:
                         op.task = None
                         reschedule(task, _Value(res))
+                    if op.callback is not None:
+                        callback, op.callback = op.callback, None
+                        callback()
                     count += 1
                 cq[head_i] = head  # hand the slots back before looking again
                 tail = cq[tail_i]
