@@ -17,14 +17,18 @@ import itertools
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import ClassVar, Generic, Self, TypeVar
 
 from pageserver.failpoints import failpoint
 from pageserver.io import IoContext, VirtualFile, cleanup_shield
 from pageserver.io.buffered_writer import BufferedWriter
 from pageserver.layers.blob_io import PAGE_SZ, PagedReader
-from pageserver.layers.disk_btree import DiskBtreeBuilder
+from pageserver.layers.disk_btree import DiskBtreeBuilder, DiskBtreeReader
+from pageserver.layers.key import Key
 from pageserver.layers.layer_name import LayerName
 from pageserver.layers.summary import Summary, SummaryError, parse_summary
+
+S = TypeVar("S", bound=Summary)
 
 #: Buffered writer size for layer files: large buffers mean few syscalls/submissions.
 LAYER_WRITE_BUFFER = 256 * 1024
@@ -198,3 +202,44 @@ def check_structure(path: str, size: int, first_page: bytes) -> Summary:
             f"outside the file ({nblocks} blocks)"
         )
     return summary
+
+
+class OpenLayerFile(Generic[S]):
+    """What the delta and image layer readers share: the open file, its summary, its index.
+
+    Subclasses set ``SUMMARY`` (the summary class they accept) and ``INDEX_KEY_SIZE``.
+    """
+
+    SUMMARY: ClassVar[type[Summary]]
+    INDEX_KEY_SIZE: ClassVar[int]
+
+    def __init__(self, path: str, vf: VirtualFile, reader: PagedReader, summary: S) -> None:
+        self.path = path
+        self._vf = vf
+        self._reader = reader
+        self.summary = summary
+        self.file_size = reader.file_size
+        self.index = DiskBtreeReader(
+            reader.read_page, summary.index_start_blk, summary.index_root_blk, self.INDEX_KEY_SIZE
+        )
+
+    @classmethod
+    async def open(cls, ctx: IoContext, path: str) -> Self:
+        vf, reader, summary = await open_layer_file(ctx, path)
+        if not isinstance(summary, cls.SUMMARY):
+            await run_cleanup(vf.close)
+            raise LayerFileError(f"{path}: a {summary.kind} layer, not a {cls.SUMMARY.kind} layer")
+        return cls(path, vf, reader, summary)  # type: ignore[arg-type]
+
+    async def close(self) -> None:
+        await self._vf.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, et: object, e: object, tb: object) -> None:
+        await self.close()
+
+    @property
+    def key_range(self) -> tuple[Key, Key]:
+        return self.summary.key_start, self.summary.key_end

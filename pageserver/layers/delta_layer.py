@@ -15,11 +15,11 @@ import struct
 from collections.abc import Iterable
 from typing import Final
 
-from pageserver.io import IoContext, VirtualFile
+from pageserver.io import IoContext
 from pageserver.io.offload import cooperative_checkpoint
-from pageserver.layers.blob_io import MAX_BLOB_LEN, PAGE_SZ, BlobError, PagedReader
-from pageserver.layers.common import LayerFileError, LayerFileWriter, LayerInfo, open_layer_file
-from pageserver.layers.disk_btree import DiskBtreeBuilder, DiskBtreeReader
+from pageserver.layers.blob_io import MAX_BLOB_LEN, PAGE_SZ, BlobError
+from pageserver.layers.common import LayerFileWriter, LayerInfo, OpenLayerFile
+from pageserver.layers.disk_btree import DiskBtreeBuilder
 from pageserver.layers.key import KEY_SIZE, Key, Lsn, TenantId, TimelineId
 from pageserver.layers.layer_name import DeltaLayerName
 from pageserver.layers.summary import DeltaSummary
@@ -235,39 +235,11 @@ class DeltaLayerWriter:
         await self._file.abandon()
 
 
-class DeltaLayer:
+class DeltaLayer(OpenLayerFile[DeltaSummary]):
     """A delta layer file opened for reading."""
 
-    def __init__(self, path: str, vf: VirtualFile, reader: PagedReader, summary: DeltaSummary):
-        self.path = path
-        self._vf = vf
-        self._reader = reader
-        self.summary = summary
-        self.file_size = reader.file_size
-        self.index = DiskBtreeReader(
-            reader.read_page, summary.index_start_blk, summary.index_root_blk, DELTA_KEY_SIZE
-        )
-
-    @classmethod
-    async def open(cls, ctx: IoContext, path: str) -> DeltaLayer:
-        vf, reader, summary = await open_layer_file(ctx, path)
-        if not isinstance(summary, DeltaSummary):
-            await vf.close()
-            raise LayerFileError(f"{path}: an image layer, not a delta layer")
-        return cls(path, vf, reader, summary)
-
-    async def close(self) -> None:
-        await self._vf.close()
-
-    async def __aenter__(self) -> DeltaLayer:
-        return self
-
-    async def __aexit__(self, et: object, e: object, tb: object) -> None:
-        await self.close()
-
-    @property
-    def key_range(self) -> tuple[Key, Key]:
-        return self.summary.key_start, self.summary.key_end
+    SUMMARY = DeltaSummary
+    INDEX_KEY_SIZE = DELTA_KEY_SIZE
 
     @property
     def lsn_range(self) -> tuple[Lsn, Lsn]:

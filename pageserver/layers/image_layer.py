@@ -10,16 +10,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-from pageserver.io import IoContext, VirtualFile
+from pageserver.io import IoContext
 from pageserver.io.offload import cooperative_checkpoint
 from pageserver.layers.blob_io import (
     COMPRESSION_DISABLED,
     COMPRESSION_KINDS,
     BlobWriter,
-    PagedReader,
 )
-from pageserver.layers.common import LayerFileError, LayerFileWriter, LayerInfo, open_layer_file
-from pageserver.layers.disk_btree import DiskBtreeBuilder, DiskBtreeReader
+from pageserver.layers.common import LayerFileWriter, LayerInfo, OpenLayerFile
+from pageserver.layers.disk_btree import DiskBtreeBuilder
 from pageserver.layers.key import KEY_SIZE, Key, Lsn, TenantId, TimelineId
 from pageserver.layers.layer_name import ImageLayerName
 from pageserver.layers.summary import ImageSummary
@@ -123,39 +122,11 @@ class ImageLayerWriter:
         await self._file.abandon()
 
 
-class ImageLayer:
+class ImageLayer(OpenLayerFile[ImageSummary]):
     """An image layer file opened for reading."""
 
-    def __init__(self, path: str, vf: VirtualFile, reader: PagedReader, summary: ImageSummary):
-        self.path = path
-        self._vf = vf
-        self._reader = reader
-        self.summary = summary
-        self.file_size = reader.file_size
-        self.index = DiskBtreeReader(
-            reader.read_page, summary.index_start_blk, summary.index_root_blk, KEY_SIZE
-        )
-
-    @classmethod
-    async def open(cls, ctx: IoContext, path: str) -> ImageLayer:
-        vf, reader, summary = await open_layer_file(ctx, path)
-        if not isinstance(summary, ImageSummary):
-            await vf.close()
-            raise LayerFileError(f"{path}: a delta layer, not an image layer")
-        return cls(path, vf, reader, summary)
-
-    async def close(self) -> None:
-        await self._vf.close()
-
-    async def __aenter__(self) -> ImageLayer:
-        return self
-
-    async def __aexit__(self, et: object, e: object, tb: object) -> None:
-        await self.close()
-
-    @property
-    def key_range(self) -> tuple[Key, Key]:
-        return self.summary.key_start, self.summary.key_end
+    SUMMARY = ImageSummary
+    INDEX_KEY_SIZE = KEY_SIZE
 
     @property
     def lsn(self) -> Lsn:
