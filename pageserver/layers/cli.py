@@ -37,16 +37,37 @@ MAX_TEXT_BYTES = 32
 
 def register(subparsers: Any) -> None:
     """Add ``layer dump`` and ``layer ls`` to the top-level ``pageserver`` parser."""
-    layer = subparsers.add_parser("layer", help="inspect layer files offline")
+    layer = subparsers.add_parser(
+        "layer",
+        help="inspect layer files offline",
+        description="Read delta and image layer files (Neon storage format version 3) "
+        "without a running daemon: this project's, or ones written by Neon's pageserver.",
+    )
     sub = layer.add_subparsers(dest="layer_command", required=True)
 
-    dump = sub.add_parser("dump", help="print a layer file's summary and entries")
+    dump = sub.add_parser(
+        "dump",
+        help="print a layer file's summary and entries",
+        description="Print a layer file's summary (kind, tenant/timeline ids, key range, LSN "
+        "range, index blocks), its entry count and its (key, LSN) entries; --values adds each "
+        "value (decoded where this server knows the encoding, else hex). Exits 1 with a "
+        "one-line message on a file that is not a valid layer.",
+        epilog="example: pageserver layer dump "
+        ".pageserver/tenants/<tenant>/timelines/<timeline>/<layer file name> --values",
+    )
     dump.add_argument("file", help="a delta or image layer file")
     dump.add_argument("--values", action="store_true", help="also print every value")
     dump.add_argument("--json", action="store_true", help="machine-readable output")
     dump.set_defaults(func=cmd_dump)
 
-    ls = sub.add_parser("ls", help="list the layer files of a timeline directory")
+    ls = sub.add_parser(
+        "ls",
+        help="list the layer files of a timeline directory",
+        description="One row per layer file in DIR: kind (delta/image), key range, LSN range "
+        "and size. Other files (metadata, ephemeral files) are skipped; a file whose name "
+        "looks like a layer but whose contents do not is an error (exit 1).",
+        epilog="example: pageserver layer ls .pageserver/tenants/<tenant>/timelines/<timeline>",
+    )
     ls.add_argument("dir", help="a timeline directory")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.set_defaults(func=cmd_ls)
