@@ -43,8 +43,6 @@ KNOWN_POINTS = frozenset(
         "crashsafe-after-write",
         "crashsafe-after-rename",
         "flush-before-dcl-update",
-        "flush-after-layer",
-        "ingest-before-append",
     }
 )
 
