@@ -68,8 +68,6 @@ class InMemoryLayer:
         self._compact: SortedIndex | None = None
         self.num_records = 0
         self.created_at = time.monotonic()
-        #: When the last put appended to this layer (the idle rule of checkpoint_timeout).
-        self.last_put_at = self.created_at
         #: Reads in progress; the ephemeral file is deleted only once none is left.
         self.readers = 0
         self._no_readers: trio.Event | None = None
@@ -106,7 +104,6 @@ class InMemoryLayer:
         """
         assert self.end_lsn is None, "put into a frozen layer"
         self.check_usable()
-        self.last_put_at = time.monotonic()
         # One append for the whole batch: a single copy into the writer instead of an
         # await per record; offsets follow from the running sum of lengths.
         try:

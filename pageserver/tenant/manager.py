@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 import tomllib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -55,8 +54,6 @@ CONFIG_HEADER = (
     "# This file contains a specific per-tenant's config.\n"
     "#  It is read in case of pageserver restart.\n"
 )
-#: How often the background task checks ``checkpoint_timeout``.
-TIMEOUT_CHECK_INTERVAL = 1.0
 
 
 def parse_tenant_id(text: object) -> TenantId:
@@ -132,7 +129,7 @@ class TenantManager:
         *,
         flush_on_exit: bool = True,
     ) -> AsyncIterator[TenantManager]:
-        """Load everything, run background tasks; on exit flush open layers and stop.
+        """Load everything, run the flush tasks; on exit flush open layers and stop.
 
         ``flush_on_exit=False`` drops in-memory layers instead, which is what a crash does
         to them (tests use it to check that a restart keeps exactly what was durable).
@@ -144,7 +141,6 @@ class TenantManager:
             for tenant in mgr.tenants.values():
                 for tl in tenant.timelines.values():
                     nursery.start_soon(tl.flush_loop)
-            nursery.start_soon(mgr._timeout_loop)
             try:
                 yield mgr
             finally:
@@ -220,14 +216,6 @@ class TenantManager:
             for tenant in self.tenants.values():
                 for tl in tenant.timelines.values():
                     nursery.start_soon(tl.shutdown, flush)
-
-    async def _timeout_loop(self) -> None:
-        while True:
-            await trio.sleep(TIMEOUT_CHECK_INTERVAL)
-            now = time.monotonic()
-            for tenant in list(self.tenants.values()):
-                for tl in list(tenant.timelines.values()):
-                    await tl.freeze_if_idle_too_long(now)
 
     # -- tenants and timelines ------------------------------------------------------------------
 

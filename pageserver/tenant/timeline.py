@@ -72,8 +72,6 @@ METADATA_FORMAT_VERSION = 1
 #: Frozen layers allowed to wait for the flush task before ``put`` waits. One (the layer
 #: being flushed) keeps ingest memory at about one open layer's index plus one flush.
 MAX_FROZEN_LAYERS = 1
-#: A quiet open layer past ``checkpoint_timeout`` is frozen after this long without puts.
-IDLE_FREEZE_SECONDS = 10.0
 
 _KEY_MAX = bytes(Key.MAX)
 
@@ -332,29 +330,6 @@ class Timeline:
         self.next_layer_start = end_lsn
         self.frozen.append(layer)
         self._frozen_added.set()
-
-    async def freeze_if_idle_too_long(self, now: float) -> None:
-        """Roll a non-empty open layer older than ``checkpoint_timeout`` (background).
-
-        While puts keep coming, the timeout roll happens in ``put`` at the next LSN
-        boundary it passes (a record above the open layer's last LSN), which never cuts an
-        LSN in two. This background rule covers a timeline that went quiet: the layer is
-        also idle (no put for ``min(checkpoint_timeout, IDLE_FREEZE_SECONDS)``), and it is
-        frozen at ``last_record_lsn + 1``.
-        """
-        layer = self.open_layer
-        if layer is None or layer.is_empty:
-            return
-        timeout = self._conf().checkpoint_timeout
-        if now - layer.created_at >= timeout and now - layer.last_put_at >= min(
-            timeout, IDLE_FREEZE_SECONDS
-        ):
-            async with self._write_lock:
-                # Re-check: a put may have held the lock (and be mid-LSN) meanwhile.
-                idle = time.monotonic() - layer.last_put_at >= min(timeout, IDLE_FREEZE_SECONDS)
-                if self.open_layer is layer and idle and layer.broken is None:
-                    self.log.info("rolling open layer on checkpoint_timeout", records=layer.num_records)
-                    await self._freeze_open_layer()
 
     async def flush(self) -> int:
         """Freeze the open layer and wait until everything received is durable."""
