@@ -260,6 +260,15 @@ def normalize_engine_kind(value: str) -> str:
     return kind
 
 
+def tool_engine() -> IoEngine:
+    """The engine of offline tools (``layer dump``/``ls``): plain blocking reads.
+
+    A one-shot command reading a few pages gains nothing from a ring it would have to
+    set up and tear down, and must work where the kernel refuses io_uring.
+    """
+    return StdFsEngine()
+
+
 def create_engine(kind: str) -> IoEngine:
     """Create an engine of the given (possibly aliased) kind, without probing."""
     kind = normalize_engine_kind(kind)

@@ -16,7 +16,8 @@ from typing import Any
 
 import trio
 
-from pageserver.io import IoContext, create_engine
+from pageserver.io import IoContext
+from pageserver.io.engine import tool_engine
 from pageserver.layers.common import LayerFileError, open_layer_file, run_cleanup
 from pageserver.layers.delta_layer import DELTA_KEY_SIZE
 from pageserver.layers.disk_btree import BtreeError, DiskBtreeReader
@@ -75,7 +76,7 @@ def register(subparsers: Any) -> None:
 
 def _run(fn: Callable[[IoContext], Awaitable[int]]) -> int:
     async def main() -> int:
-        engine = create_engine("std-fs")
+        engine = tool_engine()
         ctx = IoContext(engine, max_file_descriptors=16, no_sync=True)
         try:
             return await fn(ctx)
