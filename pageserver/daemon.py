@@ -65,11 +65,13 @@ async def serve(data_dir: str, config: PageserverConfig, engine: IoEngine) -> in
     with :class:`BindError` instead of after a long load. The signal receiver is opened
     first, so a SIGTERM during start-up is not lost (it stops the daemon once serving).
     A second signal during the graceful stop abandons it (open layers are not flushed;
-    whatever was flushed before stays durable) and exits 1.
+    whatever was flushed before stays durable) and exits 1; so does a stop whose final
+    flush failed (e.g. a full disk).
     """
     ctx = IoContext(engine, config.max_file_descriptors, config.no_sync)
     listeners: list[trio.SocketListener] = []
     forced = False
+    mgr_ref: TenantManager | None = None
     metrics_listeners: list[trio.SocketListener] = []
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -77,6 +79,7 @@ async def serve(data_dir: str, config: PageserverConfig, engine: IoEngine) -> in
             if config.metrics_addr:
                 metrics_listeners = await open_listeners(config.metrics_addr)
             async with TenantManager.open(ctx, data_dir, config) as mgr:
+                mgr_ref = mgr
                 server = Server(
                     mgr,
                     io_engine=engine.kind,
@@ -120,8 +123,9 @@ async def serve(data_dir: str, config: PageserverConfig, engine: IoEngine) -> in
                 await lst.aclose()
             await ctx.aclose()
             await engine.aclose()
-    log.info("pageserver stopped", graceful=not forced)
-    return 1 if forced else 0
+    failed = mgr_ref is not None and mgr_ref.flush_failed
+    log.info("pageserver stopped", graceful=not forced and not failed)
+    return 1 if forced or failed else 0
 
 
 def run(data_dir: str) -> int:

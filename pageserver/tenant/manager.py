@@ -114,6 +114,8 @@ class TenantManager:
         self.config = config
         self.tenants: dict[TenantId, Tenant] = {}
         self.shutting_down = False
+        #: Set when a graceful stop could not flush some timeline (the daemon exits 1).
+        self.flush_failed = False
         self._nursery: trio.Nursery | None = None
         self._create_lock = trio.Lock()
 
@@ -212,10 +214,15 @@ class TenantManager:
         if self.shutting_down:
             return
         self.shutting_down = True
+
+        async def stop(tl: Timeline) -> None:
+            if not await tl.shutdown(flush):
+                self.flush_failed = True
+
         async with trio.open_nursery() as nursery:
             for tenant in self.tenants.values():
                 for tl in tenant.timelines.values():
-                    nursery.start_soon(tl.shutdown, flush)
+                    nursery.start_soon(stop, tl)
 
     # -- tenants and timelines ------------------------------------------------------------------
 

@@ -428,8 +428,12 @@ class Timeline:
         self._m_dcl.set(self.disk_consistent_lsn)
         self._m_last_record.set(self.last_record_lsn)
 
-    async def shutdown(self, flush: bool) -> None:
-        """Stop ingest; with ``flush``, write every in-memory record to a layer first."""
+    async def shutdown(self, flush: bool) -> bool:
+        """Stop ingest; with ``flush``, write every in-memory record to a layer first.
+
+        Returns False if that flush failed (the records it could not write are lost).
+        """
+        ok = True
         # Set before taking the lock: a put waiting for backpressure holds it and must
         # see this to give up.
         self._stopping = True
@@ -439,10 +443,12 @@ class Timeline:
                 await self.flush()
             except Exception as e:  # noqa: BLE001 - stop anyway; what is durable stays
                 self.log.error("flush at shutdown failed", error=repr(e))
+                ok = False
         async with self._write_lock:
             self._closed = True
         self._frozen_added.set()
         self._notify_progress()
+        return ok
 
     async def close_files(self) -> None:
         for layer in [*self.frozen, *([self.open_layer] if self.open_layer else [])]:
