@@ -258,3 +258,14 @@ def test_future_layers() -> None:
     i = parse_layer_name("0" * 36 + "-" + "F" * 36 + "__" + f"{20:016X}")
     assert not i.is_in_future(20) and i.is_in_future(19)
     assert struct.calcsize(">BIIIBI") == 18
+
+
+def test_generation_suffixes_neon_accepts() -> None:
+    from pageserver.layers.layer_name import parse_layer_name
+
+    base = "000000000000000000000000000000000000-FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF__0000000000000001"
+    for suffix, gen in (("-v1-0000000a", 10), ("-v2-0000000A", 10), ("-0000000B", 11), ("", None)):
+        for name in (base + "-0000000000000002" + suffix, base + suffix):
+            parsed = parse_layer_name(name)
+            assert str(parsed) == name
+            assert parsed.generation == gen

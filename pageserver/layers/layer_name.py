@@ -4,7 +4,7 @@
 
     delta: {key_start}-{key_end}__{lsn_start:016X}-{lsn_end:016X}[gen]
     image: {key_start}-{key_end}__{lsn:016X}[gen]
-    gen:   -v1-{generation:08x}  |  -{generation:08x}
+    gen:   -v1-{generation:08x}  |  -{generation:08x}   (other versions / cases accepted)
 
 The parser accepts only the canonical form Neon prints (uppercase hex of fixed width),
 which makes ``str(parse_layer_name(s)) == s`` an invariant rather than a hope: a name
@@ -21,7 +21,9 @@ from pageserver.layers.key import Key, Lsn
 
 _KEY = r"[0-9A-F]{36}"
 _LSN = r"[0-9A-F]{16}"
-_GEN = r"(?P<gen>-v1-[0-9a-f]{8}|-[0-9a-f]{8})?"
+# Neon prints ``-v1-{:08x}`` (and older ``-{:08x}``); its parser takes other versions and
+# either case too, so we do (the suffix is kept as written, so it still round-trips).
+_GEN = r"(?P<gen>-v[0-9]+-[0-9a-fA-F]{8}|-[0-9a-fA-F]{8})?"
 _DELTA_RE = re.compile(
     rf"(?P<ks>{_KEY})-(?P<ke>{_KEY})__(?P<ls>{_LSN})-(?P<le>{_LSN}){_GEN}"
 )
