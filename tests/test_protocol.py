@@ -460,7 +460,7 @@ def test_put_valid_values_of_every_kind() -> None:
         (KEY, 4, trec("", clear=1, will_init=1)),
         (KEY, 4, trec("b", only_if="a")),
         (b"\x00" * 18, 5, trec("b", only_if="")),
-        (b"\xff" * 17 + b"\xfe", 2**64 - 1, img(b"x")),
+        (b"\xff" * 17 + b"\xfe", 2**64 - 2, img(b"x")),
     ]
     assert check_put_batch(recs) is None
     r = put([list(x) for x in recs])

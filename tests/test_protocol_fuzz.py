@@ -73,7 +73,8 @@ msgpack_objects = st.recursive(
 
 hex_ids = st.text(alphabet="0123456789abcdefABCDEF", min_size=32, max_size=32)
 keys = st.binary(min_size=18, max_size=18).filter(lambda k: k != KEY_MAX)
-lsns = st.integers(min_value=0, max_value=2**64 - 1)
+# Record LSNs of a valid put stay below 2^64-1 (a layer ends at lsn + 1).
+lsns = st.integers(min_value=0, max_value=2**64 - 2)
 utf8 = st.text(max_size=10)
 
 
@@ -378,7 +379,7 @@ def reference_check(records: list[Any]) -> tuple[ErrorCode, int] | None:
         k, lsn, v = r
         if type(k) is not bytes or len(k) != 18 or k == KEY_MAX:
             return ErrorCode.BAD_REQUEST, i
-        if type(lsn) is not int or not 0 <= lsn < 2**64 or type(v) is not bytes:
+        if type(lsn) is not int or not 0 <= lsn < 2**64 - 1 or type(v) is not bytes:
             return ErrorCode.BAD_REQUEST, i
     for i, (_, _, v) in enumerate(records):
         if validate_value(v) is not None:

@@ -307,3 +307,15 @@ async def test_checkpoint_timeout_never_cuts_an_lsn(engine_kind: str, tmp_path: 
         assert mgr.status()[0]["timelines"][0]["disk_consistent_lsn"] == 5
         for i in range(12):
             assert await mgr.get(TENANT, TIMELINE, key(i), 6) == b"same lsn"
+
+
+async def test_lsn_max_is_rejected(engine_kind: str, tmp_path: Path) -> None:
+    await make(engine_kind, tmp_path, start_lsn=0)
+    async with manager(engine_kind, tmp_path) as mgr:
+        with pytest.raises(BadRequest, match="2\\^64-1"):
+            await mgr.put(TENANT, TIMELINE, [(key(1), 2**64 - 1, image(b"x"))])
+        with pytest.raises(BadRequest, match="start_lsn"):
+            await mgr.create_timeline(TENANT, "ab" * 16, start_lsn=2**64 - 1)
+        await mgr.put(TENANT, TIMELINE, [(key(1), 2**64 - 2, image(b"top"))])
+        assert await mgr.flush(TENANT, TIMELINE) == 2**64 - 2
+        assert await mgr.get(TENANT, TIMELINE, key(1), 2**64 - 2) == b"top"

@@ -716,7 +716,7 @@ def _check_records(records: object) -> tuple[PutRecord, ...] | ProtocolError:
             and KEY_MAX not in keys
             and set(map(type, lsns)) == {int}
             and min(lsns) >= 0
-            and max(lsns) <= LSN_MAX
+            and max(lsns) < LSN_MAX
             and set(map(type, values)) == {bytes}
         ):
             err = _check_columns(values, lsns)
@@ -769,6 +769,9 @@ def _first_malformed_record(recs: tuple[Any, ...]) -> ProtocolError | None:
             return _bad_p(f"{name}.key", "must be below Key.MAX")
         if type(lsn) is not int or not 0 <= lsn <= LSN_MAX:
             return _bad_p(f"{name}.lsn", f"must be an unsigned 64-bit integer, not {_short(lsn)}")
+        if lsn == LSN_MAX:
+            # A layer ends at its last LSN + 1, which must still be a u64.
+            return _bad_p(f"{name}.lsn", "must be below 2^64-1 (a layer's end LSN is lsn + 1)")
         if type(value) is not bytes:
             return _bad_p(f"{name}.value", f"must be a bin, not {_type_name(value)}")
     return None

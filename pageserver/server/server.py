@@ -28,10 +28,13 @@ that; the first test of this design did).
   frame pool, which always drains; and a connection waits for the read pool only while
   holding at most 3 bytes (a partial header).
 
-So there is no cycle of waiters, and the total stays at or below the sum of the pools. The
-remaining exposure is deliberate and documented: peers that send large partial frames and
-then stall hold their reservation (a slow-loris can make everyone else wait; it cannot make
-memory grow, and it is not closed, since SPEC section 5 allows no such close).
+So there is no cycle of waiters, and the total stays at or below the sum of the pools.
+Between frames a connection holds no budget at all (it waits for readability before taking
+any), so idle connections cost nothing. A peer that stops sending in the middle of a frame
+holds its reservation; after ``STALL_TIMEOUT`` (30 s) of silence mid-frame it is taken as
+gone (SPEC section 5 lets the server close when the peer is gone) and closed, so a few
+slow-loris peers cannot make everyone else wait for ever. This is this server's reading of
+"gone"; a peer that pauses between frames is never closed.
 
 Parsing runs on the event loop, one frame at a time (it is synchronous): the transient cost
 of decoding hostile nested msgpack (up to ~32x a frame, see :mod:`protocol`) is therefore

@@ -289,8 +289,8 @@ class TenantManager:
         self._check_running()
         tenant = self.tenant(tenant_id)
         tlid = parse_timeline_id(timeline_id)
-        if isinstance(start_lsn, bool) or not isinstance(start_lsn, int) or not 0 <= start_lsn < 2**64:
-            raise BadRequest("field 'start_lsn' must be an unsigned integer")
+        if isinstance(start_lsn, bool) or not isinstance(start_lsn, int) or not 0 <= start_lsn < 2**64 - 1:
+            raise BadRequest("field 'start_lsn' must be an unsigned integer below 2^64-1")
         async with tenant.lock:
             if tlid in tenant.timelines:
                 raise AlreadyExists(f"timeline {tlid} already exists in tenant {tenant.tenant_id}")

@@ -74,6 +74,8 @@ METADATA_FORMAT_VERSION = 1
 MAX_FROZEN_LAYERS = 1
 
 _KEY_MAX = bytes(Key.MAX)
+#: Record LSNs stay below 2^64-1: a layer ends at its last LSN + 1, still a u64.
+_LSN_LIMIT = 2**64 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -552,7 +554,7 @@ def validate_batch(records: Sequence[tuple[bytes, int, bytes]]) -> list[tuple[by
         raw: bytes | None = given
         if type(given) is not bytes:
             raw = bytes(given) if isinstance(given, bytearray) else None
-        if len(key) != KEY_SIZE or key == key_max or type(lsn) is not int or not 0 <= lsn < 2**64:
+        if len(key) != KEY_SIZE or key == key_max or type(lsn) is not int or not 0 <= lsn < _LSN_LIMIT:
             bad_key = i
             break
         if bad_value is None:
@@ -570,7 +572,9 @@ def validate_batch(records: Sequence[tuple[bytes, int, bytes]]) -> list[tuple[by
             raise BadRequest(f"field 'records[{bad_key}]' key must be {KEY_SIZE} bytes")
         if key == key_max:
             raise BadRequest(f"field 'records[{bad_key}]' key must be below Key.MAX")
-        raise BadRequest(f"field 'records[{bad_key}]' lsn must be an unsigned 64-bit integer")
+        raise BadRequest(
+            f"field 'records[{bad_key}]' lsn must be an unsigned 64-bit integer below 2^64-1"
+        )
     if bad_value is not None:
         raw = records[bad_value][2]
         if not isinstance(raw, bytes | bytearray):
