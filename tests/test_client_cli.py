@@ -273,6 +273,8 @@ async def test_feed_generator_then_test_kind(
         "10",
         "--records-per-lsn",
         "2",
+        "--start-lsn",
+        "6",  # the timeline starts at 5: the stream goes above it
         "--json",
         "--flush",
     )
