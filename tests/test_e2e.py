@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import signal
 import subprocess
 import time
@@ -114,11 +115,23 @@ async def test_feed_flush_read_restart(daemon: Daemon, engine_kind: str) -> None
     assert d.stop(signal.SIGTERM) == 0
 
 
-async def test_feed_survives_sigkill_and_restart(daemon: Daemon, engine_kind: str) -> None:
+@pytest.mark.parametrize(
+    "stop,per_lsn",
+    # SIGTERM with 7 records per LSN and 500-record batches: the graceful stop flushes at
+    # an LSN boundary, and a batch must never have split that LSN (else the resend would
+    # find the rest of it "durable" and skip it).
+    [("sigkill", 1), ("sigterm", 7)],
+)
+async def test_feed_survives_sigkill_and_restart(
+    daemon: Daemon, engine_kind: str, stop: str, per_lsn: int
+) -> None:
     d = daemon
     d.start()
     t, tl = _create(d)
-    gen = FeedGenerator(count=COUNT, keys=KEYS, value_size=64, kind="image", start_lsn=1)
+    gen = FeedGenerator(
+        count=COUNT, keys=KEYS, value_size=64, kind="image", start_lsn=1, records_per_lsn=per_lsn
+    )
+    last_lsn = gen.lsn_of(COUNT - 1)
     feed = subprocess.Popen(
         [
             PAGESERVER,
@@ -137,6 +150,8 @@ async def test_feed_survives_sigkill_and_restart(daemon: Daemon, engine_kind: st
             "64",
             "--start-lsn",
             "1",
+            "--records-per-lsn",
+            str(per_lsn),
             "--batch",
             "500",
             "--retry-timeout",
@@ -152,11 +167,17 @@ async def test_feed_survives_sigkill_and_restart(daemon: Daemon, engine_kind: st
             with trio.fail_after(60):
                 while True:
                     st = await c.timeline_status(t, tl)
-                    if st["disk_consistent_lsn"] > COUNT // 5:
+                    if st["disk_consistent_lsn"] > last_lsn // 5:
                         break
                     await trio.sleep(0.005)
-        assert st["last_record_lsn"] < COUNT, "feed finished before the kill"
-        d.kill()
+        assert st["last_record_lsn"] < last_lsn, "feed finished before the stop"
+        stop_dcl = None
+        if stop == "sigkill":
+            d.kill()
+        else:
+            assert d.stop(signal.SIGTERM) == 0
+            flushed = re.findall(r"disk_consistent_lsn=(\d+)", d.log())
+            stop_dcl = int(flushed[-1])
         await trio.sleep(0.3)
         d.start()
         stdout, stderr = feed.communicate(timeout=120)
@@ -172,6 +193,14 @@ async def test_feed_survives_sigkill_and_restart(daemon: Daemon, engine_kind: st
     rng = random.Random(2)
     # Every key at the last LSN, plus random older versions.
     samples = [(k, model.last_lsn) for k in range(KEYS)] + model.samples(rng, 300)
+    if stop_dcl is not None:
+        # Every record of the LSNs around the graceful stop's flush point, each read at
+        # its own LSN: a record lost there (an LSN split across two puts) shows up here.
+        samples += [
+            (gen.key_index(i), gen.lsn_of(i))
+            for i in range(COUNT)
+            if stop_dcl - 1 <= gen.lsn_of(i) <= stop_dcl + 1
+        ]
     await _check_reads(d.addr, model, samples)
     assert d.stop(signal.SIGTERM) == 0
 
