@@ -149,10 +149,6 @@ class BufferedWriter:
         if first_error is not None:
             raise first_error
 
-    async def flush_full(self) -> None:
-        """Wait for every write in flight (nothing partial is written)."""
-        await self._drain()
-
     async def pad_to(self, alignment: int) -> None:
         """Append zero bytes until :attr:`offset` is a multiple of ``alignment``."""
         rem = self.offset % alignment

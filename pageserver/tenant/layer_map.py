@@ -13,7 +13,6 @@ highest (capped at ``cont``); on a tie prefer an image layer, which ends the sea
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 from pageserver.io import IoContext
@@ -102,12 +101,6 @@ class LayerMap:
         image = sum(1 for layer in self.layers if not layer.is_delta)
         return {"l0": l0, "delta": delta, "image": image}
 
-    def l0_deltas(self) -> list[HistoricLayer]:
-        return sorted(
-            (layer for layer in self.layers if layer.is_delta and layer.level0),
-            key=lambda layer: layer.lsn_start,
-        )
-
     async def close_all(self) -> None:
         for layer in self.layers:
             await layer.close()
@@ -118,7 +111,3 @@ def is_level0(name: LayerName) -> bool:
     from pageserver.layers.key import Key
 
     return name.is_delta and name.key_start == Key.MIN and name.key_end == Key.MAX
-
-
-def layer_path(timeline_dir: str, name: LayerName) -> str:
-    return os.path.join(timeline_dir, str(name))
