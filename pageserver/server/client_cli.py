@@ -778,7 +778,10 @@ def _cmd_feed(args: argparse.Namespace) -> int:
     stats = result[0]
     elapsed = time.perf_counter() - t0
     summary = {
-        "records": stats.records_acked,
+        # ``records``: how far through the stream the feed got (each record once);
+        # ``records_sent`` also counts what was resent after reconnects (rates use it).
+        "records": stats.position,
+        "records_sent": stats.records_acked,
         "bytes": stats.bytes_acked,
         "batches": stats.batches,
         "seconds": round(elapsed, 3),
@@ -793,7 +796,8 @@ def _cmd_feed(args: argparse.Namespace) -> int:
         _print_json(summary)
     else:
         print(
-            f"fed {stats.records_acked} records ({stats.bytes_acked / 2**20:.1f} MiB) in "
+            f"fed {stats.position} records ({stats.records_acked} sent, "
+            f"{stats.bytes_acked / 2**20:.1f} MiB) in "
             f"{elapsed:.2f}s: {summary['records_per_s']} records/s, "
             f"{summary['mib_per_s']} MiB/s; last_record_lsn {lsn_str(stats.last_record_lsn)}, "
             f"disk_consistent_lsn {lsn_str(stats.disk_consistent_lsn)}, "
