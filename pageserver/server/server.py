@@ -111,6 +111,8 @@ DRAIN_TIMEOUT = 60.0
 #: is taken as gone and its connection closed: it holds byte budget that other clients
 #: need. Between frames a connection holds no budget and may stay idle for ever.
 STALL_TIMEOUT = 30.0
+#: Bad requests logged per connection before logging only every 1000th.
+BAD_REQUEST_LOG_LIMIT = 10
 
 _VALID_CODES = frozenset(c.value for c in ErrorCode)
 _PEER_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError)
@@ -277,6 +279,7 @@ class _Conn:
     read_charge: int = 0
     """Bytes of the read pool held."""
     requests: int = 0
+    bad_requests: int = 0
     log: Any = field(default=None)
 
 
@@ -464,9 +467,17 @@ class Server:
             if ev is CLOSED:
                 return "peer closed"
             if isinstance(ev, ErrorEvent):
-                c.log.warning(
-                    "bad request", code=ev.code.value, message=ev.message, close=ev.close_after
-                )
+                # Logged, but not one line per junk frame for ever: a peer sending a stream
+                # of bad frames (each gets its reply) must not flood the log.
+                c.bad_requests += 1
+                if c.bad_requests <= BAD_REQUEST_LOG_LIMIT or not c.bad_requests % 1000:
+                    c.log.warning(
+                        "bad request",
+                        code=ev.code.value,
+                        message=ev.message,
+                        close=ev.close_after,
+                        count=c.bad_requests,
+                    )
                 await stream.send_all(ev.encode())
                 if ev.close_after:
                     return f"closed after {ev.code.value}"
