@@ -377,7 +377,7 @@ async def test_not_found_and_already_exists(h: Harness) -> None:
             ("tenant_create", {"tenant_id": T}, "already_exists"),
             ("timeline_create", {"tenant_id": T, "timeline_id": TL}, "already_exists"),
             ("tenant_create", {"tenant_id": "8" * 32, "config": {"nope": 1}}, "bad_request"),
-            ("compact", {"tenant_id": T, "timeline_id": TL}, "internal"),
+            ("compact", {"tenant_id": T, "timeline_id": "9" * 32}, "timeline_not_found"),
         ]:
             with pytest.raises(ServerError) as ei:
                 await c.request(op, **fields)

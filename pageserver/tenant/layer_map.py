@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import trio
+
 from pageserver.io import IoContext
 from pageserver.layers.delta_layer import DeltaLayer
 from pageserver.layers.image_layer import ImageLayer
@@ -29,6 +31,9 @@ class HistoricLayer:
     #: Created by compaction (L1) rather than by a flush (L0: full key range).
     level0: bool
     _reader: DeltaLayer | ImageLayer | None = field(default=None, repr=False)
+    #: Reads using this layer right now (on the loop); removal waits for them.
+    readers: int = 0
+    _unused: trio.Event | None = field(default=None, repr=False)
 
     @property
     def is_delta(self) -> bool:
@@ -68,6 +73,17 @@ class HistoricLayer:
         if self._reader is not None:
             reader, self._reader = self._reader, None
             await reader.close()
+
+    def release(self) -> None:
+        self.readers -= 1
+        if self.readers == 0 and self._unused is not None:
+            self._unused.set()
+
+    async def wait_unused(self) -> None:
+        """Wait until no read uses this layer (before closing and deleting it)."""
+        while self.readers:
+            self._unused = trio.Event()
+            await self._unused.wait()
 
 
 class LayerMap:

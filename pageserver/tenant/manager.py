@@ -37,6 +37,7 @@ from pageserver.config import (
 from pageserver.io import IoContext
 from pageserver.layers.key import InvalidId as KeyInvalidId
 from pageserver.layers.key import TenantId, TimelineId
+from pageserver.tenant.compaction import CompactionResult
 from pageserver.tenant.errors import (
     AlreadyExists,
     BadRequest,
@@ -142,7 +143,7 @@ class TenantManager:
             mgr._nursery = nursery
             for tenant in mgr.tenants.values():
                 for tl in tenant.timelines.values():
-                    nursery.start_soon(tl.flush_loop)
+                    mgr._start_background(tl)
             try:
                 yield mgr
             finally:
@@ -153,6 +154,12 @@ class TenantManager:
             for tenant in mgr.tenants.values():
                 for tl in tenant.timelines.values():
                     await tl.close_files()
+
+    def _start_background(self, tl: Timeline) -> None:
+        tl.image_compression = self.config.image_compression
+        if self._nursery is not None:
+            self._nursery.start_soon(tl.flush_loop)
+            self._nursery.start_soon(tl.compaction_loop)
 
     async def load(self) -> None:
         self.tenants_dir.mkdir(parents=True, exist_ok=True)
@@ -301,8 +308,7 @@ class TenantManager:
                 self.ctx, tenant.tenant_id, tlid, path, tenant.get_config, start_lsn
             )
             tenant.timelines[tlid] = tl
-        if self._nursery is not None:
-            self._nursery.start_soon(tl.flush_loop)
+        self._start_background(tl)
         tl.log.info("timeline created", start_lsn=start_lsn)
 
     # -- data -------------------------------------------------------------------------------------
@@ -316,6 +322,10 @@ class TenantManager:
 
     async def get_history(self, tenant_id: str, timeline_id: str, key: bytes, lsn: int) -> History:
         return await self.timeline(tenant_id, timeline_id).get_history(key, lsn)
+
+    async def compact(self, tenant_id: str, timeline_id: str) -> CompactionResult:
+        self._check_running()
+        return await self.timeline(tenant_id, timeline_id).compact()
 
     async def flush(self, tenant_id: str, timeline_id: str) -> int:
         tl = self.timeline(tenant_id, timeline_id)

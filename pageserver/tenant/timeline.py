@@ -52,6 +52,15 @@ from pageserver.layers.value import (
     RedoUnsupported as ValueRedoUnsupported,
 )
 from pageserver.layers.value_check import validate_value
+from pageserver.tenant.compaction import (
+    CompactionResult,
+    create_image_layer,
+    delta_generations_above,
+    merge_l0_layers,
+    private_copy,
+    redundant_layers,
+    remove_layers,
+)
 from pageserver.tenant.errors import (
     BadRequest,
     BadValue,
@@ -144,6 +153,10 @@ class Timeline:
         self.frozen: deque[InMemoryLayer] = deque()
         self.layer_map = LayerMap()
         self._write_lock = trio.Lock()
+        #: One compaction at a time per timeline (the background loop and ``compact``).
+        self._compaction_lock = trio.Lock()
+        #: ``image_compression`` of the pageserver config (set by the tenant manager).
+        self.image_compression = "disabled"
         self._ephemeral_seq = 0
         #: Set (and replaced) whenever the flush task made progress or failed.
         self._progress = trio.Event()
@@ -219,6 +232,11 @@ class Timeline:
             except (LayerFileError, OSError) as e:
                 raise CorruptLayer(f"layer file failed validation: {e}") from None
             tl.layer_map.add(HistoricLayer(name, path, size, level0=is_level0(name)))
+        # What a compaction that crashed between writing and removing left behind.
+        for layer in redundant_layers(tl.layer_map.layers):
+            tl.log.warning("removing layer left by an interrupted compaction", layer=str(layer.name))
+            tl.layer_map.remove(layer)
+            await ctx.unlink(layer.path)
         await ctx.fsync_dir(timeline_dir)
         tl._update_gauges()
         return tl
@@ -424,6 +442,70 @@ class Timeline:
         self._notify_progress()
         await layer.delete()
 
+    async def compact(self) -> CompactionResult:
+        """L0 -> L1 merge and image creation where the thresholds say so (SPEC section 7)."""
+        async with self._compaction_lock:
+            if self._closed or self._stopping:
+                raise ShuttingDown("timeline is shutting down")
+            conf = self._conf()
+            created = removed = 0
+            l0 = sorted(
+                (lay for lay in self.layer_map.layers if lay.is_delta and lay.level0),
+                key=lambda lay: lay.lsn_start,
+            )
+            if len(l0) >= max(2, conf.compaction_threshold):
+                infos = await self.ctx.run_job(
+                    merge_l0_layers, self.ctx, self.dir, self.tenant_id, self.timeline_id,
+                    [lay.path for lay in l0], conf.checkpoint_distance,
+                )  # fmt: skip
+                # Publish in one step (no await): readers see the old or the new layers.
+                for info in infos:
+                    self.layer_map.add(
+                        HistoricLayer(info.name, info.path, info.file_size, is_level0(info.name))
+                    )
+                for layer in l0:
+                    self.layer_map.remove(layer)
+                await remove_layers(self.ctx, self.dir, l0)
+                created += len(infos)
+                removed += len(l0)
+            images = [lay for lay in self.layer_map.layers if not lay.is_delta]
+            last_image = max((lay.lsn_start for lay in images), default=-1)
+            lsn = self.disk_consistent_lsn
+            if (
+                lsn > last_image
+                and delta_generations_above(self.layer_map.layers, last_image)
+                >= conf.image_creation_threshold
+            ):
+                copies = [
+                    private_copy(lay) for lay in self.layer_map.layers if lay.lsn_start <= lsn
+                ]
+                image_info: LayerInfo | None = await self.ctx.run_job(
+                    create_image_layer, self.ctx, self.dir, self.tenant_id, self.timeline_id,
+                    copies, lsn, self.image_compression,
+                )  # fmt: skip
+                if image_info is not None:
+                    info = image_info
+                    self.layer_map.add(HistoricLayer(info.name, info.path, info.file_size, False))
+                    created += 1
+            if created or removed:
+                self._update_gauges()
+                self.log.info(
+                    "compacted", layers_created=created, layers_removed=removed,
+                    io_engine=self.ctx.engine_kind,
+                )  # fmt: skip
+            return CompactionResult(created, removed)
+
+    async def compaction_loop(self) -> None:
+        """Compact every ``compaction_period`` (runs in the manager's nursery)."""
+        while not (self._closed or self._stopping):
+            await trio.sleep(self._conf().compaction_period)
+            try:
+                await self.compact()
+            except ShuttingDown:
+                return
+            except Exception as e:  # noqa: BLE001 - logged, retried next period
+                self.log.error("compaction failed", error=repr(e))
+
     def _update_gauges(self) -> None:
         for kind, count in self.layer_map.counts().items():
             self._m_layers[kind].set(count)
@@ -492,24 +574,7 @@ class Timeline:
         finally:
             for layer in mem_layers:
                 layer.release_reader()
-        while True:
-            hl = self.layer_map.search(key, cont)
-            if hl is None:
-                return None, None, records
-            if hl.is_delta:
-                delta = await hl.delta(self.ctx)
-                for rec_lsn, raw in await delta.get_values_reconstruct_data(key, (hl.lsn_start, cont)):
-                    img = image_bytes(raw)
-                    if img is not None:
-                        return img, int(rec_lsn), records
-                    records.append((int(rec_lsn), raw))
-                    if value_will_init(raw):
-                        return None, None, records
-            else:
-                image = await (await hl.image(self.ctx)).get(key)
-                if image is not None:
-                    return image, hl.lsn_start, records
-            cont = hl.lsn_start
+        return await collect_historic(self.layer_map, self.ctx, key, cont, records, track=True)
 
     async def get(self, key: bytes, lsn: int) -> bytes | None:
         image, _image_lsn, records = await self._collect(key, lsn)
@@ -587,3 +652,45 @@ def validate_batch(records: Sequence[tuple[bytes, int, bytes]]) -> list[tuple[by
     return out
 
 
+
+
+async def collect_historic(
+    layer_map: LayerMap,
+    ctx: IoContext,
+    key: bytes,
+    cont: int,
+    records: list[tuple[int, bytes]],
+    *,
+    track: bool,
+) -> tuple[bytes | None, int | None, list[tuple[int, bytes]]]:
+    """The on-disk part of a read: walk historic layers below ``cont``, newest first.
+
+    ``track`` counts the read on each layer it uses, so that compaction does not delete a
+    layer under it (reads on the loop); compaction's own image creation, which holds the
+    timeline's compaction lock, passes False.
+    """
+    while True:
+        hl = layer_map.search(key, cont)
+        if hl is None:
+            return None, None, records
+        if track:
+            hl.readers += 1
+        try:
+            if hl.is_delta:
+                delta = await hl.delta(ctx)
+                values = await delta.get_values_reconstruct_data(key, (hl.lsn_start, cont))
+                for rec_lsn, raw in values:
+                    img = image_bytes(raw)
+                    if img is not None:
+                        return img, int(rec_lsn), records
+                    records.append((int(rec_lsn), raw))
+                    if value_will_init(raw):
+                        return None, None, records
+            else:
+                image = await (await hl.image(ctx)).get(key)
+                if image is not None:
+                    return image, hl.lsn_start, records
+        finally:
+            if track:
+                hl.release()
+        cont = hl.lsn_start
