@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,16 @@ async def test_model(engine_kind: str, tmp_path_factory: pytest.TempPathFactory,
     data_dir = Path(tmp_path_factory.mktemp("model"))
     model = Model()
     # Small checkpoint_distance: layers roll every few records.
-    cfg = config(checkpoint_distance=data.draw(st.sampled_from([40, 300, 5000]), "distance"))
+    base = config(checkpoint_distance=data.draw(st.sampled_from([40, 300, 5000]), "distance"))
+    cfg = dataclasses.replace(
+        base,
+        tenant_config=dataclasses.replace(
+            base.tenant_config,
+            compaction_threshold=data.draw(st.sampled_from([2, 3, 5]), "compaction_threshold"),
+            image_creation_threshold=data.draw(st.sampled_from([2, 3]), "image_threshold"),
+            compaction_period=3600.0,
+        ),
+    )
     lsn = 10
     dcl = 10
     nkeys = data.draw(st.integers(2, 12), "nkeys")
@@ -41,7 +51,7 @@ async def test_model(engine_kind: str, tmp_path_factory: pytest.TempPathFactory,
                 assert await mgr.get(TENANT, TIMELINE, key(k), dcl) == model.get(key(k), dcl)
             steps = data.draw(st.integers(1, 12), "steps")
             for _ in range(steps):
-                action = data.draw(st.sampled_from(["put", "put", "put", "flush", "get"]))
+                action = data.draw(st.sampled_from(["put", "put", "put", "flush", "get", "compact"]))
                 if action == "put":
                     batch = []
                     for _r in range(data.draw(st.integers(1, 8))):
@@ -60,6 +70,8 @@ async def test_model(engine_kind: str, tmp_path_factory: pytest.TempPathFactory,
                     for k, lsn_, v in batch:
                         model.put(k, lsn_, v)
                     assert res.last_record_lsn == lsn
+                elif action == "compact":
+                    await mgr.compact(TENANT, TIMELINE)
                 elif action == "flush":
                     dcl = await mgr.flush(TENANT, TIMELINE)
                     assert dcl == lsn

@@ -7,7 +7,8 @@ boundaries into files of about ``checkpoint_distance`` bytes. Reads then touch o
 file per key instead of every L0.
 
 **Image layers.** Once ``image_creation_threshold`` delta generations (an L0, or one L1
-merge) lie above the newest image layer, an image layer at ``disk_consistent_lsn`` is
+merge; counted before this compaction's merge) lie above the newest image layer, an image
+layer at ``disk_consistent_lsn`` is
 written: every key's value materialised with the Test redo. Keys that cannot be
 materialised (Postgres WAL records, a broken history) are left out; a read that finds
 no image for its key in an image layer simply continues into the layers below.

@@ -449,6 +449,12 @@ class Timeline:
                 raise ShuttingDown("timeline is shutting down")
             conf = self._conf()
             created = removed = 0
+            # Counted before the merge: merging L0s into one L1 generation must not hide
+            # the deltas that piled up above the last image.
+            last_image = max(
+                (lay.lsn_start for lay in self.layer_map.layers if not lay.is_delta), default=-1
+            )
+            generations = delta_generations_above(self.layer_map.layers, last_image)
             l0 = sorted(
                 (lay for lay in self.layer_map.layers if lay.is_delta and lay.level0),
                 key=lambda lay: lay.lsn_start,
@@ -468,14 +474,8 @@ class Timeline:
                 await remove_layers(self.ctx, self.dir, l0)
                 created += len(infos)
                 removed += len(l0)
-            images = [lay for lay in self.layer_map.layers if not lay.is_delta]
-            last_image = max((lay.lsn_start for lay in images), default=-1)
             lsn = self.disk_consistent_lsn
-            if (
-                lsn > last_image
-                and delta_generations_above(self.layer_map.layers, last_image)
-                >= conf.image_creation_threshold
-            ):
+            if lsn > last_image and generations >= conf.image_creation_threshold:
                 copies = [
                     private_copy(lay) for lay in self.layer_map.layers if lay.lsn_start <= lsn
                 ]
