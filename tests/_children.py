@@ -65,14 +65,26 @@ def ingest_key(lsn: int) -> bytes:
     return bytes(14) + (lsn % 97).to_bytes(4, "big")
 
 
-async def ingest(data_dir: str, count: int) -> None:
-    """Create tenant/timeline if needed, then put records 1..count, reporting dcl."""
+async def ingest(data_dir: str, count: int, compact: bool = False) -> None:
+    """Create tenant/timeline if needed, then put records 1..count, reporting dcl.
+
+    With ``compact``, background compaction runs every 50 ms with low thresholds, so a
+    kill lands in the middle of merges and image creation too.
+    """
     from pageserver.config import PageserverConfig, TenantConfig
     from pageserver.tenant.errors import AlreadyExists
     from pageserver.tenant.manager import TenantManager
 
     tenant, timeline = "ab" * 16, "cd" * 16
-    cfg = PageserverConfig(no_sync=False, tenant_config=TenantConfig(checkpoint_distance=30_000))
+    tenant_config = TenantConfig(checkpoint_distance=30_000)
+    if compact:
+        tenant_config = TenantConfig(
+            checkpoint_distance=30_000,
+            compaction_threshold=3,
+            image_creation_threshold=2,
+            compaction_period=0.05,
+        )
+    cfg = PageserverConfig(no_sync=False, tenant_config=tenant_config)
     engine = create_engine(_engine_kind())
     ctx = IoContext(engine, no_sync=False)
     async with TenantManager.open(ctx, data_dir, cfg) as mgr:
@@ -97,7 +109,7 @@ def main() -> None:
     if mode == "crashsafe":
         trio.run(crashsafe_loop, sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     elif mode == "ingest":
-        trio.run(ingest, sys.argv[2], int(sys.argv[3]))
+        trio.run(ingest, sys.argv[2], int(sys.argv[3]), sys.argv[4:] == ["compact"])
     elif mode == "fsync":
         trio.run(fsync_once, sys.argv[2])
     else:

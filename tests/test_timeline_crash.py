@@ -74,3 +74,26 @@ async def test_sigkill_at_random_instants(engine_kind: str, tmp_path: Path) -> N
         reported = max(reported, last_reported_dcl(out))
         reported = await check_after_restart(engine_kind, tmp_path, reported)
     assert reported > 0
+
+
+async def test_sigkill_during_compaction(engine_kind: str, tmp_path: Path) -> None:
+    """Kill at random instants while ingest, flushes and background compaction all run."""
+    rng = random.Random(7)
+    reported = -1
+    for _ in range(4):
+        proc = start_child(
+            ["ingest", str(tmp_path), "1000000", "compact"], child_env(engine_kind)
+        )
+        assert proc.stdout is not None
+        proc.stdout.readline()
+        time.sleep(rng.uniform(0.3, 1.5))
+        proc.send_signal(signal.SIGKILL)
+        out, err = proc.communicate()
+        assert proc.returncode == -signal.SIGKILL, err
+        reported = max(reported, last_reported_dcl(out))
+        reported = await check_after_restart(engine_kind, tmp_path, reported)
+    names = [p.name for p in (tmp_path / "tenants" / TENANT / "timelines" / TIMELINE).iterdir()]
+    # Compaction really ran: L1 deltas (not spanning the whole key space) or image layers.
+    assert any("__" in n and not n.startswith("0" * 36 + "-" + "F" * 36) for n in names) or any(
+        n.count("__") == 1 and "-" not in n.split("__")[1] for n in names
+    ), names
