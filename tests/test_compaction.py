@@ -6,8 +6,11 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
+
 from pageserver.config import PageserverConfig, TenantConfig
-from tests.tenant_helpers import TENANT, TIMELINE, Model, image, key, manager, trec
+from pageserver.tenant.errors import RedoFailed, RedoUnsupported
+from tests.tenant_helpers import TENANT, TIMELINE, Model, image, key, manager, pg_rec, trec
 
 
 def cfg(distance: int = 3000, threshold: int = 4, images: int = 3) -> PageserverConfig:
@@ -111,3 +114,69 @@ async def test_restart_removes_leftovers_of_interrupted_compaction(
     async with manager(engine_kind, tmp_path, c) as mgr:
         assert layer_names(tmp_path) == sorted(l0_names)
         await check_all(mgr, model, [1, 150, 299])
+
+
+def cfg_images(threshold: int, images: int) -> PageserverConfig:
+    return PageserverConfig(
+        no_sync=True,
+        tenant_config=TenantConfig(
+            checkpoint_distance=1 << 28,
+            compaction_threshold=threshold,
+            image_creation_threshold=images,
+            compaction_period=3600.0,
+        ),
+    )
+
+
+@pytest.mark.parametrize("threshold", [10, 2])
+async def test_key_missing_from_image_keeps_record_at_image_lsn(
+    engine_kind: str, tmp_path: Path, threshold: int
+) -> None:
+    """A key the image layer left out (it could not be materialised) still sees the record
+    *at* the image's LSN, in the delta that ends right above it (found in review)."""
+    a, b, c = key(1), key(2), key(3)
+    async with manager(engine_kind, tmp_path, cfg_images(threshold, 3)) as mgr:
+        await mgr.create_tenant(TENANT)
+        await mgr.create_timeline(TENANT, TIMELINE, start_lsn=0)
+        await mgr.put(TENANT, TIMELINE, [(a, 1, image(b"a1")), (c, 1, image(b"c"))])
+        await mgr.flush(TENANT, TIMELINE)
+        await mgr.put(TENANT, TIMELINE, [(b, 2, image(b"b2"))])
+        await mgr.flush(TENANT, TIMELINE)
+        await mgr.put(TENANT, TIMELINE, [(a, 3, pg_rec(b"pg")), (c, 3, trec("x", only_if="nope"))])
+        await mgr.flush(TENANT, TIMELINE)
+        await mgr.compact(TENANT, TIMELINE)
+        assert mgr.status()[0]["timelines"][0]["layers"]["image"] == 1
+        h = await mgr.get_history(TENANT, TIMELINE, a, 3)
+        assert [lsn for lsn, _ in h.records] == [3] and (h.image, h.image_lsn) == (b"a1", 1)
+        with pytest.raises(RedoUnsupported):
+            await mgr.get(TENANT, TIMELINE, a, 3)
+        with pytest.raises(RedoFailed):
+            await mgr.get(TENANT, TIMELINE, c, 3)
+        assert await mgr.get(TENANT, TIMELINE, b, 3) == b"b2"
+        # The next image must not bake a wrong value for ``a`` either.
+        await mgr.put(TENANT, TIMELINE, [(a, 5, trec("z"))])
+        await mgr.flush(TENANT, TIMELINE)
+        await mgr.put(TENANT, TIMELINE, [(b, 7, image(b"b"))])
+        await mgr.flush(TENANT, TIMELINE)
+        await mgr.put(TENANT, TIMELINE, [(b, 8, image(b"b8"))])
+        await mgr.flush(TENANT, TIMELINE)
+        await mgr.compact(TENANT, TIMELINE)
+        assert mgr.status()[0]["timelines"][0]["layers"]["image"] == 2
+        with pytest.raises(RedoUnsupported):
+            await mgr.get(TENANT, TIMELINE, a, 8)
+
+
+async def test_compaction_period_zero_turns_background_off(engine_kind: str, tmp_path: Path) -> None:
+    import resource
+
+    import trio
+
+    c = PageserverConfig(no_sync=True, tenant_config=TenantConfig(compaction_period=0.0))
+    async with manager(engine_kind, tmp_path, c) as mgr:
+        await mgr.create_tenant(TENANT)
+        await mgr.create_timeline(TENANT, TIMELINE, start_lsn=0)
+        t0 = resource.getrusage(resource.RUSAGE_SELF)
+        await trio.sleep(1.0)
+        t1 = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = (t1.ru_utime - t0.ru_utime) + (t1.ru_stime - t0.ru_stime)
+        assert cpu < 0.5, cpu  # a spinning loop would use about the whole second

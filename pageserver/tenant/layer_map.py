@@ -13,6 +13,7 @@ highest (capped at ``cont``); on a tie prefer an image layer, which ends the sea
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import trio
@@ -98,11 +99,14 @@ class LayerMap:
     def remove(self, layer: HistoricLayer) -> None:
         self.layers.remove(layer)
 
-    def search(self, key: bytes, cont_lsn: int) -> HistoricLayer | None:
+    def search(
+        self, key: bytes, cont_lsn: int, exclude: Collection[HistoricLayer] = ()
+    ) -> HistoricLayer | None:
+        """The layer to read next for ``key`` below ``cont_lsn`` (``exclude``: already read)."""
         best: HistoricLayer | None = None
         best_top = -1
         for layer in self.layers:
-            if layer.lsn_start >= cont_lsn or not layer.contains_key(key):
+            if layer.lsn_start >= cont_lsn or not layer.contains_key(key) or layer in exclude:
                 continue
             top = min(layer.lsn_end, cont_lsn)
             if top > best_top or (

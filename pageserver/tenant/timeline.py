@@ -498,7 +498,11 @@ class Timeline:
     async def compaction_loop(self) -> None:
         """Compact every ``compaction_period`` (runs in the manager's nursery)."""
         while not (self._closed or self._stopping):
-            await trio.sleep(self._conf().compaction_period)
+            period = self._conf().compaction_period
+            if period <= 0:  # "0s" turns background compaction off (as in Neon)
+                await trio.sleep(1.0)
+                continue
+            await trio.sleep(period)
             try:
                 await self.compact()
             except ShuttingDown:
@@ -669,8 +673,12 @@ async def collect_historic(
     layer under it (reads on the loop); compaction's own image creation, which holds the
     timeline's compaction lock, passes False.
     """
+    # Image layers already looked at that did not hold the key. Such a layer says nothing
+    # about the key, so the walk must not jump below its LSN: a delta ending at the same
+    # LSN + 1 may hold a record *at* that LSN. Continue at the same ``cont`` without it.
+    missed_images: list[HistoricLayer] = []
     while True:
-        hl = layer_map.search(key, cont)
+        hl = layer_map.search(key, cont, missed_images)
         if hl is None:
             return None, None, records
         if track:
@@ -690,6 +698,8 @@ async def collect_historic(
                 image = await (await hl.image(ctx)).get(key)
                 if image is not None:
                     return image, hl.lsn_start, records
+                missed_images.append(hl)
+                continue
         finally:
             if track:
                 hl.release()
