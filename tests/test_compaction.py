@@ -66,6 +66,7 @@ async def test_merge_and_images_keep_reads(engine_kind: str, tmp_path: Path) -> 
         after = mgr.status()[0]["timelines"][0]["layers"]
         assert res.layers_removed == before["l0"]
         assert after["image"] == 1  # one merge = one generation; the L0s were >= 3
+        assert after["l0"] == 0 and after["delta"] >= 1  # L1s never look like L0s
         assert res.layers_created == after["delta"] + after["l0"] + after["image"]
         await check_all(mgr, model, probe)
         # More L0s on top, then compaction again: the new L0s merge into their own L1s.
@@ -180,3 +181,72 @@ async def test_compaction_period_zero_turns_background_off(engine_kind: str, tmp
         t1 = resource.getrusage(resource.RUSAGE_SELF)
         cpu = (t1.ru_utime - t0.ru_utime) + (t1.ru_stime - t0.ru_stime)
         assert cpu < 0.5, cpu  # a spinning loop would use about the whole second
+
+
+async def test_small_merge_is_one_l1_not_an_l0(engine_kind: str, tmp_path: Path) -> None:
+    model = Model()
+    async with manager(engine_kind, tmp_path, cfg(distance=1 << 28, threshold=3, images=100)) as mgr:
+        await mgr.create_tenant(TENANT)
+        await mgr.create_timeline(TENANT, TIMELINE, start_lsn=0)
+        for start in (1, 50, 100):
+            await ingest(mgr, model, range(start, start + 49))
+            await mgr.flush(TENANT, TIMELINE)
+        res = await mgr.compact(TENANT, TIMELINE)
+        assert (res.layers_created, res.layers_removed) == (1, 3)
+        assert mgr.status()[0]["timelines"][0]["layers"] == {"l0": 0, "delta": 1, "image": 0}
+        (name,) = layer_names(tmp_path)
+        assert not name.startswith("0" * 36 + "-") and name.split("__")[0].endswith("F" * 36)
+        # A later compaction merges only new L0s; the L1 stays as it is.
+        await ingest(mgr, model, range(150, 199))
+        await mgr.flush(TENANT, TIMELINE)
+        res = await mgr.compact(TENANT, TIMELINE)
+        assert (res.layers_created, res.layers_removed) == (0, 0)
+        await check_all(mgr, model, [1, 60, 149, 198])
+
+
+async def test_every_crash_state_of_a_merge(engine_kind: str, tmp_path: Path) -> None:
+    """Restart after a merge interrupted at any point: any prefix of its files (renamed in
+    key order), or all of them with any of its inputs already removed. An earlier,
+    single-file merge result sits beside them and must survive untouched."""
+    import itertools
+
+    model = Model()
+    d = tmp_path / "d"
+    async with manager(engine_kind, d, cfg(distance=1 << 28, threshold=3, images=1000)) as mgr:
+        await mgr.create_tenant(TENANT)
+        await mgr.create_timeline(TENANT, TIMELINE, start_lsn=0)
+        for start in (1, 30, 60):
+            await ingest(mgr, model, range(start, start + 29))
+            await mgr.flush(TENANT, TIMELINE)
+        await mgr.compact(TENANT, TIMELINE)
+    (m1,) = layer_names(d)
+    c = cfg(distance=1500, threshold=3, images=1000)
+    async with manager(engine_kind, d, c) as mgr:
+        await ingest(mgr, model, range(90, 200))
+        await mgr.flush(TENANT, TIMELINE)
+    pre = layer_names(d)
+    l0s = [n for n in pre if n != m1]
+    assert len(l0s) >= 3
+    base = tmp_path / "base"
+    shutil.copytree(d, base)
+    async with manager(engine_kind, d, c) as mgr:
+        await mgr.compact(TENANT, TIMELINE)
+    group = sorted(n for n in layer_names(d) if n not in pre)
+    assert len(group) >= 3 and layer_names(d) == sorted([m1, *group])
+    cases: list[tuple[list[str], list[str]]] = [(l0s, group[:k]) for k in range(len(group))]
+    cases += [(list(sub), group) for r in range(len(l0s) + 1) for sub in itertools.combinations(l0s, r)][:12]
+    for inputs, outs in cases:
+        work = tmp_path / "w"
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.copytree(base, work)
+        for n in l0s:
+            if n not in inputs:
+                os.unlink(tl_dir(work) / n)
+        for n in outs:
+            shutil.copy(tl_dir(d) / n, tl_dir(work) / n)
+        (tl_dir(work) / "x.1.___temp").write_bytes(b"half-written layer")
+        async with manager(engine_kind, work, c) as mgr:
+            complete = outs == group
+            want = sorted([m1, *group]) if complete else sorted([m1, *l0s])
+            assert layer_names(work) == want, (len(inputs), len(outs))
+            await check_all(mgr, model, [1, 45, 89, 120, 199])

@@ -2,8 +2,9 @@
 
 **L0 -> L1.** Once ``compaction_threshold`` L0 deltas exist (each spans the whole key
 space and one flush's LSN range), they are merged, in (key, lsn) order, into L1 deltas
-that together span the whole key space and the union of the L0s' LSN ranges, cut at key
-boundaries into files of about ``checkpoint_distance`` bytes. Reads then touch one L1
+over the union of the L0s' LSN ranges, cut at key boundaries into files of about
+``checkpoint_distance`` bytes; the files tile the key space from the first key present to
+Key.MAX. Reads then touch one L1
 file per key instead of every L0.
 
 **Image layers.** Once ``image_creation_threshold`` delta generations (an L0, or one L1
@@ -19,8 +20,8 @@ removed, and the layer map is changed in one step on the loop (no await in betwe
 A crash can therefore leave new layers *beside* the ones they replace; reads are correct
 with both present (either copy holds the same records). Startup then removes what is
 redundant (:func:`redundant_layers`): an L0 whose LSN range lies inside a complete merge
-result, and the files of an incomplete merge (a group of L1 files of one LSN range that
-does not span the key space, whose L0s are therefore all still there).
+result, and the files of an incomplete merge (a group of L1 files of one LSN range without
+its last file, the one ending at Key.MAX; its L0s are therefore all still there).
 
 Both jobs run through ``ctx.run_job`` (a worker thread under std-fs, the loop under
 trio-uring) and use their own layer readers, so nothing they do races with reads on the
@@ -92,8 +93,12 @@ async def merge_l0_layers(
             if batch:
                 heapq.heappush(heap, (batch[pos][0], batch[pos][1], idx))
             if writer is None:
+                # Like Neon's L1 files, the first starts at the first key present (not at
+                # Key.MIN): an L1 never looks like an L0 (whole key range), even when the
+                # merge fits in one file. The last file ends at Key.MAX, which is what
+                # tells a complete merge from an interrupted one (see redundant_layers).
                 writer = DeltaLayerWriter(
-                    ctx, timeline_dir, tenant_id, timeline_id, Key.MIN, lsn_start, lsn_end
+                    ctx, timeline_dir, tenant_id, timeline_id, Key(key), lsn_start, lsn_end
                 )
             elif key != last_key and writer.size_estimate >= target_size:
                 infos.append(await writer.finish(Key(key)))
@@ -215,10 +220,10 @@ def redundant_layers(layers: list[HistoricLayer]) -> list[HistoricLayer]:
     doomed: list[HistoricLayer] = []
     for rng, group in groups.items():
         group.sort(key=lambda lay: lay.name.key_start)
-        complete = (
-            group[0].name.key_start == Key.MIN
-            and group[-1].name.key_end == Key.MAX
-            and all(a.name.key_end == b.name.key_start for a, b in zip(group, group[1:], strict=False))
+        # A merge renames its files in key order and only the last one ends at Key.MAX, so
+        # an interrupted merge left a contiguous prefix without it.
+        complete = group[-1].name.key_end == Key.MAX and all(
+            a.name.key_end == b.name.key_start for a, b in zip(group, group[1:], strict=False)
         )
         if complete:
             units.append(rng)
