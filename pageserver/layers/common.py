@@ -243,3 +243,34 @@ class OpenLayerFile(Generic[S]):
     @property
     def key_range(self) -> tuple[Key, Key]:
         return self.summary.key_start, self.summary.key_end
+
+
+E = TypeVar("E")
+
+
+class BatchIterator(Generic[E]):
+    """An async iterator over entries that subclasses produce a batch (leaf page) at a time.
+
+    ``async for`` yields entries one by one; hot loops call :meth:`next_batch` directly
+    (an empty list means the end).
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[E] = []
+        self._pos = 0
+
+    async def next_batch(self) -> list[E]:
+        raise NotImplementedError
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> E:
+        if self._pos >= len(self._pending):
+            self._pending = await self.next_batch()
+            self._pos = 0
+            if not self._pending:
+                raise StopAsyncIteration
+        e = self._pending[self._pos]
+        self._pos += 1
+        return e

@@ -18,7 +18,7 @@ from typing import Final
 from pageserver.io import IoContext
 from pageserver.io.offload import cooperative_checkpoint
 from pageserver.layers.blob_io import MAX_BLOB_LEN, PAGE_SZ, BlobError
-from pageserver.layers.common import LayerFileWriter, LayerInfo, OpenLayerFile
+from pageserver.layers.common import BatchIterator, LayerFileWriter, LayerInfo, OpenLayerFile
 from pageserver.layers.disk_btree import DiskBtreeBuilder
 from pageserver.layers.key import KEY_SIZE, Key, Lsn, TenantId, TimelineId
 from pageserver.layers.layer_name import DeltaLayerName
@@ -301,28 +301,14 @@ class DeltaLayer(OpenLayerFile[DeltaSummary]):
 DeltaEntry = tuple[Key, Lsn, int, bool, bytes]
 
 
-class DeltaIndexIterator:
+class DeltaIndexIterator(BatchIterator[DeltaEntry]):
     """Iterates a delta layer in file order, a leaf page at a time."""
 
     def __init__(self, layer: DeltaLayer, start_key: bytes, with_values: bool) -> None:
+        super().__init__()
         self._layer = layer
         self._it = layer.index.iter(delta_key(start_key, 0), forward=True)
         self._with_values = with_values
-        self._pending: list[DeltaEntry] = []
-        self._pos = 0
-
-    def __aiter__(self) -> DeltaIndexIterator:
-        return self
-
-    async def __anext__(self) -> DeltaEntry:
-        if self._pos >= len(self._pending):
-            self._pending = await self.next_batch()
-            self._pos = 0
-            if not self._pending:
-                raise StopAsyncIteration
-        e = self._pending[self._pos]
-        self._pos += 1
-        return e
 
     async def next_batch(self) -> list[DeltaEntry]:
         batch = await self._it.next_batch()

@@ -17,7 +17,7 @@ from pageserver.layers.blob_io import (
     COMPRESSION_KINDS,
     BlobWriter,
 )
-from pageserver.layers.common import LayerFileWriter, LayerInfo, OpenLayerFile
+from pageserver.layers.common import BatchIterator, LayerFileWriter, LayerInfo, OpenLayerFile
 from pageserver.layers.disk_btree import DiskBtreeBuilder
 from pageserver.layers.key import KEY_SIZE, Key, Lsn, TenantId, TimelineId
 from pageserver.layers.layer_name import ImageLayerName
@@ -158,26 +158,14 @@ class ImageLayer(OpenLayerFile[ImageSummary]):
 ImageEntry = tuple[Key, int, bytes]
 
 
-class ImageIterator:
+class ImageIterator(BatchIterator[ImageEntry]):
+    """Iterates an image layer in key order, a leaf page at a time."""
+
     def __init__(self, layer: ImageLayer, start_key: bytes, with_values: bool) -> None:
+        super().__init__()
         self._layer = layer
         self._it = layer.index.iter(bytes(start_key), forward=True)
         self._with_values = with_values
-        self._pending: list[ImageEntry] = []
-        self._pos = 0
-
-    def __aiter__(self) -> ImageIterator:
-        return self
-
-    async def __anext__(self) -> ImageEntry:
-        if self._pos >= len(self._pending):
-            self._pending = await self.next_batch()
-            self._pos = 0
-            if not self._pending:
-                raise StopAsyncIteration
-        e = self._pending[self._pos]
-        self._pos += 1
-        return e
 
     async def next_batch(self) -> list[ImageEntry]:
         batch = await self._it.next_batch()
