@@ -60,38 +60,34 @@ async def test_failpoint_exit_during_flush(engine_kind: str, tmp_path: Path, poi
     assert last_reported_dcl(again.stdout) >= 1500
 
 
-async def test_sigkill_at_random_instants(engine_kind: str, tmp_path: Path) -> None:
-    rng = random.Random(42)
+async def kill_at_random_instants(
+    engine_kind: str, tmp_path: Path, args: list[str], seed: int, lo: float, hi: float
+) -> int:
+    """Start the ingest child, SIGKILL it after a random delay, restart and check; 4 times.
+
+    Returns the highest disk_consistent_lsn seen (never going backwards)."""
+    rng = random.Random(seed)
     reported = -1
     for _ in range(4):
-        proc = start_child(["ingest", str(tmp_path), "1000000"], child_env(engine_kind))
+        proc = start_child(["ingest", str(tmp_path), "1000000", *args], child_env(engine_kind))
         assert proc.stdout is not None
         proc.stdout.readline()
-        time.sleep(rng.uniform(0.2, 1.2))
+        time.sleep(rng.uniform(lo, hi))
         proc.send_signal(signal.SIGKILL)
         out, err = proc.communicate()
         assert proc.returncode == -signal.SIGKILL, err
         reported = max(reported, last_reported_dcl(out))
         reported = await check_after_restart(engine_kind, tmp_path, reported)
-    assert reported > 0
+    return reported
+
+
+async def test_sigkill_at_random_instants(engine_kind: str, tmp_path: Path) -> None:
+    assert await kill_at_random_instants(engine_kind, tmp_path, [], 42, 0.2, 1.2) > 0
 
 
 async def test_sigkill_during_compaction(engine_kind: str, tmp_path: Path) -> None:
     """Kill at random instants while ingest, flushes and background compaction all run."""
-    rng = random.Random(7)
-    reported = -1
-    for _ in range(4):
-        proc = start_child(
-            ["ingest", str(tmp_path), "1000000", "compact"], child_env(engine_kind)
-        )
-        assert proc.stdout is not None
-        proc.stdout.readline()
-        time.sleep(rng.uniform(0.3, 1.5))
-        proc.send_signal(signal.SIGKILL)
-        out, err = proc.communicate()
-        assert proc.returncode == -signal.SIGKILL, err
-        reported = max(reported, last_reported_dcl(out))
-        reported = await check_after_restart(engine_kind, tmp_path, reported)
+    await kill_at_random_instants(engine_kind, tmp_path, ["compact"], 7, 0.3, 1.5)
     names = [p.name for p in (tmp_path / "tenants" / TENANT / "timelines" / TIMELINE).iterdir()]
     # Compaction really ran: L1 deltas (not spanning the whole key space) or image layers.
     assert any("__" in n and not n.startswith("0" * 36 + "-" + "F" * 36) for n in names) or any(
