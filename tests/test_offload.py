@@ -19,25 +19,7 @@ from pageserver.io import (
 )
 from pageserver.io.engine import StdFsEngine
 from pageserver.io.offload import JobSuspendedError
-
-
-class ThreadRecordingEngine(StdFsEngine):
-    """std-fs engine that records which thread issued each syscall."""
-
-    def __init__(self) -> None:
-        self.threads: list[int] = []
-
-    async def write_at(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
-        self.threads.append(threading.get_ident())
-        return await super().write_at(fd, data, offset)
-
-    async def open(self, path: str, flags: int, mode: int = 0o644) -> int:
-        self.threads.append(threading.get_ident())
-        return await super().open(path, flags, mode)
-
-    async def fsync(self, fd: int) -> None:
-        self.threads.append(threading.get_ident())
-        await super().fsync(fd)
+from tests.recording import RecordingEngine, Ticker, count_thread_calls
 
 
 async def write_file_job(ctx: IoContext, path: str, mib: int) -> int:
@@ -61,23 +43,13 @@ async def write_file_job(ctx: IoContext, path: str, mib: int) -> int:
     return n
 
 
-async def test_std_fs_job_runs_in_one_worker_thread(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    engine = ThreadRecordingEngine()
+async def test_std_fs_job_runs_in_one_worker_thread(tmp_path: Path) -> None:
+    engine = RecordingEngine()
     ctx = IoContext(engine, no_sync=False)
-    thread_calls = 0
-    original = trio.lowlevel.start_thread_soon
-
-    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
-        nonlocal thread_calls
-        thread_calls += 1
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(trio.lowlevel, "start_thread_soon", counting)
-    n = await ctx.run_job(write_file_job, ctx, str(tmp_path / "f"), 4)
+    with count_thread_calls() as thread_calls:
+        n = await ctx.run_job(write_file_job, ctx, str(tmp_path / "f"), 4)
     assert n == 4 << 20
-    assert thread_calls == 1
+    assert thread_calls == [1]
     assert len(engine.threads) >= 64 + 2  # open, 64 writes of 64 KiB, fsync
     assert len(set(engine.threads)) == 1
     assert engine.threads[0] != threading.get_ident()
@@ -90,26 +62,14 @@ async def test_loop_keeps_ticking_during_long_job(engine_kind: str, tmp_path: Pa
     try:
         # Each 64 KiB write pauses 2 ms: a job of ~64 writes takes well over 100 ms.
         failpoints.configure({"virtual-file-write": "sleep(2)"})
-        ticks = 0
-        max_gap = 0.0
-        finished = False
-
-        async def ticker() -> None:
-            nonlocal ticks, max_gap
-            last = trio.current_time()
-            while not finished:
-                await trio.sleep(0.001)
-                now = trio.current_time()
-                max_gap = max(max_gap, now - last)
-                last = now
-                ticks += 1
-
+        ticker = Ticker()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(ticker)
+            nursery.start_soon(ticker.run)
             t0 = trio.current_time()
             await ctx.run_job(write_file_job, ctx, str(tmp_path / "g"), 4)
             elapsed = trio.current_time() - t0
-            finished = True
+            ticker.stop()
+        ticks, max_gap = ticker.ticks, ticker.max_gap
         assert elapsed > 0.1
         assert ticks >= 20, (ticks, elapsed)
         # Generous: the GIL switch interval and a noisy machine; a blocked loop would

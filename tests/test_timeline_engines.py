@@ -6,14 +6,13 @@ import os
 import threading
 from pathlib import Path
 
-import pytest
 import trio
 
 from pageserver.config import PageserverConfig
 from pageserver.io import IoContext
-from pageserver.io.engine import StdFsEngine
 from pageserver.tenant.manager import TenantManager
 from tests.conftest import require_engine
+from tests.recording import RecordingEngine, Ticker, count_thread_calls
 from tests.tenant_helpers import TENANT, TIMELINE, config, image, key, manager, trec
 
 
@@ -53,74 +52,27 @@ async def test_byte_identical_layer_files(tmp_path: Path) -> None:
         assert a[name] == b[name], name
 
 
-class RecordingEngine(StdFsEngine):
-    """std-fs that notes the thread of every write and fsync, by path of the fd."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, int, str]] = []
-
-    def _note(self, op: str, fd: int) -> None:
-        try:
-            path = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            path = "?"
-        self.calls.append((op, threading.get_ident(), path))
-
-    async def write_at(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
-        self._note("write", fd)
-        return await super().write_at(fd, data, offset)
-
-    async def read_at(self, fd: int, buf: bytearray | memoryview, offset: int) -> int:
-        self._note("read", fd)
-        return await super().read_at(fd, buf, offset)
-
-    async def fsync(self, fd: int) -> None:
-        self._note("fsync", fd)
-        await super().fsync(fd)
-
-
-async def test_std_fs_flush_is_one_thread_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_std_fs_flush_is_one_thread_call(tmp_path: Path) -> None:
     engine = RecordingEngine()
     ctx = IoContext(engine, no_sync=False)
-    thread_calls = 0
-    original = trio.lowlevel.start_thread_soon
-
-    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
-        nonlocal thread_calls
-        thread_calls += 1
-        return original(*args, **kwargs)
-
     cfg = PageserverConfig(no_sync=False)
     async with TenantManager.open(ctx, tmp_path, cfg) as mgr:
         await mgr.create_tenant(TENANT)
         await mgr.create_timeline(TENANT, TIMELINE)
         for lsn in range(1, 3001):
             await mgr.put(TENANT, TIMELINE, [(key(lsn % 400), lsn, image(b"p" * 2000))])
-        ticks = 0
-        max_gap = 0.0
-        done = False
-
-        async def ticker() -> None:
-            nonlocal ticks, max_gap
-            last = trio.current_time()
-            while not done:
-                await trio.sleep(0.001)
-                now = trio.current_time()
-                max_gap = max(max_gap, now - last)
-                last = now
-                ticks += 1
-
         engine.calls.clear()
-        monkeypatch.setattr(trio.lowlevel, "start_thread_soon", counting)
         loop_thread = threading.get_ident()
-        async with trio.open_nursery() as n:
-            n.start_soon(ticker)
-            t0 = trio.current_time()
-            await mgr.flush(TENANT, TIMELINE)
-            elapsed = trio.current_time() - t0
-            done = True
-        monkeypatch.setattr(trio.lowlevel, "start_thread_soon", original)
-    assert thread_calls == 1
+        ticker = Ticker()
+        with count_thread_calls() as thread_calls:
+            async with trio.open_nursery() as n:
+                n.start_soon(ticker.run)
+                t0 = trio.current_time()
+                await mgr.flush(TENANT, TIMELINE)
+                elapsed = trio.current_time() - t0
+                ticker.stop()
+    ticks, max_gap = ticker.ticks, ticker.max_gap
+    assert thread_calls == [1]
     # The flush job: reads of the frozen ephemeral file, writes and fsync of the layer's
     # temp file. (Freezing writes the ephemeral file's tail on the loop, as ingest does.)
     job_calls = [
