@@ -85,3 +85,21 @@ class Ticker:
 
     def stop(self) -> None:
         self._stop = True
+
+
+@contextmanager
+def no_new_python_threads() -> Iterator[None]:
+    """Assert that the block starts no Python thread (the kernel's ``iou-*`` workers, which
+    show up in /proc/self/task too, are allowed)."""
+    before = {t.ident for t in threading.enumerate()}
+    tasks_before = set(os.listdir("/proc/self/task"))
+    yield
+    assert {t.ident for t in threading.enumerate()} == before
+    names = []
+    for tid in set(os.listdir("/proc/self/task")) - tasks_before:
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                names.append(f.read().strip())
+        except FileNotFoundError:
+            pass
+    assert all(n.startswith("iou-") for n in names), names

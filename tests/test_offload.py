@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from pageserver.io import (
 )
 from pageserver.io.engine import StdFsEngine
 from pageserver.io.offload import JobSuspendedError
-from tests.recording import RecordingEngine, Ticker, count_thread_calls
+from tests.recording import RecordingEngine, Ticker, count_thread_calls, no_new_python_threads
 
 
 async def write_file_job(ctx: IoContext, path: str, mib: int) -> int:
@@ -144,18 +143,8 @@ async def test_uring_jobs_start_no_python_thread(tmp_path: Path) -> None:
     ctx = IoContext(create_engine("trio-uring"), no_sync=True)
     try:
         assert ctx.engine.kind == "trio-uring"
-        before = {t.ident for t in threading.enumerate()}
-        tasks_before = set(os.listdir("/proc/self/task"))
-        await ctx.run_job(write_file_job, ctx, str(tmp_path / "u"), 8)
-        assert {t.ident for t in threading.enumerate()} == before
-        new_tasks = set(os.listdir("/proc/self/task")) - tasks_before
-        names = []
-        for tid in new_tasks:
-            try:
-                names.append(Path(f"/proc/self/task/{tid}/comm").read_text().strip())
-            except FileNotFoundError:
-                pass
-        assert all(n.startswith("iou-") for n in names), names
+        with no_new_python_threads():
+            await ctx.run_job(write_file_job, ctx, str(tmp_path / "u"), 8)
     finally:
         await ctx.aclose()
         await ctx.engine.aclose()

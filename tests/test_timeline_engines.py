@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from pageserver.config import PageserverConfig
 from pageserver.io import IoContext
 from pageserver.tenant.manager import TenantManager
 from tests.conftest import require_engine
-from tests.recording import RecordingEngine, Ticker, count_thread_calls
+from tests.recording import RecordingEngine, Ticker, count_thread_calls, no_new_python_threads
 from tests.tenant_helpers import TENANT, TIMELINE, config, image, key, manager, trec
 
 
@@ -97,16 +96,6 @@ async def test_uring_flush_starts_no_thread(tmp_path: Path) -> None:
         await mgr.create_timeline(TENANT, TIMELINE)
         for lsn in range(1, 2001):
             await mgr.put(TENANT, TIMELINE, [(key(lsn % 300), lsn, image(b"q" * 2000))])
-        before = {t.ident for t in threading.enumerate()}
-        tasks_before = set(os.listdir("/proc/self/task"))
-        await mgr.flush(TENANT, TIMELINE)
-        assert {t.ident for t in threading.enumerate()} == before
-        new = set(os.listdir("/proc/self/task")) - tasks_before
-        names = []
-        for tid in new:
-            try:
-                names.append(Path(f"/proc/self/task/{tid}/comm").read_text().strip())
-            except FileNotFoundError:
-                pass
-        assert all(n.startswith("iou-") for n in names), names
+        with no_new_python_threads():
+            await mgr.flush(TENANT, TIMELINE)
         assert mgr.status()[0]["timelines"][0]["layers"]["l0"] == 1

@@ -22,7 +22,7 @@ import tomllib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 import trio
@@ -50,6 +50,8 @@ from pageserver.tenant.timeline import History, PutResult, Timeline
 
 log = structlog.get_logger("pageserver.tenant")
 
+IdT = TypeVar("IdT", TenantId, TimelineId)
+
 CONFIG_FILE = "config-v1"
 CONFIG_HEADER = (
     "# This file contains a specific per-tenant's config.\n"
@@ -58,15 +60,17 @@ CONFIG_HEADER = (
 
 
 def parse_tenant_id(text: object) -> TenantId:
-    try:
-        return TenantId.parse(text.lower() if isinstance(text, str) else text)
-    except KeyInvalidId as e:
-        raise InvalidId(str(e)) from None
+    return _parse_id(TenantId, text)
 
 
 def parse_timeline_id(text: object) -> TimelineId:
+    return _parse_id(TimelineId, text)
+
+
+def _parse_id(cls: type[IdT], text: object) -> IdT:
+    """Validate an id before it can reach a path; uppercase hex is normalised."""
     try:
-        return TimelineId.parse(text.lower() if isinstance(text, str) else text)
+        return cls.parse(text.lower() if isinstance(text, str) else text)
     except KeyInvalidId as e:
         raise InvalidId(str(e)) from None
 
