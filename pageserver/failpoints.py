@@ -161,7 +161,7 @@ async def failpoint(name: str) -> None:
         return
     action = _fire(name)
     if action is not None and action.kind == "sleep":
-        if _jobstate.in_worker_thread():
-            time.sleep(action.arg / 1000)
-        else:
+        if _jobstate.on_trio_loop():
             await trio.sleep(action.arg / 1000)
+        else:
+            time.sleep(action.arg / 1000)

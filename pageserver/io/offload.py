@@ -83,7 +83,7 @@ async def cooperative_checkpoint() -> None:
     CPU-heavy loops of layer-writing jobs call this so that, under trio-uring (where the
     job runs on the loop), they do not hold the loop for the whole job.
     """
-    if not _jobstate.in_worker_thread():
+    if _jobstate.on_trio_loop():
         await trio.lowlevel.checkpoint()
 
 
@@ -99,9 +99,7 @@ def cleanup_shield() -> contextlib.AbstractContextManager[object]:
     state = _jobstate.current_job()
     if state is not None and state.in_worker:
         return _suppress_job_cancel(state)
-    try:
-        trio.lowlevel.current_task()
-    except RuntimeError:  # a plain thread with no trio run: nothing can cancel it
+    if not _jobstate.on_trio_loop():  # a plain thread with no trio run: nothing cancels it
         return contextlib.nullcontext()
     return trio.CancelScope(shield=True)
 

@@ -73,17 +73,6 @@ def fatal_io_error(op: str, path: str, exc: OSError) -> None:
     os.abort()
 
 
-def _in_worker() -> bool:
-    """True when there is no trio run to wait in (an offloaded job, or a plain thread)."""
-    if _jobstate.in_worker_thread():
-        return True
-    try:
-        trio.lowlevel.current_trio_token()
-    except RuntimeError:
-        return True
-    return False
-
-
 class _Slot:
     __slots__ = ("fd", "owner", "recently_used", "pins")
 
@@ -125,7 +114,7 @@ class SlotTable:
 
     async def _wait_locked_released(self, still_needed: Callable[[], bool]) -> None:
         """Wait until the table changes, if ``still_needed()`` (checked under the lock)."""
-        if _in_worker():
+        if not _jobstate.on_trio_loop():
             with self._lock:
                 if still_needed():
                     self._cond.wait(timeout=1.0)
