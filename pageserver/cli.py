@@ -11,7 +11,7 @@ from pageserver.config import DEFAULT_DATA_DIR, ConfigError
 from pageserver.logging import configure_logging
 
 #: Modules that add their own subcommands with ``register(subparsers)``.
-_SUBCOMMAND_MODULES = ("pageserver.layers.cli", "pageserver.server.client_cli", "pageserver.bench")
+_SUBCOMMAND_MODULES = ("pageserver.layers.cli", "pageserver.client.cli", "pageserver.bench.harness")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -23,7 +23,7 @@ from pageserver.io import IoContext
 from pageserver.io.engine import IoEngine, resolve_engine
 from pageserver.server.metrics_http import serve_metrics
 from pageserver.server.server import BindError, Server, listener_address, open_listeners
-from pageserver.tenant.errors import PageserverError
+from pageserver.errors import PageserverError
 from pageserver.tenant.manager import TenantManager
 
 log = structlog.get_logger("pageserver")

@@ -29,7 +29,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pageserver.io.uring._trio import current_driver  # noqa: E402
-from pageserver.io.uring_engine import UringEngine, probe_uring  # noqa: E402
+from pageserver.io.uring.engine import UringEngine, probe_uring  # noqa: E402
 
 Row = tuple[str, int, int, list[int], float, str]
 

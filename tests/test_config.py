@@ -21,7 +21,7 @@ from pageserver.config import (
     parse_duration,
 )
 from pageserver.io.engine import EngineUnavailable, resolve_engine
-from tests.crash import REPO_ROOT
+from tests.helpers.crash import REPO_ROOT
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -12,7 +12,7 @@ holds. Two implementations exist:
     driving its coroutine with ``send(None)``: the analogue of Neon's
     ``spawn_blocking(|| block_on(...))``.
 
-``trio-uring`` (:mod:`pageserver.io.uring_engine`)
+``trio-uring`` (:mod:`pageserver.io.uring.engine`)
     Every operation is an io_uring submission awaited on the trio loop.
 
 Why an object rather than a process-global switch: one test process runs the whole suite
@@ -274,7 +274,7 @@ def create_engine(kind: str) -> IoEngine:
     kind = normalize_engine_kind(kind)
     if kind == STD_FS:
         return StdFsEngine()
-    from pageserver.io.uring_engine import UringEngine
+    from pageserver.io.uring.engine import UringEngine
 
     return UringEngine()
 
@@ -289,7 +289,7 @@ class EngineUnavailable(RuntimeError):
 def uring_refusal_reason() -> str | None:
     """Why io_uring cannot be used here, or None if the probe succeeded."""
     try:
-        from pageserver.io.uring_engine import probe_uring
+        from pageserver.io.uring.engine import probe_uring
     except ImportError as e:  # pragma: no cover - the module is part of the package
         return f"the trio-uring engine is not available: {e}"
     return probe_uring()

@@ -65,8 +65,8 @@ from typing import Any
 import structlog
 import trio
 
-from pageserver.server.client import Address, parse_address
-from pageserver.server.protocol import (
+from pageserver.client import Address, parse_address
+from pageserver.wire import (
     CLOSED,
     HEADER_LEN,
     NEED_DATA,

@@ -10,7 +10,7 @@ directory without ``config-v1``, or a timeline directory without ``metadata``, i
 crash during creation leaves (the client never got a success reply): it is removed at
 startup with a warning.
 
-Every method raises the typed errors of :mod:`pageserver.tenant.errors`, which map one to
+Every method raises the typed errors of :mod:`pageserver.errors`, which map one to
 one to the wire error codes.
 """
 
@@ -38,7 +38,7 @@ from pageserver.io import IoContext
 from pageserver.layers.key import InvalidId as KeyInvalidId
 from pageserver.layers.key import TenantId, TimelineId
 from pageserver.tenant.compaction import CompactionResult
-from pageserver.tenant.errors import (
+from pageserver.errors import (
     AlreadyExists,
     BadRequest,
     InvalidId,

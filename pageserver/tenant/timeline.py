@@ -61,7 +61,7 @@ from pageserver.tenant.compaction import (
     redundant_layers,
     remove_layers,
 )
-from pageserver.tenant.errors import (
+from pageserver.errors import (
     BadRequest,
     BadValue,
     CorruptLayer,

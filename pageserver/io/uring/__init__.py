@@ -4,7 +4,7 @@ No compiled extension and no liburing: the kernel ABI is transcribed in ``_abi``
 syscalls go through ``libc.syscall`` (``_syscalls``), the rings are mapped with libc
 ``mmap`` (``_ring``), and ``_trio`` runs one ring per trio run with a batching submitter
 and a single reaper. The io engine built on it is
-:class:`pageserver.io.uring_engine.UringEngine`.
+:class:`pageserver.io.uring.engine.UringEngine`.
 
 Public surface:
 

@@ -1,0 +1,2 @@
+"""``pageserver bench`` (SPEC section 9): the harness (:mod:`.harness`) and its measurements
+(:mod:`._measure`)."""

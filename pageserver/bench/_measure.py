@@ -1,0 +1,502 @@
+"""The measurements behind ``pageserver bench`` (SPEC section 9); the report is in
+:mod:`pageserver.bench`.
+
+Three kinds of measurement, each chosen so that its number means what its label says:
+
+* **Over the socket** (:func:`socket_bench`): a real daemon subprocess (``pageserver run``)
+  on a Unix socket, fed by the pipelined client. The batches are built *before* the clock
+  starts, so the figure is the server's ingest rate, not this process's record generator;
+  ``get`` latency is measured over the same socket, one request at a time.
+* **In-process flushes** (:func:`flush_bench`): a :class:`TenantManager` in this process
+  ingests a known amount, then ``flush`` is timed while a 1 ms ticker runs on the same trio
+  loop. The ticker's lateness is what every other connection of a daemon would feel
+  while a flush runs: under std-fs the flush job is in a worker thread (but still shares
+  the GIL), under trio-uring it runs on the loop between ``cooperative_checkpoint`` calls.
+* **Baselines**: the same flushes through :class:`PerOpOffloadEngine` (every syscall its
+  own ``trio.to_thread.run_sync``, as ``trio.open_file`` does, with the job itself on the
+  loop), and the raw sequential write speed of the disk (``os.write`` of 1 MiB blocks,
+  and ``fio`` when it is installed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import trio
+
+from pageserver.config import ENGINE_ENV_VAR, PageserverConfig
+from pageserver.io import IoContext, IoEngine, create_engine
+from pageserver.io.engine import FileStat, StdFsEngine, rename_noreplace_sync
+from pageserver.layers.value import Image, encode_value
+from pageserver.logging import configure_logging
+from pageserver.client import Client, ConnectionLost, PutBatch
+from pageserver.client.cli import FeedGenerator
+from pageserver.tenant.manager import TenantManager
+
+MIB = 1024 * 1024
+TENANT = "be" * 16
+TIMELINE = "cd" * 16
+#: The engine label of the per-operation offload baseline (not a configurable engine).
+PER_OP = "per-op-offload"
+TICK = 0.001
+
+
+# ---------------------------------------------------------------------------------------
+# Statistics
+# ---------------------------------------------------------------------------------------
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """Nearest-rank percentile (``q`` in 0..100) of ``samples``; 0.0 for no samples."""
+    if not samples:
+        return 0.0
+    s = sorted(samples)
+    rank = max(0, min(len(s) - 1, round(q / 100 * len(s) + 0.5) - 1))
+    return s[rank]
+
+
+def summarize_ms(samples: list[float]) -> dict[str, float]:
+    """p50/p99/max (milliseconds) of samples given in seconds, plus their count."""
+    return {
+        "p50_ms": percentile(samples, 50) * 1e3,
+        "p99_ms": percentile(samples, 99) * 1e3,
+        "max_ms": max(samples, default=0.0) * 1e3,
+        "samples": float(len(samples)),
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# The per-operation offload baseline engine
+# ---------------------------------------------------------------------------------------
+
+
+class PerOpOffloadEngine(StdFsEngine):
+    """std-fs with every operation in its own ``trio.to_thread.run_sync`` call.
+
+    This is what ``trio.open_file`` does, and what the project's whole-job offload is
+    meant to beat: ``runs_jobs_in_thread`` is False, so ``ctx.run_job`` awaits the
+    layer-writing job on the loop (its CPU work included) and only the syscalls leave
+    it, each paying a thread round trip. Never used by the daemon; a baseline only.
+    Threads are not abandoned on cancel, so buffers outlive every syscall using them.
+    """
+
+    kind: ClassVar[str] = PER_OP
+    runs_jobs_in_thread: ClassVar[bool] = False
+
+    async def open(self, path: str, flags: int, mode: int = 0o644) -> int:
+        return await trio.to_thread.run_sync(os.open, path, flags | os.O_CLOEXEC, mode)
+
+    async def read_at(self, fd: int, buf: bytearray | memoryview, offset: int) -> int:
+        return await trio.to_thread.run_sync(os.preadv, fd, [buf], offset)
+
+    async def write_at(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
+        return await trio.to_thread.run_sync(os.pwrite, fd, data, offset)
+
+    async def fsync(self, fd: int) -> None:
+        await trio.to_thread.run_sync(os.fsync, fd)
+
+    async def fdatasync(self, fd: int) -> None:
+        await trio.to_thread.run_sync(os.fdatasync, fd)
+
+    async def stat(self, fd: int) -> FileStat:
+        st = await trio.to_thread.run_sync(os.fstat, fd)
+        return FileStat(size=st.st_size, mode=st.st_mode, ino=st.st_ino)
+
+    async def set_len(self, fd: int, length: int) -> None:
+        await trio.to_thread.run_sync(os.ftruncate, fd, length)
+
+    async def close(self, fd: int) -> None:
+        await trio.to_thread.run_sync(os.close, fd)
+
+    async def rename(self, src: str, dst: str) -> None:
+        await trio.to_thread.run_sync(os.rename, src, dst)
+
+    async def rename_noreplace(self, src: str, dst: str) -> None:
+        await trio.to_thread.run_sync(rename_noreplace_sync, src, dst)
+
+    async def unlink(self, path: str) -> None:
+        await trio.to_thread.run_sync(os.unlink, path)
+
+
+def make_engine(kind: str) -> IoEngine:
+    """A real engine by kind, or the per-op offload baseline for :data:`PER_OP`."""
+    return PerOpOffloadEngine() if kind == PER_OP else create_engine(kind)
+
+
+# ---------------------------------------------------------------------------------------
+# The 1 ms ticker
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Ticker:
+    """A task that sleeps 1 ms at a time and, while ``recording``, keeps each tick's
+    lateness (actual minus requested sleep, seconds). It is the stand-in for "every other
+    connection of the daemon": if the loop is blocked, its ticks come late."""
+
+    recording: bool = False
+    samples: list[float] = field(default_factory=list)
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        clock = time.perf_counter
+        while True:
+            t0 = clock()
+            await trio.sleep(TICK)
+            if self.recording:
+                self.samples.append(clock() - t0 - TICK)
+
+    def take(self) -> list[float]:
+        out, self.samples = self.samples, []
+        return out
+
+
+# ---------------------------------------------------------------------------------------
+# In-process flushes
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class FlushResult:
+    engine: str
+    layer_bytes: int
+    seconds: float
+    layers: int
+    lateness: list[float]
+    idle_lateness: list[float]
+
+    @property
+    def mib_per_s(self) -> float:
+        return self.layer_bytes / MIB / self.seconds
+
+
+def _layer_bytes(timeline_dir: str) -> int:
+    """Bytes of the layer files in a timeline directory (not metadata/ephemeral/temp)."""
+    total = 0
+    for name in os.listdir(timeline_dir):
+        if name == "metadata" or name.startswith("ephemeral-") or name.endswith(".___temp"):
+            continue
+        total += os.path.getsize(os.path.join(timeline_dir, name))
+    return total
+
+
+async def _flush_bench_async(
+    kind: str, base: str, rounds: int, records: int, value_size: int, no_sync: bool, idle_s: float
+) -> FlushResult:
+    engine = make_engine(kind)
+    ctx = IoContext(engine, no_sync=no_sync)
+    payload = encode_value(Image(b"\xa5" * value_size))
+    prefix = bytes(14)
+    nkeys = max(1, min(records, 100_000))
+    batch = 1000
+    ticker = Ticker()
+    layer_bytes = 0
+    seconds = 0.0
+    lsn = 1
+    data_dir = tempfile.mkdtemp(prefix=f"flush-{kind}-", dir=base)
+    try:
+        config = PageserverConfig(metrics_addr="", no_sync=no_sync)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ticker.run)
+            ticker.recording = True
+            await trio.sleep(idle_s)
+            ticker.recording = False
+            idle = ticker.take()
+            async with TenantManager.open(ctx, data_dir, config) as mgr:
+                # No roll during ingest: each round's flush writes exactly one layer.
+                await mgr.create_tenant(
+                    TENANT, {"checkpoint_distance": 1 << 40, "checkpoint_timeout": "24h"}
+                )
+                await mgr.create_timeline(TENANT, TIMELINE)
+                tl_dir = os.path.join(data_dir, "tenants", TENANT, "timelines", TIMELINE)
+                for _ in range(rounds):
+                    done = 0
+                    while done < records:
+                        n = min(batch, records - done)
+                        # Keys made per batch: the benchmark must not hold large lists itself.
+                        recs = [
+                            (
+                                prefix + ((done + i) * 2654435761 % nkeys).to_bytes(4, "big"),
+                                lsn,
+                                payload,
+                            )
+                            for i in range(n)
+                        ]
+                        await mgr.put(TENANT, TIMELINE, recs)
+                        done += n
+                        lsn += 1
+                    before = _layer_bytes(tl_dir)
+                    ticker.recording = True
+                    t0 = time.perf_counter()
+                    await mgr.flush(TENANT, TIMELINE)
+                    seconds += time.perf_counter() - t0
+                    ticker.recording = False
+                    layer_bytes += _layer_bytes(tl_dir) - before
+                layers = int(mgr.status()[0]["timelines"][0]["layers"]["l0"])
+            nursery.cancel_scope.cancel()
+    finally:
+        await ctx.aclose()
+        await engine.aclose()
+        shutil.rmtree(data_dir, ignore_errors=True)
+    return FlushResult(kind, layer_bytes, seconds, layers, ticker.take(), idle)
+
+
+def flush_bench(
+    kind: str, base: str, *, rounds: int, records: int, value_size: int, no_sync: bool,
+    idle_s: float = 0.3,
+) -> FlushResult:  # fmt: skip
+    """Ingest ``records`` values of ``value_size`` bytes, time the flush; ``rounds`` times.
+
+    Runs its own ``trio.run`` so that each engine starts from a fresh loop (and ring).
+    Also records the ticker's lateness on an idle loop first, the floor to compare with.
+    """
+    return trio.run(_flush_bench_async, kind, base, rounds, records, value_size, no_sync, idle_s)
+
+
+def _flush_bench_child(kind: str, base: str, **kw: Any) -> FlushResult:
+    """The spawned process's entry: it starts with structlog's defaults (stdout, info)."""
+    configure_logging("kv", logging.WARNING)
+    return flush_bench(kind, base, **kw)
+
+
+def flush_bench_isolated(
+    kind: str, base: str, *, rounds: int, records: int, value_size: int, no_sync: bool,
+    idle_s: float = 0.3,
+) -> FlushResult:  # fmt: skip
+    """:func:`flush_bench` in a fresh (spawned) interpreter.
+
+    Each engine then starts from the same state: no heap left by an earlier measurement
+    (which would make the cyclic GC's pauses, seen by the ticker, grow run after run), no
+    warm trio thread cache, so the order in which engines run does not bias the ratios.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        fut = pool.submit(
+            _flush_bench_child, kind, base, rounds=rounds, records=records, value_size=value_size,
+            no_sync=no_sync, idle_s=idle_s,
+        )  # fmt: skip
+        return fut.result()
+
+
+# ---------------------------------------------------------------------------------------
+# Over the socket: a daemon subprocess
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class SocketResult:
+    engine: str
+    records: int
+    value_bytes: int
+    ingest_seconds: float
+    flush_seconds: float
+    get_latency: list[float]
+
+    @property
+    def records_per_s(self) -> float:
+        return self.records / self.ingest_seconds
+
+    @property
+    def mib_per_s(self) -> float:
+        return self.value_bytes / MIB / self.ingest_seconds
+
+
+class DaemonError(RuntimeError):
+    """The daemon subprocess did not start, or did not stop cleanly (message has its log)."""
+
+
+def _log_tail(path: str, lines: int = 15) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def write_daemon_config(data_dir: str, socket_path: str, kind: str, no_sync: bool) -> None:
+    """The ``pageserver.toml`` of a benchmark daemon: Unix socket, no /metrics listener."""
+    os.makedirs(data_dir, exist_ok=True)
+    text = (
+        f'listen_addr = "unix:{socket_path}"\n'
+        'metrics_addr = ""\n'
+        f'virtual_file_io_engine = "{kind}"\n'
+        f"no_sync = {'true' if no_sync else 'false'}\n"
+    )
+    with open(os.path.join(data_dir, "pageserver.toml"), "w") as f:
+        f.write(text)
+
+
+async def _wait_ready(proc: subprocess.Popen[bytes], addr: str, log: str, kind: str) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            raise DaemonError(f"{kind} daemon exited with {proc.returncode}:\n{_log_tail(log)}")
+        try:
+            client = await Client.connect(addr)
+        except ConnectionLost:
+            if time.monotonic() > deadline:
+                raise DaemonError(f"{kind} daemon not ready after 30s:\n{_log_tail(log)}") from None
+            await trio.sleep(0.05)
+            continue
+        async with client:
+            got = client.server_info.get("io_engine")
+        if got != kind:
+            raise DaemonError(f"asked for a {kind} daemon, got io_engine={got!r}")
+        return
+
+
+def _build_batches(gen: FeedGenerator, batch: int) -> list[PutBatch]:
+    out: list[PutBatch] = []
+    recs = [gen.record(i) for i in range(gen.count)]
+    for i in range(0, len(recs), batch):
+        out.append(PutBatch(recs[i : i + batch]))
+    return out
+
+
+async def _socket_bench_async(
+    addr: str, kind: str, records: int, value_size: int, gets: int, proc: subprocess.Popen[bytes],
+    log: str,
+) -> SocketResult:  # fmt: skip
+    await _wait_ready(proc, addr, log, kind)
+    keys = min(records, 10_000)
+    gen = FeedGenerator(count=records, keys=max(1, keys), value_size=value_size)
+    batches = _build_batches(gen, 1000)
+    async with await Client.connect(addr) as c:
+        await c.request("tenant_create", tenant_id=TENANT)
+        await c.request("timeline_create", tenant_id=TENANT, timeline_id=TIMELINE)
+        t0 = time.perf_counter()
+        await c.put_pipelined(TENANT, TIMELINE, batches, window=8)
+        t_ingest = time.perf_counter() - t0
+        del batches
+        t0 = time.perf_counter()
+        await c.flush(TENANT, TIMELINE)
+        t_flush = time.perf_counter() - t0
+        last = gen.lsn_of(records - 1)
+        rng = random.Random(42)
+        lat: list[float] = []
+        for _ in range(gets):
+            key = gen.key(rng.randrange(gen.keys))
+            t0 = time.perf_counter()
+            value = await c.get(TENANT, TIMELINE, key, last)
+            lat.append(time.perf_counter() - t0)
+            if value is None:
+                raise DaemonError(f"get of a fed key returned nothing ({kind})")
+    return SocketResult(kind, records, records * value_size, t_ingest, t_flush, lat)
+
+
+def socket_bench(
+    kind: str, base: str, *, records: int, value_size: int, gets: int, no_sync: bool
+) -> SocketResult:
+    """Start ``pageserver run`` on ``kind``, feed it, flush, time ``get``s, SIGTERM it.
+
+    The socket lives in a short directory under /tmp (``sun_path`` is 108 bytes at most,
+    and ``--dir`` may be long); the data directory is under ``base``.
+    """
+    sock_dir = tempfile.mkdtemp(prefix="psb-", dir="/tmp")
+    data_dir = tempfile.mkdtemp(prefix=f"daemon-{kind}-", dir=base)
+    socket_path = os.path.join(sock_dir, "ps.sock")
+    log = os.path.join(sock_dir, "daemon.log")
+    write_daemon_config(data_dir, socket_path, kind, no_sync)
+    env = dict(os.environ)
+    env[ENGINE_ENV_VAR] = kind
+    env.pop("PAGESERVER_FAILPOINTS", None)
+    cmd = [sys.executable, "-m", "pageserver.cli", "run", "-D", data_dir]
+    try:
+        with open(log, "wb") as logf:
+            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
+        try:
+            result = trio.run(
+                _socket_bench_async, f"unix:{socket_path}", kind, records, value_size, gets,
+                proc, log,
+            )  # fmt: skip
+            proc.send_signal(signal.SIGTERM)
+            rc = proc.wait(timeout=60)
+            if rc != 0:
+                raise DaemonError(f"{kind} daemon stopped with {rc}:\n{_log_tail(log)}")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        return result
+    finally:
+        shutil.rmtree(sock_dir, ignore_errors=True)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Raw sequential write (fio-style) and fio itself
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class RawResult:
+    nbytes: int
+    write_seconds: float
+    fsync_seconds: float
+
+    @property
+    def cached_mib_per_s(self) -> float:
+        """Speed of the writes alone (page cache): what a ``no_sync`` flush competes with."""
+        return self.nbytes / MIB / self.write_seconds
+
+    @property
+    def synced_mib_per_s(self) -> float:
+        """Writes plus the final fsync: the disk's sequential write speed."""
+        return self.nbytes / MIB / (self.write_seconds + self.fsync_seconds)
+
+
+def raw_sequential_write(base: str, mib: int) -> RawResult:
+    """``os.write`` of 1 MiB blocks into a new file, then one ``fsync`` (timed apart)."""
+    chunk = os.urandom(MIB)
+    path = os.path.join(base, "raw-sequential.tmp")
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    try:
+        t0 = time.perf_counter()
+        for _ in range(mib):
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+        t1 = time.perf_counter()
+        os.fsync(fd)
+        t2 = time.perf_counter()
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return RawResult(mib * MIB, t1 - t0, t2 - t1)
+
+
+def fio_sequential_write(base: str, mib: int) -> tuple[float | None, str]:
+    """fio's sequential 1 MiB write with an end fsync: (MiB/s, note); None if unavailable."""
+    fio = shutil.which("fio")
+    if fio is None:
+        return None, "fio not on PATH"
+    path = os.path.join(base, "fio.tmp")
+    cmd = [
+        fio, "--name=seqwrite", "--rw=write", "--bs=1M", f"--size={mib}M",
+        f"--filename={path}", "--end_fsync=1", "--ioengine=psync", "--output-format=json",
+    ]  # fmt: skip
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if out.returncode != 0:
+            return None, f"fio failed: {out.stderr.strip()[:200]}"
+        data: Any = json.loads(out.stdout[out.stdout.index("{") :])
+        bw = float(data["jobs"][0]["write"]["bw_bytes"])
+        return bw / MIB, "fio --rw=write --bs=1M --end_fsync=1"
+    except (OSError, ValueError, KeyError, IndexError, subprocess.TimeoutExpired) as e:
+        return None, f"fio output not understood: {e}"
+    finally:
+        Path(path).unlink(missing_ok=True)

@@ -1,0 +1,133 @@
+"""``pageserver bench --quick --json``: every metric, for every engine this kernel allows.
+
+Run as a subprocess of the installed console script: that is how a user runs it, the bench
+starts its own daemons and trio runs, and a hang is bounded by the timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pageserver.io.engine import STD_FS, TRIO_URING, uring_refusal_reason
+from tests.conftest import require_engine
+
+PAGESERVER = str(Path(sys.executable).with_name("pageserver"))
+
+ENGINE_METRICS = (
+    "ingest_records_per_s",
+    "ingest_mib_per_s",
+    "flush_mib_per_s",
+    "flush_layer_bytes",
+    "lateness_p50_ms",
+    "lateness_p99_ms",
+    "lateness_max_ms",
+    "lateness_samples",
+    "idle_lateness_p99_ms",
+    "get_p50_ms",
+    "get_p99_ms",
+)
+BASELINE_FLUSH_METRICS = (
+    "flush_mib_per_s",
+    "lateness_p50_ms",
+    "lateness_p99_ms",
+    "lateness_max_ms",
+)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    d = tmp_path_factory.mktemp("bench")
+    p = subprocess.run(
+        [PAGESERVER, "bench", "--quick", "--json", "--dir", str(d)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    # The report is the last line (stray prints of work in progress must not break this).
+    lines = [line for line in p.stdout.splitlines() if line.startswith("{")]
+    assert lines, p.stdout[-2000:]
+    data: dict[str, Any] = json.loads(lines[-1])
+    assert list(d.iterdir()) == []  # everything it wrote is gone again
+    return data
+
+
+def _positive(section: dict[str, Any], names: tuple[str, ...], where: str) -> None:
+    for name in names:
+        value = section.get(name)
+        assert isinstance(value, int | float) and value > 0, f"{where}.{name} = {value!r}"
+
+
+@pytest.mark.parametrize("kind", [STD_FS, TRIO_URING])
+def test_every_metric_per_engine(report: dict[str, Any], kind: str) -> None:
+    require_engine(kind)
+    assert kind in report["engines"], report["skipped"]
+    _positive(report["engines"][kind], ENGINE_METRICS, kind)
+    assert report["engines"][kind]["get_count"] == report["settings"]["gets"]
+
+
+def test_baselines_and_ratios(report: dict[str, Any]) -> None:
+    _positive(report["baselines"]["per_op_offload"], BASELINE_FLUSH_METRICS, "per_op_offload")
+    _positive(
+        report["baselines"]["raw_sequential"], ("cached_mib_per_s", "synced_mib_per_s"), "raw"
+    )
+    fio = report["baselines"]["fio"]
+    assert fio["mib_per_s"] is None or fio["mib_per_s"] > 0, fio
+    ratios = report["ratios"]
+    assert ratios and all(v is None or v > 0 for v in ratios.values()), ratios
+    if len(report["engines"]) == 2:
+        assert ratios["flush MiB/s: trio-uring / std-fs"] > 0
+    assert report["settings"]["get_via"] == "socket"
+
+
+def test_uring_skip_is_reported(report: dict[str, Any]) -> None:
+    reason = uring_refusal_reason()
+    if reason is None:
+        assert report["skipped"] == {}
+    else:
+        assert report["skipped"] == {TRIO_URING: reason}
+
+
+def test_refused_uring_is_skipped_with_its_reason(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The fallback path, whatever this kernel does: a refusal names its reason and the
+    rest of the report (std-fs, baselines, ratios without a trio-uring term) is complete."""
+    from pageserver.bench import harness as bench
+
+    monkeypatch.setattr(bench, "uring_refusal_reason", lambda: "refused for the test")
+    sizes = bench.Sizes(2000, 50, 20, 3000, 1, 2, 0.02)
+    report = bench.run_bench([STD_FS, TRIO_URING], sizes, str(tmp_path), True, quiet=True)
+    assert report["skipped"] == {TRIO_URING: "refused for the test"}
+    assert list(report["engines"]) == [STD_FS]
+    _positive(report["engines"][STD_FS], ENGINE_METRICS, STD_FS)
+    assert not any("trio-uring" in name for name in report["ratios"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fio_figure_is_read_when_fio_is_installed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """fio is not installed everywhere: a stand-in on PATH checks the command and parsing."""
+    from pageserver.bench import _measure as m
+
+    fake = tmp_path / "bin" / "fio"
+    fake.parent.mkdir()
+    fake.write_text(
+        "#!/bin/sh\n"
+        'echo "fio-3.36 banner line"\n'
+        'echo \'{"jobs": [{"write": {"bw_bytes": 104857600}}], "args": "\'"$*"\'"}\'\n'
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:/usr/bin:/bin")
+    mib_s, note = m.fio_sequential_write(str(tmp_path), 4)
+    assert mib_s == pytest.approx(100.0), note
+    assert "fio" in note
+    fake.write_text("#!/bin/sh\necho broken >&2\nexit 3\n")
+    assert m.fio_sequential_write(str(tmp_path), 4) == (None, "fio failed: broken")

@@ -1,0 +1,299 @@
+"""The client subcommands (``pageserver tenant create``, ``put``, ``get``, ``feed`` ...) and
+``--help`` of every command.
+
+Commands run in-process (``cli.main`` in a worker thread, which does its own ``trio.run``)
+against an in-process server on the test's event loop: fast, and stdout/stderr are captured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import msgpack
+import pytest
+import trio
+
+from pageserver import cli
+from pageserver.layers.value import Image, encode_value
+from pageserver.client import Client, parse_address
+from pageserver.client.cli import FeedGenerator, parse_lsn
+from tests.server.test_badinput import Harness, _start
+
+PAGESERVER = str(Path(sys.executable).with_name("pageserver"))
+KEY = "000000067F000040000000400100000000AB"
+KEY2 = "000000067F000040000000400100000000AC"
+#: The commands of this module's subject (client_cli); others have their own tests.
+CLIENT_COMMANDS = {"tenant", "timeline", "put", "get", "status", "flush", "compact", "feed"}
+
+
+@pytest.fixture(autouse=True)
+def _keep_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``cli.main`` reconfigures structlog with the *current* ``sys.stderr``, which under
+    capsys is a capture file closed after the test; later log calls would then fail."""
+    monkeypatch.setattr(cli, "configure_logging", lambda *a, **k: None)
+
+
+def _subcommand_paths() -> list[list[str]]:
+    """Every (nested) subcommand of the real parser."""
+    paths: list[list[str]] = []
+
+    def walk(parser: argparse.ArgumentParser, prefix: list[str]) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    paths.append([*prefix, name])
+                    walk(sub, [*prefix, name])
+
+    walk(cli.build_parser(), [])
+    return paths
+
+
+def test_top_level_help_runs() -> None:
+    p = subprocess.run([PAGESERVER, "--help"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0
+    for word in ("run", "tenant", "timeline", "put", "get", "status", "flush", "feed"):
+        assert word in p.stdout
+
+
+@pytest.mark.parametrize("path", _subcommand_paths(), ids=" ".join)
+def test_every_subcommand_help(path: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as ei:
+        cli.main([*path, "--help"])
+    assert ei.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: pageserver " + " ".join(path))
+    if path[0] in CLIENT_COMMANDS:
+        assert len(out) > 200, out  # a description, not just a usage line
+
+
+def test_feed_generator_is_deterministic_and_resumable() -> None:
+    g = FeedGenerator(count=1000, keys=30, value_size=20, start_lsn=50, records_per_lsn=3)
+    assert [g.lsn_of(i) for i in range(7)] == [50, 50, 50, 51, 51, 51, 52]
+    assert sorted(g.key_index(i) for i in range(30)) == list(range(30))  # one pass = all keys
+    assert g.record(17) == g.record(17)
+    assert g.index_at(0) == 0 and g.index_at(51) == 3 and g.index_at(10_000) == 1000
+    tail = list(g.records_from(51))
+    assert tail[0][0] == 3 and len(tail) == 997
+    t = FeedGenerator(count=100, keys=10, kind="test", value_size=8, reinit_every=2)
+    assert [t.will_init(i) for i in (0, 9, 10, 19, 20)] == [True, True, False, False, True]
+    assert len(t.payload(5)) == 8
+
+
+def test_parse_lsn_and_address() -> None:
+    assert parse_lsn("1/0") == 1 << 32 and parse_lsn("0x10") == 16 and parse_lsn("42") == 42
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_lsn("-1")
+    assert parse_address("[::1]:7").host == "::1"
+    assert parse_address(":7").host is None
+    assert parse_address("unix:/tmp/x").unix_path == "/tmp/x"
+    for bad in ("nope", "h:70000", "unix:", "h:x", "unix:/" + "a" * 120):
+        with pytest.raises(ValueError):
+            parse_address(bad)
+
+
+@pytest.fixture
+async def srv(nursery: trio.Nursery) -> object:
+    async with AsyncExitStack() as stack:
+        yield await _start(nursery, stack)
+
+
+async def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    rc = await trio.to_thread.run_sync(cli.main, list(argv))
+    out, err = capsys.readouterr()
+    # The in-process server logs to the same stderr: keep only the command's own lines.
+    err = "".join(line for line in err.splitlines(True) if not line.startswith("timestamp="))
+    return rc, out, err
+
+
+async def test_client_commands(srv: Harness, capsys: pytest.CaptureFixture[str]) -> None:
+    a = ("--addr", srv.addr)
+    rc, out, err = await run_cli(
+        capsys, "tenant", "create", *a, "--config", "checkpoint_distance=65536"
+    )
+    assert rc == 0, err
+    t = out.strip()
+    assert len(t) == 32
+    rc, out, _ = await run_cli(capsys, "tenant", "create", "AB" * 16, *a, "--json")
+    assert rc == 0 and json.loads(out) == {"tenant_id": "ab" * 16}
+    rc, out, err = await run_cli(capsys, "tenant", "create", "ab" * 16, *a)
+    assert rc == 1 and out == "" and err.count("\n") == 1 and "already_exists" in err
+    rc, out, _ = await run_cli(
+        capsys, "tenant", "config", t, *a, "--config", "compaction_threshold=3"
+    )
+    assert (
+        rc == 0 and "compaction_threshold = 3" in out and "checkpoint_distance = 268435456" in out
+    )
+
+    rc, out, _ = await run_cli(capsys, "timeline", "create", t, *a, "--start-lsn", "0/10")
+    assert rc == 0
+    tl = out.strip()
+    rc, out, err = await run_cli(capsys, "put", t, tl, KEY, "17", "--image", "hello", *a)
+    assert rc == 0 and "last_record_lsn 0/11" in out, err
+    rc, out, err = await run_cli(
+        capsys,
+        "put",
+        t,
+        tl,
+        KEY2,
+        "18",
+        "--test-append",
+        "a",
+        "--will-init",
+        *a,
+        "--record",
+        KEY2,
+        "19",
+        "test:b",
+        "--record",
+        KEY,
+        "19",
+        "hex:00ff",
+        "--json",
+    )
+    assert rc == 0, err
+    assert json.loads(out) == {"last_record_lsn": 19, "disk_consistent_lsn": 16, "skipped": 0}
+    rc, out, _ = await run_cli(capsys, "get", t, tl, KEY, "18", *a)
+    assert (rc, out) == (0, "hello\n")
+    rc, out, _ = await run_cli(capsys, "get", t, tl, KEY, "19", *a)
+    assert (rc, out) == (0, "00ff\n")  # not UTF-8: shown as hex
+    rc, out, _ = await run_cli(capsys, "get", t, tl, KEY2, "19", *a, "--hex")
+    assert (rc, out) == (0, b"ab".hex() + "\n")
+    rc, out, err = await run_cli(capsys, "get", t, tl, KEY2, "17", *a)
+    assert rc == 0 and out == "" and "no record" in err
+    rc, out, _ = await run_cli(capsys, "get", t, tl, KEY2, "17", *a, "--json")
+    assert json.loads(out) == {"value": None}
+    rc, out, _ = await run_cli(capsys, "get", t, tl, KEY2, "19", *a, "--history", "--json")
+    hist = json.loads(out)
+    assert hist["image"] is None and [r[0] for r in hist["records"]] == [18, 19]
+    rc, out, err = await run_cli(capsys, "get", t, tl, KEY2, "20", *a)
+    assert rc == 1 and "bad_request" in err
+
+    rc, out, _ = await run_cli(capsys, "flush", t, tl, *a)
+    assert (rc, out) == (0, "disk_consistent_lsn 0/13\n")
+    rc, out, _ = await run_cli(capsys, "status", *a)
+    assert rc == 0 and f"tenant {t}" in out and "layers l0=1" in out and "io_engine std-fs" in out
+    rc, out, _ = await run_cli(capsys, "status", t, *a, "--json")
+    st = json.loads(out)
+    assert [x["tenant_id"] for x in st["tenants"]] == [t]
+    rc, out, err = await run_cli(capsys, "compact", t, tl, *a, "--json")
+    # One L0 is below compaction_threshold (3) and image_creation_threshold: nothing to do.
+    assert rc == 0 and json.loads(out) == {"layers_created": 0, "layers_removed": 0}, err
+    rc, out, err = await run_cli(capsys, "status", "9" * 32, *a)
+    assert rc == 1 and "tenant_not_found" in err
+
+
+async def test_addr_from_data_dir_and_connection_errors(
+    srv: Harness, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    (tmp_path / "pageserver.toml").write_text(f'listen_addr = "{srv.addr}"\n')
+    rc, out, err = await run_cli(capsys, "status", "-D", str(tmp_path))
+    assert rc == 0 and "no tenants" in out, err
+    missing = "unix:" + os.path.join(os.path.dirname(srv.path), "absent.sock")
+    rc, out, err = await run_cli(capsys, "status", "--addr", missing)
+    assert (
+        rc == 1 and err.startswith("pageserver: error: cannot connect to") and err.count("\n") == 1
+    )
+    with pytest.raises(SystemExit) as ei:
+        cli.main(["get", "a" * 32, "b" * 32, "not-a-key", "1", "--addr", srv.addr])
+    assert ei.value.code == 2
+
+
+async def test_feed_from_files(
+    srv: Harness, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    a = ("--addr", srv.addr)
+    t, tl = "1" * 32, "2" * 32
+    async with await Client.connect(srv.addr) as c:
+        await c.request("tenant_create", tenant_id=t)
+        await c.request("timeline_create", tenant_id=t, timeline_id=tl)
+    keys = [bytes(17) + bytes([i]) for i in range(10)]
+    records = [(keys[i % 10], 1 + i // 3, encode_value(Image(b"v%d" % i))) for i in range(300)]
+    mp = tmp_path / "r.msgpack"
+    with open(mp, "wb") as f:
+        for k, lsn, v in records[:150]:
+            f.write(msgpack.packb([k, lsn, v], use_bin_type=True))
+    jl = tmp_path / "r.jsonl"
+    jl.write_text(
+        "".join(
+            json.dumps({"key": k.hex(), "lsn": lsn, "value": v.hex()}) + "\n"
+            for k, lsn, v in records[150:]
+        )
+    )
+    rc, out, err = await run_cli(
+        capsys, "feed", t, tl, "--file", str(mp), *a, "--json", "--batch", "7"
+    )
+    assert rc == 0, err
+    assert json.loads(out)["records"] == 150
+    rc, out, err = await run_cli(
+        capsys, "feed", t, tl, "--file", str(jl), *a, "--flush", "--batch", "50"
+    )
+    assert rc == 0 and out.startswith("fed 150 records"), err
+    # Re-running a finished feed resends only the records at last_record_lsn (replaced).
+    rc, out, err = await run_cli(capsys, "feed", t, tl, "--file", str(jl), *a, "--json")
+    s = json.loads(out)
+    assert rc == 0 and s["records_sent"] <= 3 and s["records"] == 150
+    async with await Client.connect(srv.addr) as c:
+        latest: dict[bytes, bytes] = {}
+        for k, _, v in records:
+            latest[k] = v[12:]
+        for k in keys:
+            assert await c.get(t, tl, k, 100) == latest[k]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"key": "zz", "lsn": 1, "value": ""}\n')
+    rc, out, err = await run_cli(capsys, "feed", t, tl, "--file", str(bad), *a)
+    assert rc == 1 and "bad.jsonl:1: bad record" in err
+
+
+async def test_feed_generator_then_test_kind(
+    srv: Harness, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a = ("--addr", srv.addr)
+    t, tl = "3" * 32, "4" * 32
+    async with await Client.connect(srv.addr) as c:
+        await c.request("tenant_create", tenant_id=t)
+        await c.request("timeline_create", tenant_id=t, timeline_id=tl, start_lsn=5)
+    rc, out, err = await run_cli(
+        capsys,
+        "feed",
+        t,
+        tl,
+        *a,
+        "--count",
+        "500",
+        "--keys",
+        "20",
+        "--kind",
+        "test",
+        "--value-size",
+        "10",
+        "--records-per-lsn",
+        "2",
+        "--start-lsn",
+        "6",  # the timeline starts at 5: the stream goes above it
+        "--json",
+        "--flush",
+    )
+    assert rc == 0, err
+    s = json.loads(out)
+    assert s["records"] == 500 and s["disk_consistent_lsn"] == 6 + 249
+    g = FeedGenerator(
+        count=500, keys=20, kind="test", value_size=10, start_lsn=6, records_per_lsn=2
+    )
+    async with await Client.connect(srv.addr) as c:
+        k = g.key_index(499)
+        hist = [
+            (g.lsn_of(i), g.will_init(i), g.payload(i)) for i in range(500) if g.key_index(i) == k
+        ]
+        start = max(i for i, e in enumerate(hist) if e[1])
+        assert await c.get(t, tl, g.key(k), 255) == b"".join(e[2] for e in hist[start:])
+    with pytest.raises(SystemExit):
+        cli.main(["feed", t, tl, "--kind", "nope"])
+    rc, out, err = await run_cli(capsys, "feed", t, tl, *a, "--keys", "0")
+    assert rc == 1 and "keys >= 1" in err

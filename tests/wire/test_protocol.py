@@ -1,0 +1,752 @@
+"""Example-based tests of the sans-IO wire protocol (SPEC section 5)."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import msgpack
+import pytest
+
+from pageserver.wire import (
+    CLOSED,
+    KEY_MAX,
+    NEED_DATA,
+    OPS,
+    PROTOCOL_VERSION,
+    CompactRequest,
+    ConnState,
+    ErrorCode,
+    ErrorEvent,
+    FlushRequest,
+    Frame,
+    FrameDecoder,
+    GetHistoryRequest,
+    GetRequest,
+    HelloRequest,
+    ProtocolError,
+    PutRequest,
+    Reply,
+    ReplyDecoder,
+    Request,
+    RequestEvent,
+    ServerConnection,
+    StatusRequest,
+    TenantConfigRequest,
+    TenantCreateRequest,
+    TimelineCreateRequest,
+    check_put_batch,
+    encode_error,
+    encode_frame,
+    encode_reply,
+    encode_request,
+    parse_reply,
+    parse_request,
+    token_checker,
+)
+
+T = "0123456789abcdef0123456789abcdef"
+TL = "fedcba9876543210fedcba9876543210"
+KEY = bytes(range(18))
+
+
+def img(data: bytes) -> bytes:
+    return struct.pack(">IQ", 0, len(data)) + data
+
+
+def pg(rec: bytes, will_init: int = 0) -> bytes:
+    return struct.pack(">IIBQ", 1, 0, will_init, len(rec)) + rec
+
+
+def trec(append: str, clear: int = 0, will_init: int = 0, only_if: str | None = None) -> bytes:
+    a = append.encode()
+    out = struct.pack(">IIQ", 1, 8, len(a)) + a + bytes((clear, will_init))
+    if only_if is None:
+        return out + b"\x00"
+    o = only_if.encode()
+    return out + b"\x01" + struct.pack(">Q", len(o)) + o
+
+
+def payload(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def parse(obj: Any) -> Any:
+    return parse_request(payload(obj))
+
+
+def err(obj: Any) -> ProtocolError:
+    r = parse(obj)
+    assert isinstance(r, ProtocolError), r
+    return r
+
+
+# A valid request of every op, and the request object it must parse to.
+VALID: dict[str, tuple[dict[str, Any], Any]] = {
+    "hello": ({"op": "hello", "token": "s3cret"}, HelloRequest("s3cret")),
+    "tenant_create": (
+        {"op": "tenant_create", "tenant_id": T, "config": {"compaction_threshold": 4}},
+        TenantCreateRequest(T, {"compaction_threshold": 4}),
+    ),
+    "tenant_config": (
+        {"op": "tenant_config", "tenant_id": T, "config": {}},
+        TenantConfigRequest(T, {}),
+    ),
+    "timeline_create": (
+        {"op": "timeline_create", "tenant_id": T, "timeline_id": TL, "start_lsn": 100},
+        TimelineCreateRequest(T, TL, 100),
+    ),
+    "put": (
+        {
+            "op": "put",
+            "tenant_id": T,
+            "timeline_id": TL,
+            "records": [[KEY, 5, img(b"page")], [KEY, 5, trec("x", 1, 1)]],
+        },
+        PutRequest(T, TL, ((KEY, 5, img(b"page")), (KEY, 5, trec("x", 1, 1)))),
+    ),
+    "get": (
+        {"op": "get", "tenant_id": T, "timeline_id": TL, "key": KEY, "lsn": 7},
+        GetRequest(T, TL, KEY, 7),
+    ),
+    "get_history": (
+        {"op": "get_history", "tenant_id": T, "timeline_id": TL, "key": KEY, "lsn": 2**64 - 1},
+        GetHistoryRequest(T, TL, KEY, 2**64 - 1),
+    ),
+    "flush": ({"op": "flush", "tenant_id": T, "timeline_id": TL}, FlushRequest(T, TL)),
+    "compact": ({"op": "compact", "tenant_id": T, "timeline_id": TL}, CompactRequest(T, TL)),
+    "status": ({"op": "status", "tenant_id": T}, StatusRequest(T)),
+}
+
+# Fields whose absence is an error, per op.
+REQUIRED: dict[str, list[str]] = {
+    "hello": [],
+    "tenant_create": ["tenant_id"],
+    "tenant_config": ["tenant_id", "config"],
+    "timeline_create": ["tenant_id", "timeline_id"],
+    "put": ["tenant_id", "timeline_id", "records"],
+    "get": ["tenant_id", "timeline_id", "key", "lsn"],
+    "get_history": ["tenant_id", "timeline_id", "key", "lsn"],
+    "flush": ["tenant_id", "timeline_id"],
+    "compact": ["tenant_id", "timeline_id"],
+    "status": [],
+}
+
+# Wrong-typed values per field name (every one must be bad_request naming the field).
+MISTYPED: dict[str, list[Any]] = {
+    "tenant_id": [5, True, 1.5, KEY[:16], [T], {"a": 1}],
+    "timeline_id": [5, False, b"x" * 32, [TL]],
+    "key": [KEY.hex(), 5, True, KEY[:17], KEY + b"\x00", b"", [1] * 18],
+    "lsn": [-1, True, False, "5", 1.0, b"\x05", [5]],
+    "start_lsn": [-1, True, "0", 0.0],
+    "config": ["x", 5, [1, 2], {1: 2}, {b"k": 1}, True],
+    "records": ["x", 5, {"a": 1}, True, b"rec"],
+    "token": [5, b"s3cret", ["s3cret"], True],
+}
+
+
+def test_ops_table_matches_spec() -> None:
+    assert set(VALID) == set(OPS) == set(REQUIRED)
+    assert {c.value for c in ErrorCode} == {
+        "bad_frame",
+        "frame_too_large",
+        "unauthorized",
+        "unknown_op",
+        "bad_request",
+        "invalid_id",
+        "bad_value",
+        "tenant_not_found",
+        "timeline_not_found",
+        "already_exists",
+        "lsn_out_of_order",
+        "redo_unsupported",
+        "redo_failed",
+        "shutting_down",
+        "internal",
+    }
+
+
+@pytest.mark.parametrize("op", sorted(VALID))
+def test_valid_parse(op: str) -> None:
+    req, expected = VALID[op]
+    got = parse(req)
+    assert got == expected
+    assert got.op == op
+    assert got.id is None
+    got2 = parse({**req, "id": 42})
+    assert got2.id == 42
+
+
+def test_optional_fields_default() -> None:
+    assert parse({"op": "hello"}) == HelloRequest(None)
+    assert parse({"op": "status"}) == StatusRequest(None)
+    assert parse({"op": "status", "tenant_id": None}) == StatusRequest(None)
+    assert parse({"op": "tenant_create", "tenant_id": T}) == TenantCreateRequest(T, None)
+    assert parse(
+        {"op": "timeline_create", "tenant_id": T, "timeline_id": TL}
+    ) == TimelineCreateRequest(T, TL, 0)
+    r = parse({"op": "put", "tenant_id": T, "timeline_id": TL, "records": []})
+    assert r == PutRequest(T, TL, ())
+
+
+def test_unknown_fields_ignored() -> None:
+    assert parse({"op": "flush", "tenant_id": T, "timeline_id": TL, "x": [1]}) == FlushRequest(
+        T, TL
+    )
+
+
+@pytest.mark.parametrize(
+    ("op", "field"), [(op, f) for op, fields in sorted(REQUIRED.items()) for f in fields]
+)
+@pytest.mark.parametrize("how", ["absent", "nil"])
+def test_missing_field(op: str, field: str, how: str) -> None:
+    req = dict(VALID[op][0], id="req-1")
+    if how == "absent":
+        del req[field]
+    else:
+        req[field] = None
+    e = err(req)
+    assert e.code is ErrorCode.BAD_REQUEST
+    assert f"'{field}'" in e.message
+    assert e.id == "req-1"
+
+
+def _mistyped_cases() -> list[tuple[str, str, Any]]:
+    cases = []
+    for op, (req, _) in sorted(VALID.items()):
+        for f in req:
+            for bad in MISTYPED.get(f, []):
+                cases.append((op, f, bad))
+    return cases
+
+
+@pytest.mark.parametrize(("op", "field", "bad"), _mistyped_cases())
+def test_mistyped_field(op: str, field: str, bad: Any) -> None:
+    req = dict(VALID[op][0], id=9)
+    req[field] = bad
+    e = err(req)
+    assert e.code is ErrorCode.BAD_REQUEST, e
+    assert field in e.message
+    assert e.id == 9
+
+
+@pytest.mark.parametrize(
+    "bad_id",
+    [
+        "..",
+        "../" + "0" * 29,
+        "0" * 31 + "/",
+        "0123456789abcdef0123456789abcdeg",
+        "0" * 31,
+        "0" * 33,
+        "",
+        " " + "0" * 31,
+        "0" * 32 + "\n",
+        "0x" + "0" * 30,
+        "٠" * 32,  # Arabic-Indic digits: not ASCII hex
+        "ａ" * 32,  # fullwidth a
+    ],
+)
+@pytest.mark.parametrize("field", ["tenant_id", "timeline_id"])
+def test_invalid_id(bad_id: str, field: str) -> None:
+    req = {"op": "flush", "tenant_id": T, "timeline_id": TL, "id": 1, field: bad_id}
+    e = err(req)
+    assert e.code is ErrorCode.INVALID_ID
+    assert field in e.message
+    assert e.id == 1
+
+
+def test_invalid_id_in_status_and_message_bounded() -> None:
+    e = err({"op": "status", "tenant_id": "/" * 100_000})
+    assert e.code is ErrorCode.INVALID_ID
+    assert len(e.message) < 200
+
+
+def test_uppercase_ids_normalised() -> None:
+    r = parse({"op": "flush", "tenant_id": T.upper(), "timeline_id": "AbCdEf" + TL[6:]})
+    assert r == FlushRequest(T, "abcdef" + TL[6:])
+
+
+def test_bool_is_not_an_int() -> None:
+    for field, op in [("lsn", "get"), ("start_lsn", "timeline_create")]:
+        req = dict(VALID[op][0])
+        req[field] = True
+        e = err(req)
+        assert e.code is ErrorCode.BAD_REQUEST and field in e.message
+    e = err({"op": "put", "tenant_id": T, "timeline_id": TL, "records": [[KEY, True, img(b"")]]})
+    assert e.code is ErrorCode.BAD_REQUEST and "lsn" in e.message
+
+
+# --- envelope -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("obj", [[1, 2], "op", 5, None, True, b"bin", 1.5])
+def test_not_a_map(obj: Any) -> None:
+    e = err(obj)
+    assert e.code is ErrorCode.BAD_FRAME and e.id is None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\xc1",  # never-used msgpack byte
+        b"\x81\xa2op",  # truncated map
+        payload({"op": "status"}) + b"\x00",  # trailing data
+        b"\xa3\xff\xfe\xfd",  # invalid UTF-8 str
+        b"\x91" * 10_000 + b"\xc0",  # absurd nesting
+        b"\xdd\xff\xff\xff\xff",  # array claiming 4 billion elements
+        b"\xdb\xff\xff\xff\xff",  # str claiming 4 GiB
+        b"\x81" * 100 + b"\xc0" * 101,  # more maps than any request has
+    ],
+)
+def test_not_msgpack(raw: bytes) -> None:
+    e = parse_request(raw)
+    assert isinstance(e, ProtocolError) and e.code is ErrorCode.BAD_FRAME
+
+
+def test_garbage() -> None:
+    import random
+
+    rng = random.Random(1)
+    for _ in range(500):
+        raw = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64)))
+        r = parse_request(raw)
+        assert isinstance(r, ProtocolError | Request)
+
+
+def test_op_missing_or_mistyped_or_unknown() -> None:
+    e = err({"id": 3})
+    assert e.code is ErrorCode.BAD_REQUEST and "'op'" in e.message and e.id == 3
+    e = err({"op": 7, "id": 3})
+    assert e.code is ErrorCode.BAD_REQUEST and "'op'" in e.message
+    e = err({"op": b"get", "id": 3})
+    assert e.code is ErrorCode.BAD_REQUEST and "'op'" in e.message
+    e = err({"op": "drop_database", "id": 3})
+    assert e.code is ErrorCode.UNKNOWN_OP and e.id == 3
+    e = err({"op": "x" * 1_000_000})
+    assert e.code is ErrorCode.UNKNOWN_OP and len(e.message) < 200
+
+
+@pytest.mark.parametrize(
+    "rid",
+    [
+        None,
+        True,
+        False,
+        0,
+        -1,
+        2**64 - 1,
+        -(2**63),
+        1.5,
+        float("inf"),
+        "",
+        "req-1",
+        b"",
+        b"\x00\xff",
+        msgpack.ExtType(5, b"xyz"),
+        msgpack.Timestamp(1, 2),
+    ],
+)
+def test_id_echo_every_scalar(rid: Any) -> None:
+    r = parse({"op": "status", "id": rid})
+    assert isinstance(r, StatusRequest)
+    assert r.id == rid and type(r.id) is type(rid)
+    # ... and through the reply encoders
+    for frame in (encode_reply(r.id, {}), encode_error(r.id, ErrorCode.INTERNAL, "m")):
+        m = msgpack.unpackb(frame[4:], raw=False)
+        assert m["id"] == rid and type(m["id"]) is type(rid)
+    # ... and in errors
+    e = err({"op": "nope", "id": rid})
+    assert e.id == rid
+
+
+@pytest.mark.parametrize("rid", [[1], {"a": 1}, []])
+def test_non_scalar_id(rid: Any) -> None:
+    e = err({"op": "status", "id": rid})
+    assert e.code is ErrorCode.BAD_REQUEST and "'id'" in e.message and e.id is None
+
+
+# --- framing --------------------------------------------------------------------------
+
+
+def test_frame_roundtrip_and_incremental() -> None:
+    f = encode_request("status", id=1)
+    d = FrameDecoder(100)
+    for b in f[:-1]:
+        d.feed(bytes([b]))
+        assert d.next_event() is NEED_DATA
+    d.feed(f[-1:])
+    ev = d.next_event()
+    assert isinstance(ev, Frame) and ev.payload == f[4:]
+    assert d.next_event() is NEED_DATA
+    assert d.buffered == 0
+
+
+def test_zero_length_frame_then_next_parses() -> None:
+    d = FrameDecoder(100)
+    d.feed(b"\x00\x00\x00\x00" + encode_request("status", id=2))
+    e = d.next_event()
+    assert isinstance(e, ProtocolError) and e.code is ErrorCode.BAD_FRAME
+    assert not e.close_after
+    ev = d.next_event()
+    assert isinstance(ev, Frame) and parse_request(ev.payload) == StatusRequest(id=2)
+
+
+def test_huge_length_rejected_without_buffering() -> None:
+    d = FrameDecoder(1024)
+    d.feed(b"\xff\xff\xff\xff")
+    e = d.next_event()
+    assert isinstance(e, ProtocolError) and e.code is ErrorCode.FRAME_TOO_LARGE
+    assert e.close_after
+    assert d.closed and d.buffered == 0 and d.room == 0
+    d.feed(b"x" * 100_000)
+    assert d.buffered == 0
+    assert d.next_event() is CLOSED
+
+
+def test_too_large_is_decided_from_header_alone() -> None:
+    d = FrameDecoder(10)
+    d.feed(b"\x00\x00\x00\x0b")  # 11 > 10, no payload yet
+    e = d.next_event()
+    assert isinstance(e, ProtocolError) and e.code is ErrorCode.FRAME_TOO_LARGE
+    d = FrameDecoder(10)
+    d.feed(b"\x00\x00\x00\x0a" + b"\x80" * 10)  # exactly max is fine
+    assert isinstance(d.next_event(), Frame)
+
+
+def test_truncated_frames_need_data() -> None:
+    f = encode_request("get", tenant_id=T, timeline_id=TL, key=KEY, lsn=5)
+    for cut in range(len(f)):
+        d = FrameDecoder(1000)
+        d.feed(f[:cut])
+        assert d.next_event() is NEED_DATA
+        d.feed_eof()
+        assert d.next_event() is CLOSED
+
+
+def test_room_bounds_buffering() -> None:
+    d = FrameDecoder(100)
+    assert d.room == 104
+    d.feed(b"\x00\x00\x00\x64" + b"\x80" * 50)  # 100-byte frame, half there
+    assert d.next_event() is NEED_DATA
+    assert d.room == 50
+    d.feed(b"\x80" * 50)
+    assert isinstance(d.next_event(), Frame)
+    assert d.room == 104
+
+
+def test_decoder_rejects_bad_limits() -> None:
+    with pytest.raises(ValueError):
+        FrameDecoder(0)
+    with pytest.raises(ValueError):
+        FrameDecoder(2**32)
+
+
+# --- put batch ------------------------------------------------------------------------
+
+
+def put(records: Any) -> Any:
+    return parse({"op": "put", "id": "p", "tenant_id": T, "timeline_id": TL, "records": records})
+
+
+def test_put_valid_values_of_every_kind() -> None:
+    recs = [
+        (KEY, 1, img(b"")),
+        (KEY, 1, img(b"\x00" * 8192)),
+        (KEY, 2, pg(b"walrec", 0)),
+        (KEY, 2, pg(b"", 1)),
+        (KEY, 3, trec("a")),
+        (KEY, 3, trec("héllo", clear=1)),
+        (KEY, 4, trec("", clear=1, will_init=1)),
+        (KEY, 4, trec("b", only_if="a")),
+        (b"\x00" * 18, 5, trec("b", only_if="")),
+        (b"\xff" * 17 + b"\xfe", 2**64 - 2, img(b"x")),
+    ]
+    assert check_put_batch(recs) is None
+    r = put([list(x) for x in recs])
+    assert isinstance(r, PutRequest) and r.records == tuple(recs)
+
+
+@pytest.mark.parametrize(
+    ("records", "what"),
+    [
+        ([[KEY[:17], 1, img(b"")]], "key"),
+        ([[KEY + b"\x00", 1, img(b"")]], "key"),
+        ([[KEY.hex(), 1, img(b"")]], "key"),
+        ([[KEY_MAX, 1, img(b"")]], "Key.MAX"),
+        ([[KEY, -1, img(b"")]], "lsn"),
+        ([[KEY, 1.0, img(b"")]], "lsn"),
+        ([[KEY, 1, "value"]], "value"),
+        ([[KEY, 1]], "records[0]"),
+        ([[KEY, 1, img(b""), 5]], "records[0]"),
+        ([KEY], "records[0]"),
+        ([{"key": KEY}], "records[0]"),
+        ([[KEY, 1, img(b"")], [KEY, 2, img(b"")], 7], "records[2]"),
+    ],
+)
+def test_put_bad_request(records: Any, what: str) -> None:
+    e = put(records)
+    assert isinstance(e, ProtocolError) and e.code is ErrorCode.BAD_REQUEST, e
+    assert what in e.message and "records" in e.message
+    assert e.id == "p"
+
+
+BAD_VALUES = [
+    b"",
+    b"\x00\x00\x00",
+    struct.pack(">I", 2) + b"\x00" * 20,  # unknown value tag
+    struct.pack(">I", 7),
+    struct.pack(">IQ", 0, 5) + b"abcd",  # truncated image
+    struct.pack(">IQ", 0, 3) + b"abcd",  # trailing byte
+    img(b"ok") + b"\x00",
+    struct.pack(">II", 1, 3) + b"\x00" * 20,  # unsupported wal record tag
+    struct.pack(">II", 1, 0),  # truncated postgres
+    struct.pack(">IIBQ", 1, 0, 2, 0),  # will_init not a bool
+    pg(b"rec")[:-1],
+    pg(b"rec") + b"\x00",
+    trec("x", clear=0, will_init=1),  # will_init without clear
+    trec("x", clear=2),
+    trec("x", will_init=3, clear=1),
+    trec("x")[:-1],  # no option byte
+    trec("x")[:-1] + b"\x02",  # bad option tag
+    trec("x") + b"\x00",
+    trec("x", only_if="abc")[:-1],
+    trec("x", only_if="abc") + b"!",
+    struct.pack(">IIQ", 1, 8, 2) + b"\xff\xfe" + b"\x00\x00\x00",  # invalid UTF-8 append
+    struct.pack(">IIQ", 1, 8, 0) + b"\x00\x00\x01" + struct.pack(">Q", 1) + b"\x80",
+    struct.pack(">IIQ", 1, 8, 2**64 - 1) + b"\x00" * 8,  # absurd length
+    struct.pack(">IQ", 0, 2**64 - 1),
+]
+
+
+@pytest.mark.parametrize("value", BAD_VALUES)
+def test_put_bad_value(value: bytes) -> None:
+    e = put([[KEY, 1, img(b"")], [KEY, 2, value]])
+    assert isinstance(e, ProtocolError) and e.code is ErrorCode.BAD_VALUE, e
+    assert "records[1]" in e.message
+    assert check_put_batch([(KEY, 1, value)]) == ProtocolError(
+        ErrorCode.BAD_VALUE, e.message.replace("records[1]", "records[0]")
+    )
+
+
+def test_put_lsn_out_of_order() -> None:
+    e = put([[KEY, 5, img(b"")], [KEY, 5, img(b"")], [KEY, 4, img(b"")]])
+    assert isinstance(e, ProtocolError) and e.code is ErrorCode.LSN_OUT_OF_ORDER
+    assert "records[2]" in e.message
+
+
+def test_put_check_order() -> None:
+    """bad_request beats bad_value beats lsn_out_of_order, over the whole batch."""
+    bad_key = [KEY_MAX, 9, img(b"")]
+    bad_val = [KEY, 9, b"junk"]
+    back = [KEY, 1, img(b"")]
+    assert put([bad_val, back, bad_key]).code is ErrorCode.BAD_REQUEST
+    assert put([[KEY, 9, img(b"")], back, bad_val]).code is ErrorCode.BAD_VALUE
+    assert put([[KEY, 9, img(b"")], back]).code is ErrorCode.LSN_OUT_OF_ORDER
+
+
+def test_check_put_batch_direct() -> None:
+    assert check_put_batch([]) is None
+    assert check_put_batch([(KEY, 1, img(b"")), (KEY, 1, img(b"a"))]) is None
+    assert check_put_batch([[KEY, 1, img(b"")], (KEY, 2, img(b"a"))]) is None  # type: ignore[list-item]
+    e = check_put_batch([[KEY, 2, img(b"")], [KEY, 1, img(b"a")]])  # type: ignore[list-item]
+    assert e is not None and e.code is ErrorCode.LSN_OUT_OF_ORDER
+    e = check_put_batch([(KEY, 2**64, img(b""))])
+    assert e is not None and e.code is ErrorCode.BAD_REQUEST and "lsn" in e.message
+    e = check_put_batch([(bytearray(KEY), 1, img(b""))])  # type: ignore[list-item]
+    assert e is not None and e.code is ErrorCode.BAD_REQUEST
+
+
+# --- replies --------------------------------------------------------------------------
+
+
+def test_encode_reply_and_error() -> None:
+    f = encode_reply(5, {"value": b"\x01\x02", "last_record_lsn": 10})
+    assert int.from_bytes(f[:4], "big") == len(f) - 4
+    # bytes go out as bin (0xc4), not str
+    assert b"\xc4\x02\x01\x02" in f
+    assert msgpack.unpackb(f[4:], raw=False) == {
+        "id": 5,
+        "ok": True,
+        "value": b"\x01\x02",
+        "last_record_lsn": 10,
+    }
+    f = encode_error("x", ErrorCode.TENANT_NOT_FOUND, "no such tenant")
+    assert msgpack.unpackb(f[4:], raw=False) == {
+        "id": "x",
+        "ok": False,
+        "error": {"code": "tenant_not_found", "message": "no such tenant"},
+    }
+    with pytest.raises(ValueError):
+        encode_reply(1, {"ok": False})
+
+
+def test_reply_decoder_roundtrip() -> None:
+    rd = ReplyDecoder()
+    stream = (
+        encode_reply(1, {"version": PROTOCOL_VERSION, "io_engine": "std-fs"})
+        + encode_error(2, ErrorCode.BAD_VALUE, "nope")
+        + encode_reply(None)
+    )
+    for i in range(0, len(stream), 3):
+        rd.receive_data(stream[i : i + 3])
+    assert rd.next_event() == Reply(1, True, {"version": 1, "io_engine": "std-fs"})
+    r = rd.next_event()
+    assert r == Reply(2, False, {}, "bad_value", "nope")
+    assert isinstance(r, Reply) and r.code == ErrorCode.BAD_VALUE
+    assert rd.next_event() == Reply(None, True, {})
+    assert rd.next_event() is NEED_DATA
+    rd.receive_data(b"")
+    assert rd.next_event() is CLOSED
+
+
+def test_parse_reply_malformed() -> None:
+    for obj in [[1], {"id": 1}, {"ok": 1}, {"ok": False}, {"ok": False, "error": {"code": 5}}]:
+        r = parse_reply(payload(obj))
+        assert isinstance(r, ProtocolError) and r.code is ErrorCode.BAD_FRAME
+    assert isinstance(parse_reply(b"\xc1"), ProtocolError)
+
+
+def test_encode_request_roundtrip() -> None:
+    f = encode_request("put", id=3, tenant_id=T, timeline_id=TL, records=[(KEY, 1, img(b"a"))])
+    assert parse_request(f[4:]) == PutRequest(T, TL, ((KEY, 1, img(b"a")),), id=3)
+    m = msgpack.unpackb(encode_request("status")[4:])
+    assert m == {"op": "status"}  # no id key when id is None
+    assert encode_frame({"op": "status"}) == encode_request("status")
+
+
+# --- connection state machine ---------------------------------------------------------
+
+
+def events(conn: ServerConnection) -> list[Any]:
+    out = []
+    while True:
+        ev = conn.next_event()
+        out.append(ev)
+        if ev is NEED_DATA or ev is CLOSED:
+            return out
+
+
+def test_conn_without_auth() -> None:
+    c = ServerConnection(1000)
+    assert c.state is ConnState.READY
+    c.receive_data(encode_request("status", id=1) + encode_request("hello", id=2))
+    evs = events(c)
+    assert evs == [
+        RequestEvent(StatusRequest(id=1)),
+        RequestEvent(HelloRequest(id=2)),
+        NEED_DATA,
+    ]
+    assert evs[0].id == 1
+
+
+def test_conn_auth_flow() -> None:
+    c = ServerConnection(1000, auth_required=True, token_check=token_checker("s3cret"))
+    assert c.state is ConnState.AWAITING_HELLO
+    c.receive_data(
+        encode_request("status", id=1)
+        + encode_request("nonsense", id=2)
+        + encode_frame({"id": 3})
+        + b"\x00\x00\x00\x01\xc1"  # not msgpack: still bad_frame before hello
+        + encode_request("hello", id=4, token=5)  # mistyped token: bad_request, continue
+        + encode_request("hello", id=5, token="s3cret")
+        + encode_request("status", id=6)
+    )
+    evs = events(c)
+    assert [(e.id, e.code, e.close_after) for e in evs[:5]] == [
+        (1, ErrorCode.UNAUTHORIZED, False),
+        (2, ErrorCode.UNAUTHORIZED, False),
+        (3, ErrorCode.UNAUTHORIZED, False),
+        (None, ErrorCode.BAD_FRAME, False),
+        (4, ErrorCode.BAD_REQUEST, False),
+    ]
+    assert evs[5:] == [
+        RequestEvent(HelloRequest("s3cret", id=5)),
+        RequestEvent(StatusRequest(id=6)),
+        NEED_DATA,
+    ]
+    assert c.state.value == "ready"  # (mypy narrowed c.state above)
+
+
+@pytest.mark.parametrize("token", [None, "wrong", "s3cre", "s3cret\x00", "ß"])
+def test_conn_bad_hello_closes(token: str | None) -> None:
+    c = ServerConnection(1000, auth_required=True, token_check=token_checker("s3cret"))
+    fields = {} if token is None else {"token": token}
+    c.receive_data(encode_request("hello", id=1, **fields) + encode_request("status"))
+    ev = c.next_event()
+    assert ev == ErrorEvent(1, ErrorCode.UNAUTHORIZED, "bad token", close_after=True)
+    assert c.should_close and c.state is ConnState.CLOSING
+    assert c.next_event() is CLOSED
+    assert c.room == 0
+
+
+def test_conn_wrong_hello_after_auth_closes() -> None:
+    c = ServerConnection(1000, auth_required=True, token_check=token_checker("t"))
+    c.receive_data(encode_request("hello", token="t") + encode_request("hello", token="u"))
+    assert isinstance(c.next_event(), RequestEvent)
+    ev = c.next_event()
+    assert isinstance(ev, ErrorEvent) and ev.close_after
+
+
+def test_conn_frame_too_large_closes() -> None:
+    c = ServerConnection(64)
+    c.receive_data(encode_request("status", id=1) + b"\x00\x00\x00\x41" + b"x" * 100)
+    assert c.next_event() == RequestEvent(StatusRequest(id=1))
+    ev = c.next_event()
+    assert isinstance(ev, ErrorEvent) and ev.code is ErrorCode.FRAME_TOO_LARGE
+    assert ev.close_after and ev.id is None and c.should_close
+    assert c.next_event() is CLOSED
+    c.receive_data(b"more")
+    assert c.buffered == 0
+
+
+def test_conn_errors_do_not_close() -> None:
+    c = ServerConnection(1000)
+    c.receive_data(
+        b"\x00\x00\x00\x00"
+        + encode_frame([1, 2])
+        + encode_request("get", id=1, tenant_id="..", timeline_id=TL, key=KEY, lsn=1)
+        + encode_request("status", id=2)
+    )
+    evs = events(c)
+    assert [getattr(e, "code", None) for e in evs] == [
+        ErrorCode.BAD_FRAME,
+        ErrorCode.BAD_FRAME,
+        ErrorCode.INVALID_ID,
+        None,
+        None,
+    ]
+    assert not any(getattr(e, "close_after", False) for e in evs)
+    assert evs[3] == RequestEvent(StatusRequest(id=2))
+
+
+def test_conn_eof() -> None:
+    c = ServerConnection(1000)
+    f = encode_request("status", id=1)
+    c.receive_data(f + f[:3])
+    c.receive_data(b"")
+    assert c.next_event() == RequestEvent(StatusRequest(id=1))
+    assert c.next_event() is CLOSED
+    assert c.state is ConnState.CLOSED and c.should_close
+
+
+def test_conn_shutdown() -> None:
+    c = ServerConnection(1000)
+    c.receive_data(encode_request("status", id=1))
+    c.start_shutdown()
+    ev = c.next_event()
+    assert ev == ErrorEvent(1, ErrorCode.SHUTTING_DOWN, "the server is shutting down")
+    assert not c.should_close
+    assert ev.encode() == encode_error(1, ErrorCode.SHUTTING_DOWN, "the server is shutting down")
+
+
+def test_conn_requires_checker() -> None:
+    with pytest.raises(ValueError):
+        ServerConnection(auth_required=True)
+
+
+def test_token_checker() -> None:
+    check = token_checker("pässword")
+    assert check("pässword")
+    assert not check("password")
+    assert not check("")
