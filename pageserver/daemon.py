@@ -19,11 +19,11 @@ import trio
 
 from pageserver import metrics
 from pageserver.config import ConfigError, PageserverConfig, ensure_data_dir, load_config
+from pageserver.errors import PageserverError
 from pageserver.io import IoContext
 from pageserver.io.engine import IoEngine, resolve_engine
 from pageserver.server.metrics_http import serve_metrics
 from pageserver.server.server import BindError, Server, listener_address, open_listeners
-from pageserver.errors import PageserverError
 from pageserver.tenant.manager import TenantManager
 
 log = structlog.get_logger("pageserver")

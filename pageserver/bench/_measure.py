@@ -36,13 +36,13 @@ from typing import Any, ClassVar
 
 import trio
 
+from pageserver.client import Client, ConnectionLost, PutBatch
+from pageserver.client.cli import FeedGenerator
 from pageserver.config import ENGINE_ENV_VAR, PageserverConfig
 from pageserver.io import IoContext, IoEngine, create_engine
 from pageserver.io.engine import FileStat, StdFsEngine, rename_noreplace_sync
 from pageserver.layers.value import Image, encode_value
 from pageserver.logging import configure_logging
-from pageserver.client import Client, ConnectionLost, PutBatch
-from pageserver.client.cli import FeedGenerator
 from pageserver.tenant.manager import TenantManager
 
 MIB = 1024 * 1024

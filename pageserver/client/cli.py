@@ -32,9 +32,6 @@ from typing import IO, Any, Protocol
 import msgpack
 import trio
 
-from pageserver.config import CONFIG_FILE_NAME, DEFAULT_DATA_DIR
-from pageserver.layers.key import Key, Lsn, TenantId, TimelineId, lsn_str
-from pageserver.layers.value import Image, TestRecord, encode_value
 from pageserver.client._client import (
     DEFAULT_ADDR,
     Client,
@@ -43,6 +40,9 @@ from pageserver.client._client import (
     ServerError,
     backoff_delays,
 )
+from pageserver.config import CONFIG_FILE_NAME, DEFAULT_DATA_DIR
+from pageserver.layers.key import Key, Lsn, TenantId, TimelineId, lsn_str
+from pageserver.layers.value import Image, TestRecord, encode_value
 
 __all__ = ["FeedGenerator", "register"]
 

@@ -66,6 +66,7 @@ import structlog
 import trio
 
 from pageserver.client import Address, parse_address
+from pageserver.tenant.manager import TenantManager
 from pageserver.wire import (
     CLOSED,
     HEADER_LEN,
@@ -89,7 +90,6 @@ from pageserver.wire import (
     encode_reply,
     token_checker,
 )
-from pageserver.tenant.manager import TenantManager
 
 __all__ = [
     "BindError",

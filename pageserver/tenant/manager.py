@@ -34,10 +34,6 @@ from pageserver.config import (
     tenant_overrides_to_toml,
     validate_tenant_overrides,
 )
-from pageserver.io import IoContext
-from pageserver.layers.key import InvalidId as KeyInvalidId
-from pageserver.layers.key import TenantId, TimelineId
-from pageserver.tenant.compaction import CompactionResult
 from pageserver.errors import (
     AlreadyExists,
     BadRequest,
@@ -46,6 +42,10 @@ from pageserver.errors import (
     TenantNotFound,
     TimelineNotFound,
 )
+from pageserver.io import IoContext
+from pageserver.layers.key import InvalidId as KeyInvalidId
+from pageserver.layers.key import TenantId, TimelineId
+from pageserver.tenant.compaction import CompactionResult
 from pageserver.tenant.timeline import History, PutResult, Timeline
 
 log = structlog.get_logger("pageserver.tenant")

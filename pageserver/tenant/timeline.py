@@ -33,6 +33,16 @@ import trio
 
 from pageserver import failpoints, metrics
 from pageserver.config import TenantConfig
+from pageserver.errors import (
+    BadRequest,
+    BadValue,
+    CorruptLayer,
+    LsnOutOfOrder,
+    PageserverError,
+    RedoFailed,
+    RedoUnsupported,
+    ShuttingDown,
+)
 from pageserver.io import IoContext, cleanup_shield
 from pageserver.layers.common import LayerFileError, LayerInfo
 from pageserver.layers.key import KEY_SIZE, Key, TenantId, TimelineId
@@ -60,16 +70,6 @@ from pageserver.tenant.compaction import (
     private_copy,
     redundant_layers,
     remove_layers,
-)
-from pageserver.errors import (
-    BadRequest,
-    BadValue,
-    CorruptLayer,
-    LsnOutOfOrder,
-    PageserverError,
-    RedoFailed,
-    RedoUnsupported,
-    ShuttingDown,
 )
 from pageserver.tenant.inmemory_layer import InMemoryLayer
 from pageserver.tenant.layer_map import HistoricLayer, LayerMap, is_level0

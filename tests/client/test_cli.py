@@ -20,9 +20,9 @@ import pytest
 import trio
 
 from pageserver import cli
-from pageserver.layers.value import Image, encode_value
 from pageserver.client import Client, parse_address
 from pageserver.client.cli import FeedGenerator, parse_lsn
+from pageserver.layers.value import Image, encode_value
 from tests.server.test_badinput import Harness, _start
 
 PAGESERVER = str(Path(sys.executable).with_name("pageserver"))

@@ -18,7 +18,12 @@ from pageserver.io import (
 )
 from pageserver.io.engine import StdFsEngine
 from pageserver.io.offload import JobSuspendedError
-from tests.helpers.recording import RecordingEngine, Ticker, count_thread_calls, no_new_python_threads
+from tests.helpers.recording import (
+    RecordingEngine,
+    Ticker,
+    count_thread_calls,
+    no_new_python_threads,
+)
 
 
 async def write_file_job(ctx: IoContext, path: str, mib: int) -> int:

@@ -81,8 +81,8 @@ def test_ring_setup_and_probe() -> None:
 
 
 def test_probe_reports_reason(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pageserver.io.uring import engine as uring_engine
     from pageserver.io.uring import _syscalls
+    from pageserver.io.uring import engine as uring_engine
 
     assert probe_uring() is None
     assert uring_missing_optional_ops() in ([], ["FTRUNCATE"])

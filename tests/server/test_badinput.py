@@ -25,10 +25,12 @@ import pytest
 import trio
 
 from pageserver import failpoints
+from pageserver.client import Client, ServerError
 from pageserver.config import PageserverConfig
 from pageserver.io import IoContext, create_engine
 from pageserver.layers.value import Image, TestRecord, encode_value
-from pageserver.client import Client, ServerError
+from pageserver.server.server import Server, open_listeners
+from pageserver.tenant.manager import TenantManager
 from pageserver.wire import (
     CLOSED,
     NEED_DATA,
@@ -37,8 +39,6 @@ from pageserver.wire import (
     encode_frame,
     encode_request,
 )
-from pageserver.server.server import Server, open_listeners
-from pageserver.tenant.manager import TenantManager
 
 T = "0123456789abcdef0123456789abcdef"
 TL = "fedcba9876543210fedcba9876543210"

@@ -11,7 +11,12 @@ from pageserver.config import PageserverConfig
 from pageserver.io import IoContext
 from pageserver.tenant.manager import TenantManager
 from tests.conftest import require_engine
-from tests.helpers.recording import RecordingEngine, Ticker, count_thread_calls, no_new_python_threads
+from tests.helpers.recording import (
+    RecordingEngine,
+    Ticker,
+    count_thread_calls,
+    no_new_python_threads,
+)
 from tests.helpers.tenant import TENANT, TIMELINE, config, image, key, manager, trec
 
 
