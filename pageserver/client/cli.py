@@ -41,7 +41,7 @@ from pageserver.client._client import (
     backoff_delays,
 )
 from pageserver.config import CONFIG_FILE_NAME, DEFAULT_DATA_DIR
-from pageserver.layers.key import Key, Lsn, TenantId, TimelineId, lsn_str
+from pageserver.layers.key import Key, Lsn, TenantId, TimelineId, lsn_str, parse_id_text
 from pageserver.layers.value import Image, TestRecord, encode_value
 
 __all__ = ["FeedGenerator", "register"]
@@ -82,9 +82,9 @@ def parse_key(text: str) -> bytes:
 
 def parse_id(text: str) -> str:
     try:
-        return str(TenantId.parse(text.lower()))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid id {text!r}: expected 32 hex digits") from None
+        return parse_id_text(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def parse_config_pair(text: str) -> tuple[str, Any]:

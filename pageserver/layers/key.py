@@ -18,18 +18,19 @@ import struct
 from dataclasses import dataclass
 from typing import ClassVar, Self
 
+from pageserver.errors import InvalidId
+
 KEY_SIZE = 18
 ID_SIZE = 16
 MAX_LSN = (1 << 64) - 1
+#: The highest LSN a record (and a timeline's ``start_lsn``) may have: a layer ends at its
+#: last record's LSN + 1 (exclusive), and that end must still be a u64.
+MAX_RECORD_LSN = MAX_LSN - 1
+#: ``Key.MAX`` as plain bytes: the exclusive end of the key space, never a record's key.
+KEY_MAX_BYTES = b"\xff" * KEY_SIZE
 
 _KEY_STRUCT = struct.Struct(">BIIIBI")
 _HEX_RE = re.compile(r"[0-9A-Fa-f]+")
-
-
-class InvalidId(ValueError):
-    """A tenant or timeline id that is not 32 hex digits (error code ``invalid_id``)."""
-
-    code = "invalid_id"
 
 
 class Key(bytes):
@@ -91,7 +92,7 @@ class Key(bytes):
 
 
 Key.MIN = Key(bytes(KEY_SIZE))
-Key.MAX = Key(b"\xff" * KEY_SIZE)
+Key.MAX = Key(KEY_MAX_BYTES)
 
 
 class Lsn(int):
@@ -150,9 +151,7 @@ class _Id:
 
     @classmethod
     def parse(cls, text: object) -> Self:
-        if not isinstance(text, str) or len(text) != 2 * ID_SIZE or not _HEX_RE.fullmatch(text):
-            raise InvalidId(f"invalid id {text!r}: expected {2 * ID_SIZE} hex digits")
-        return cls(bytes.fromhex(text))
+        return cls(bytes.fromhex(parse_id_text(text)))
 
     @classmethod
     def generate(cls) -> Self:
@@ -172,3 +171,20 @@ class TenantId(_Id):
 class TimelineId(_Id):
     __slots__ = ()
 
+
+
+def is_id_text(text: str) -> bool:
+    """Whether ``text`` is a tenant/timeline id: exactly 32 hex digits, either case."""
+    return len(text) == 2 * ID_SIZE and _HEX_RE.fullmatch(text) is not None
+
+
+def parse_id_text(text: object, what: str = "id") -> str:
+    """The one id check: 32 hex digits (either case) -> the canonical lowercase text.
+
+    Raises :class:`~pageserver.errors.InvalidId` (also a ``ValueError``) naming ``what``;
+    the wire, the tenant manager, the client CLI and the layer-name parser all call this.
+    """
+    if not isinstance(text, str) or not is_id_text(text):
+        shown = repr(text) if len(repr(text)) <= 50 else repr(text)[:47] + "..."
+        raise InvalidId(f"invalid {what} {shown}: must be {2 * ID_SIZE} hex digits")
+    return text.lower()

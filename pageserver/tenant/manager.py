@@ -22,7 +22,7 @@ import tomllib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import structlog
 import trio
@@ -43,14 +43,13 @@ from pageserver.errors import (
     TimelineNotFound,
 )
 from pageserver.io import IoContext
-from pageserver.layers.key import InvalidId as KeyInvalidId
+from pageserver.layers.batch import check_start_lsn
 from pageserver.layers.key import TenantId, TimelineId
 from pageserver.tenant.compaction import CompactionResult
 from pageserver.tenant.timeline import History, PutResult, Timeline
 
 log = structlog.get_logger("pageserver.tenant")
 
-IdT = TypeVar("IdT", TenantId, TimelineId)
 
 CONFIG_FILE = "config-v1"
 CONFIG_HEADER = (
@@ -59,20 +58,8 @@ CONFIG_HEADER = (
 )
 
 
-def parse_tenant_id(text: object) -> TenantId:
-    return _parse_id(TenantId, text)
-
-
-def parse_timeline_id(text: object) -> TimelineId:
-    return _parse_id(TimelineId, text)
-
-
-def _parse_id(cls: type[IdT], text: object) -> IdT:
-    """Validate an id before it can reach a path; uppercase hex is normalised."""
-    try:
-        return cls.parse(text.lower() if isinstance(text, str) else text)
-    except KeyInvalidId as e:
-        raise InvalidId(str(e)) from None
+parse_tenant_id = TenantId.parse
+parse_timeline_id = TimelineId.parse
 
 
 def render_toml(values: Mapping[str, Any]) -> str:
@@ -171,7 +158,7 @@ class TenantManager:
             tpath = self.tenants_dir / entry
             try:
                 tenant_id = TenantId.parse(entry)
-            except KeyInvalidId:
+            except InvalidId:
                 log.warning("ignoring unknown entry in tenants directory", entry=entry)
                 continue
             cfg_path = tpath / CONFIG_FILE
@@ -186,7 +173,7 @@ class TenantManager:
             for tl_entry in sorted(os.listdir(tl_dir)):
                 try:
                     timeline_id = TimelineId.parse(tl_entry)
-                except KeyInvalidId:
+                except InvalidId:
                     log.warning("ignoring unknown entry in timelines directory", entry=tl_entry)
                     continue
                 path = tl_dir / tl_entry
@@ -300,8 +287,7 @@ class TenantManager:
         self._check_running()
         tenant = self.tenant(tenant_id)
         tlid = parse_timeline_id(timeline_id)
-        if isinstance(start_lsn, bool) or not isinstance(start_lsn, int) or not 0 <= start_lsn < 2**64 - 1:
-            raise BadRequest("field 'start_lsn' must be an unsigned integer below 2^64-1")
+        check_start_lsn(start_lsn)
         async with tenant.lock:
             if tlid in tenant.timelines:
                 raise AlreadyExists(f"timeline {tlid} already exists in tenant {tenant.tenant_id}")

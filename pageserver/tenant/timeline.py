@@ -35,7 +35,6 @@ from pageserver import failpoints, metrics
 from pageserver.config import TenantConfig
 from pageserver.errors import (
     BadRequest,
-    BadValue,
     CorruptLayer,
     LsnOutOfOrder,
     PageserverError,
@@ -44,8 +43,9 @@ from pageserver.errors import (
     ShuttingDown,
 )
 from pageserver.io import IoContext, cleanup_shield
+from pageserver.layers.batch import check_put_batch
 from pageserver.layers.common import LayerFileError, LayerInfo
-from pageserver.layers.key import KEY_SIZE, Key, TenantId, TimelineId
+from pageserver.layers.key import KEY_SIZE, TenantId, TimelineId
 from pageserver.layers.layer_name import try_parse_layer_name
 from pageserver.layers.validate import validate_layer_file
 from pageserver.layers.value import (
@@ -61,7 +61,6 @@ from pageserver.layers.value import (
 from pageserver.layers.value import (
     RedoUnsupported as ValueRedoUnsupported,
 )
-from pageserver.layers.value_check import validate_value
 from pageserver.tenant.compaction import (
     CompactionResult,
     create_image_layer,
@@ -81,10 +80,6 @@ METADATA_FORMAT_VERSION = 1
 #: Frozen layers allowed to wait for the flush task before ``put`` waits. One (the layer
 #: being flushed) keeps ingest memory at about one open layer's index plus one flush.
 MAX_FROZEN_LAYERS = 1
-
-_KEY_MAX = bytes(Key.MAX)
-#: Record LSNs stay below 2^64-1: a layer ends at its last LSN + 1, still a u64.
-_LSN_LIMIT = 2**64 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,8 +239,9 @@ class Timeline:
     # -- ingest -------------------------------------------------------------------------------
 
     async def put(self, records: Sequence[tuple[bytes, int, bytes]]) -> PutResult:
-        """Validate the whole batch, then apply it (SPEC section 5 ``put`` rules)."""
-        validated = validate_batch(records)
+        """Check the whole batch (once: a ``CheckedBatch`` from the wire is not checked
+        again), then apply it (SPEC section 5 ``put`` rules)."""
+        batch = check_put_batch(records)
         async with self._write_lock:
             if self._closed or self._stopping:
                 raise ShuttingDown("timeline is shutting down")
@@ -255,12 +251,11 @@ class Timeline:
             floor = self.open_layer.start_lsn if self.open_layer is not None else self.next_layer_start
             accepted: list[tuple[bytes, int, bytes, bool]] = []
             skipped = 0
-            for rec in validated:
-                lsn = rec[1]
+            for (key, lsn, value), will_init in zip(batch, batch.will_init, strict=True):
                 if lsn <= dcl:
                     skipped += 1
                 elif lsn >= last and lsn >= floor:
-                    accepted.append(rec)
+                    accepted.append((key, lsn, value, will_init))
                     last = lsn
                 else:
                     raise LsnOutOfOrder(
@@ -603,59 +598,6 @@ class Timeline:
             "disk_consistent_lsn": self.disk_consistent_lsn,
             "layers": self.layer_map.counts(),
         }
-
-
-def validate_batch(records: Sequence[tuple[bytes, int, bytes]]) -> list[tuple[bytes, int, bytes, bool]]:
-    """The whole-batch checks of ``put``: keys, values, LSN order. Returns records + will_init.
-
-    The order of the checks follows SPEC section 5: keys (``bad_request``), values
-    (``bad_value``), LSN order (``lsn_out_of_order``). Values are checked with the lean
-    validator, not decoded: this runs for every ingested record.
-    """
-    out: list[tuple[bytes, int, bytes, bool]] = []
-    append = out.append
-    key_max = _KEY_MAX
-    bad_key = bad_value = bad_order = None
-    prev = -1
-    for i, (key, lsn, given) in enumerate(records):
-        if type(key) is not bytes:
-            key = bytes(key) if isinstance(key, bytearray) else b""
-        raw: bytes | None = given
-        if type(given) is not bytes:
-            raw = bytes(given) if isinstance(given, bytearray) else None
-        if len(key) != KEY_SIZE or key == key_max or type(lsn) is not int or not 0 <= lsn < _LSN_LIMIT:
-            bad_key = i
-            break
-        if bad_value is None:
-            if raw is None or validate_value(raw) is not None:
-                bad_value = i
-            elif bad_order is None and lsn < prev:
-                bad_order = i
-        prev = lsn
-        if bad_value is None and bad_order is None and raw is not None:
-            append((key, lsn, raw, value_will_init(raw)))
-    # Report in the order of SPEC section 5: keys, then values, then LSN order.
-    if bad_key is not None:
-        key, lsn, _ = records[bad_key]
-        if not isinstance(key, bytes | bytearray) or len(key) != KEY_SIZE:
-            raise BadRequest(f"field 'records[{bad_key}]' key must be {KEY_SIZE} bytes")
-        if key == key_max:
-            raise BadRequest(f"field 'records[{bad_key}]' key must be below Key.MAX")
-        raise BadRequest(
-            f"field 'records[{bad_key}]' lsn must be an unsigned 64-bit integer below 2^64-1"
-        )
-    if bad_value is not None:
-        raw = records[bad_value][2]
-        if not isinstance(raw, bytes | bytearray):
-            raise BadRequest(f"field 'records[{bad_value}]' value must be bytes")
-        raise BadValue(f"records[{bad_value}]: {validate_value(bytes(raw))}")
-    if bad_order is not None:
-        raise LsnOutOfOrder(
-            f"records[{bad_order}]: lsn {records[bad_order][1]} is below the previous record's"
-        )
-    return out
-
-
 
 
 async def collect_historic(

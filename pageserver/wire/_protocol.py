@@ -50,16 +50,21 @@ from __future__ import annotations
 
 import enum
 import hmac
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
-from operator import le
 from typing import Any, ClassVar, Final, Literal, TypeAlias
 
 import msgpack
 
-from pageserver.layers.value_check import validate_value as _validate_value
+from pageserver.errors import ErrorCode, PageserverError
+from pageserver.errors import short_repr as _short
+from pageserver.errors import type_name as _type_name
+from pageserver.layers.batch import CheckedBatch, PutRecord, check_start_lsn
+from pageserver.layers.batch import check_put_batch as _check_batch
+from pageserver.layers.key import KEY_MAX_BYTES as KEY_MAX
+from pageserver.layers.key import KEY_SIZE as KEY_LEN
+from pageserver.layers.key import MAX_LSN as LSN_MAX
+from pageserver.layers.key import parse_id_text
 
 __all__ = [
     "CLOSED",
@@ -112,35 +117,12 @@ DEFAULT_MAX_FRAME_BYTES: Final = 16 * 1024 * 1024
 """SPEC section 2's default ``max_frame_bytes``."""
 
 HEADER_LEN: Final = 4
-KEY_LEN: Final = 18
-KEY_MAX: Final = b"\xff" * KEY_LEN
-LSN_MAX: Final = (1 << 64) - 1
 
 _MAX_ALLOWED_FRAME: Final = 0xFFFFFFFF  # what a 4-byte length can express
 _MAX_MAPS_PER_REQUEST: Final = 64
 """Cap on msgpack maps in one request. Legitimate requests hold at most two (the request
 and ``config``); an empty map costs ~64 bytes of Python heap per byte on the wire, so
 without the cap one 16 MiB frame of ``{}``s would briefly cost a gigabyte."""
-
-
-class ErrorCode(enum.StrEnum):
-    """Every error code of SPEC section 5, and nothing else. Values are the wire strings."""
-
-    BAD_FRAME = "bad_frame"
-    FRAME_TOO_LARGE = "frame_too_large"
-    UNAUTHORIZED = "unauthorized"
-    UNKNOWN_OP = "unknown_op"
-    BAD_REQUEST = "bad_request"
-    INVALID_ID = "invalid_id"
-    BAD_VALUE = "bad_value"
-    TENANT_NOT_FOUND = "tenant_not_found"
-    TIMELINE_NOT_FOUND = "timeline_not_found"
-    ALREADY_EXISTS = "already_exists"
-    LSN_OUT_OF_ORDER = "lsn_out_of_order"
-    REDO_UNSUPPORTED = "redo_unsupported"
-    REDO_FAILED = "redo_failed"
-    SHUTTING_DOWN = "shutting_down"
-    INTERNAL = "internal"
 
 
 class Sentinel(enum.Enum):
@@ -173,14 +155,6 @@ _SCALAR_TYPES: Final = (
 def _is_scalar(v: object) -> bool:
     # ExtType is a namedtuple, so test it before anyone is tempted to test for tuple.
     return isinstance(v, _SCALAR_TYPES)
-
-
-def _short(v: object, limit: int = 40) -> str:
-    """A bounded repr of client data for error messages (never echo megabytes back)."""
-    if isinstance(v, str | bytes) and len(v) > limit:
-        return repr(v[:limit]) + f"... ({len(v)} long)"
-    r = repr(v)
-    return r if len(r) <= limit + 10 else r[:limit] + "..."
 
 
 # ---------------------------------------------------------------------------------------
@@ -317,10 +291,6 @@ class FrameDecoder:
 # Requests
 # ---------------------------------------------------------------------------------------
 
-PutRecord: TypeAlias = tuple[bytes, int, bytes]
-"""One ``put`` record: (18-byte key, lsn, encoded Value)."""
-
-
 @dataclass(frozen=True, slots=True)
 class _RequestBase:
     op: ClassVar[str]
@@ -358,12 +328,12 @@ class TimelineCreateRequest(_RequestBase):
 
 @dataclass(frozen=True, slots=True)
 class PutRequest(_RequestBase):
-    """A validated ``put``: :func:`check_put_batch` has already passed on ``records``."""
+    """A validated ``put``: ``records`` passed the one batch check (a ``CheckedBatch``)."""
 
     op: ClassVar[str] = "put"
     tenant_id: str
     timeline_id: str
-    records: tuple[PutRecord, ...]
+    records: CheckedBatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,7 +402,6 @@ def _bad(name: str, what: str) -> _Reject:
 
 
 _MISSING: Final = object()
-_ID_RE: Final = re.compile(r"[0-9a-fA-F]{32}")
 
 
 def _required(m: Mapping[object, object], name: str) -> object:
@@ -450,9 +419,10 @@ def _hex_id(m: Mapping[object, object], name: str, *, optional: bool = False) ->
         raise _bad(name, "is required")
     if type(v) is not str:
         raise _bad(name, f"must be a string of 32 hex digits, not {_type_name(v)}")
-    if _ID_RE.fullmatch(v) is None:
-        raise _Reject(ErrorCode.INVALID_ID, f"invalid {name} {_short(v)}: must be 32 hex digits")
-    return v.lower()
+    try:
+        return parse_id_text(v, name)
+    except PageserverError as e:
+        raise _Reject(e.code, str(e)) from None
 
 
 def _req_id(m: Mapping[object, object], name: str) -> str:
@@ -495,24 +465,6 @@ def _config(m: Mapping[object, object], name: str, *, optional: bool) -> dict[st
     return v
 
 
-def _type_name(v: object) -> str:
-    """The msgpack name of a decoded value's type, for error messages."""
-    return _MSGPACK_TYPE_NAMES.get(type(v), type(v).__name__)
-
-
-_MSGPACK_TYPE_NAMES: Final[dict[type, str]] = {
-    type(None): "nil",
-    bool: "bool",
-    int: "int",
-    float: "float",
-    str: "str",
-    bytes: "bin",
-    tuple: "array",
-    list: "array",
-    dict: "map",
-}
-
-
 def _p_hello(m: Mapping[object, object], rid: Id) -> Request:
     token = m.get("token")
     if token is not None and type(token) is not str:
@@ -535,16 +487,22 @@ def _p_tenant_config(m: Mapping[object, object], rid: Id) -> Request:
 def _p_timeline_create(m: Mapping[object, object], rid: Id) -> Request:
     t = _req_id(m, "tenant_id")
     tl = _req_id(m, "timeline_id")
-    return TimelineCreateRequest(t, tl, _lsn(m, "start_lsn", default=0), id=rid)
+    start = _lsn(m, "start_lsn", default=0)
+    try:
+        check_start_lsn(start)
+    except PageserverError as e:
+        raise _Reject(e.code, str(e)) from None
+    return TimelineCreateRequest(t, tl, start, id=rid)
 
 
 def _p_put(m: Mapping[object, object], rid: Id) -> Request:
     t = _req_id(m, "tenant_id")
     tl = _req_id(m, "timeline_id")
     records = _required(m, "records")
-    checked = _check_records(records)
-    if isinstance(checked, ProtocolError):
-        raise _Reject(checked.code, checked.message)
+    try:
+        checked = _check_batch(records)
+    except PageserverError as e:
+        raise _Reject(e.code, str(e)) from None
     return PutRequest(t, tl, checked, id=rid)
 
 
@@ -692,106 +650,16 @@ def parse_request(payload: bytes) -> Request | ProtocolError:
 # ---------------------------------------------------------------------------------------
 
 
-def _check_records(records: object) -> tuple[PutRecord, ...] | ProtocolError:
-    """Shape, type and batch checks of ``records``; the validated tuple on success.
-
-    Hot path (thousands of records per frame). A valid batch is checked column-wise with
-    C-level builtins (``map``/``set``/``zip``); only when that finds a problem does a
-    per-record loop run, to report the first offending record precisely.
-    """
-    if type(records) is list:  # accept lists too, for in-process callers
-        records = tuple(records)
-    if type(records) is not tuple:
-        return ProtocolError(
-            ErrorCode.BAD_REQUEST, f"field 'records' must be an array, not {_type_name(records)}"
-        )
-    recs: tuple[Any, ...] = records
-    if not recs:
-        return ()
-    if set(map(type, recs)) == {tuple} and set(map(len, recs)) == {3}:
-        keys, lsns, values = zip(*recs, strict=True)
-        if (
-            set(map(type, keys)) == {bytes}
-            and set(map(len, keys)) == {KEY_LEN}
-            and KEY_MAX not in keys
-            and set(map(type, lsns)) == {int}
-            and min(lsns) >= 0
-            and max(lsns) < LSN_MAX
-            and set(map(type, values)) == {bytes}
-        ):
-            err = _check_columns(values, lsns)
-            return err if err is not None else recs
-    shape_err = _first_malformed_record(recs)
-    if shape_err is not None:
-        return shape_err
-    # Well formed after all: records given in-process as lists rather than tuples.
-    recs = tuple(map(tuple, recs))
-    keys, lsns, values = zip(*recs, strict=True)
-    err = _check_columns(values, lsns)
-    return err if err is not None else recs
-
-
-def _check_columns(values: Sequence[bytes], lsns: Sequence[int]) -> ProtocolError | None:
-    """The ``bad_value`` and ``lsn_out_of_order`` passes over already well-typed columns."""
-    validate = _validate_value
-    for i, v in enumerate(values):
-        why = validate(v)
-        if why is not None:
-            return ProtocolError(ErrorCode.BAD_VALUE, f"records[{i}].value: {why}")
-    if not all(map(le, lsns, islice(lsns, 1, None))):
-        for i in range(1, len(lsns)):
-            if lsns[i] < lsns[i - 1]:
-                return ProtocolError(
-                    ErrorCode.LSN_OUT_OF_ORDER,
-                    f"records[{i}].lsn {lsns[i]} is below the previous record's {lsns[i - 1]}"
-                    " (LSNs must be non-decreasing within a batch)",
-                )
-    return None
-
-
-def _first_malformed_record(recs: tuple[Any, ...]) -> ProtocolError | None:
-    """Describe the first record that is not ``[18-byte key < Key.MAX, u64 lsn, bin]``.
-
-    Runs only when the column-wise fast path failed, so it may be slow and precise.
-    """
-    for i, rec in enumerate(recs):
-        name = f"records[{i}]"
-        if type(rec) is not tuple and type(rec) is not list:
-            return _bad_p(name, f"must be an array [key, lsn, value], not {_type_name(rec)}")
-        if len(rec) != 3:
-            return _bad_p(name, f"must be an array [key, lsn, value], not {len(rec)} elements")
-        key, lsn, value = rec
-        if type(key) is not bytes:
-            return _bad_p(f"{name}.key", f"must be a {KEY_LEN}-byte bin, not {_type_name(key)}")
-        if len(key) != KEY_LEN:
-            return _bad_p(f"{name}.key", f"must be a {KEY_LEN}-byte bin, not {len(key)} bytes")
-        if key == KEY_MAX:
-            return _bad_p(f"{name}.key", "must be below Key.MAX")
-        if type(lsn) is not int or not 0 <= lsn <= LSN_MAX:
-            return _bad_p(f"{name}.lsn", f"must be an unsigned 64-bit integer, not {_short(lsn)}")
-        if lsn == LSN_MAX:
-            # A layer ends at its last LSN + 1, which must still be a u64.
-            return _bad_p(f"{name}.lsn", "must be below 2^64-1 (a layer's end LSN is lsn + 1)")
-        if type(value) is not bytes:
-            return _bad_p(f"{name}.value", f"must be a bin, not {_type_name(value)}")
-    return None
-
-
-def _bad_p(name: str, what: str) -> ProtocolError:
-    return ProtocolError(ErrorCode.BAD_REQUEST, f"field '{name}' {what}")
-
-
 def check_put_batch(records: Sequence[PutRecord]) -> ProtocolError | None:
-    """SPEC section 5's whole-batch ``put`` check, before anything is applied.
-
-    In order, over the whole batch: every record is ``[key, lsn, value]`` with an 18-byte
-    key below ``Key.MAX`` and an unsigned 64-bit lsn (``bad_request``); every value is exactly
-    one valid Value encoding, and a Test record with ``will_init`` has ``clear``
-    (``bad_value``); LSNs are non-decreasing (``lsn_out_of_order``). Returns the first
-    failure, or ``None``. :func:`parse_request` already applies this to every ``put``.
+    """The wire's view of the one ``put`` batch check
+    (:func:`pageserver.layers.batch.check_put_batch`): its first failure as a
+    :class:`ProtocolError`, or ``None``. :func:`parse_request` applies it to every ``put``.
     """
-    r = _check_records(records)
-    return r if isinstance(r, ProtocolError) else None
+    try:
+        _check_batch(records)
+    except PageserverError as e:
+        return ProtocolError(e.code, str(e))
+    return None
 
 
 # ---------------------------------------------------------------------------------------

@@ -750,3 +750,13 @@ def test_token_checker() -> None:
     assert check("pässword")
     assert not check("password")
     assert not check("")
+
+
+def test_timeline_create_start_lsn_limit_matches_the_manager() -> None:
+    """The wire and the tenant manager share one start_lsn rule (layers.batch): 2^64-1 is
+    refused at parse time (a layer would end at 2^64), 2^64-2 is accepted."""
+    tid = "ab" * 16
+    bad = parse_request(msgpack.packb({"op": "timeline_create", "tenant_id": tid, "timeline_id": tid, "start_lsn": 2**64 - 1}))
+    assert isinstance(bad, ProtocolError) and bad.code == "bad_request" and "start_lsn" in bad.message
+    ok = parse_request(msgpack.packb({"op": "timeline_create", "tenant_id": tid, "timeline_id": tid, "start_lsn": 2**64 - 2}))
+    assert not isinstance(ok, ProtocolError) and ok.start_lsn == 2**64 - 2
