@@ -259,7 +259,9 @@ def ensure_data_dir(data_dir: str | os.PathLike[str]) -> bool:
     cfg = path / CONFIG_FILE_NAME
     if cfg.exists():
         return False
-    tmp = cfg.with_name(CONFIG_FILE_NAME + ".___temp")
+    from pageserver.io import TEMP_SUFFIX  # here, so that reading a config loads no engine
+
+    tmp = cfg.with_name(CONFIG_FILE_NAME + TEMP_SUFFIX)
     with open(tmp, "w") as f:
         f.write(DEFAULT_CONFIG_TOML)
         f.flush()

@@ -39,7 +39,7 @@ import trio
 from pageserver.client import Client, ConnectionLost, PutBatch
 from pageserver.client.cli import FeedGenerator
 from pageserver.config import ENGINE_ENV_VAR, PageserverConfig
-from pageserver.io import IoContext, IoEngine, create_engine
+from pageserver.io import TEMP_SUFFIX, IoContext, IoEngine, create_engine
 from pageserver.io.engine import FileStat, StdFsEngine, rename_noreplace_sync
 from pageserver.layers.value import Image, encode_value
 from pageserver.logging import configure_logging
@@ -186,7 +186,7 @@ def _layer_bytes(timeline_dir: str) -> int:
     """Bytes of the layer files in a timeline directory (not metadata/ephemeral/temp)."""
     total = 0
     for name in os.listdir(timeline_dir):
-        if name == "metadata" or name.startswith("ephemeral-") or name.endswith(".___temp"):
+        if name == "metadata" or name.startswith("ephemeral-") or name.endswith(TEMP_SUFFIX):
             continue
         total += os.path.getsize(os.path.join(timeline_dir, name))
     return total

@@ -7,6 +7,7 @@ is active.
 from pageserver.io._jobstate import JobCancelled
 from pageserver.io.buffered_writer import BufferedWriter
 from pageserver.io.context import IoContext
+from pageserver.io.crashsafe import TEMP_SUFFIX
 from pageserver.io.engine import FileStat, IoEngine, create_engine
 from pageserver.io.offload import cleanup_shield, cooperative_checkpoint
 from pageserver.io.virtual_file import UnexpectedEof, VirtualFile
@@ -17,6 +18,7 @@ __all__ = [
     "IoContext",
     "IoEngine",
     "JobCancelled",
+    "TEMP_SUFFIX",
     "UnexpectedEof",
     "VirtualFile",
     "cleanup_shield",

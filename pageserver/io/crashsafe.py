@@ -26,6 +26,9 @@ from pageserver.io.virtual_file import fatal_io_error
 if TYPE_CHECKING:
     from pageserver.io.context import IoContext
 
+#: The suffix of every file written before its rename into place (Neon's ``.___temp``):
+#: crash-safe overwrites, layer files being written, the daemon's own config. Startup
+#: removes leftovers by this suffix. The one definition; everyone imports it from ``pageserver.io``.
 TEMP_SUFFIX = ".___temp"
 
 

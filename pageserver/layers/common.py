@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Generic, Self, TypeVar
 
 from pageserver.failpoints import failpoint
-from pageserver.io import IoContext, VirtualFile, cleanup_shield
+from pageserver.io import TEMP_SUFFIX, IoContext, VirtualFile, cleanup_shield
 from pageserver.io.buffered_writer import BufferedWriter
 from pageserver.layers.blob_io import PAGE_SZ, PagedReader
 from pageserver.layers.disk_btree import DiskBtreeBuilder, DiskBtreeReader
@@ -42,7 +42,7 @@ def next_temp_disambiguator() -> int:
 
 
 def temp_path(timeline_dir: str, stem: str) -> str:
-    return os.path.join(timeline_dir, f"{stem}.{next_temp_disambiguator():x}.___temp")
+    return os.path.join(timeline_dir, f"{stem}.{next_temp_disambiguator():x}{TEMP_SUFFIX}")
 
 
 async def run_cleanup(fn: Callable[[], Awaitable[None]]) -> None:

@@ -29,7 +29,6 @@ _DELTA_RE = re.compile(
 )
 _IMAGE_RE = re.compile(rf"(?P<ks>{_KEY})-(?P<ke>{_KEY})__(?P<lsn>{_LSN}){_GEN}")
 
-TEMP_SUFFIX = ".___temp"
 
 
 class LayerNameError(ValueError):

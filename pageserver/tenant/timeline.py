@@ -42,7 +42,7 @@ from pageserver.errors import (
     RedoUnsupported,
     ShuttingDown,
 )
-from pageserver.io import IoContext, cleanup_shield
+from pageserver.io import TEMP_SUFFIX, IoContext, cleanup_shield
 from pageserver.layers.batch import check_put_batch
 from pageserver.layers.common import LayerFileError, LayerInfo
 from pageserver.layers.key import KEY_SIZE, TenantId, TimelineId
@@ -208,7 +208,7 @@ class Timeline:
             path = os.path.join(timeline_dir, entry)
             if entry == METADATA_FILE:
                 continue
-            if entry.endswith(".___temp") or entry.startswith("ephemeral-"):
+            if entry.endswith(TEMP_SUFFIX) or entry.startswith("ephemeral-"):
                 tl.log.info("removing leftover file", file=entry)
                 await ctx.unlink(path)
                 continue
