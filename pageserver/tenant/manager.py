@@ -46,6 +46,7 @@ from pageserver.io import IoContext
 from pageserver.layers.batch import check_start_lsn
 from pageserver.layers.key import TenantId, TimelineId
 from pageserver.tenant.compaction import CompactionResult
+from pageserver.tenant.metadata import METADATA_FILE
 from pageserver.tenant.timeline import History, PutResult, Timeline
 
 log = structlog.get_logger("pageserver.tenant")
@@ -177,7 +178,7 @@ class TenantManager:
                     log.warning("ignoring unknown entry in timelines directory", entry=tl_entry)
                     continue
                 path = tl_dir / tl_entry
-                if not (path / "metadata").exists():
+                if not (path / METADATA_FILE).exists():
                     log.warning("removing timeline directory without metadata", timeline_id=tl_entry)
                     shutil.rmtree(path)
                     continue

@@ -21,7 +21,6 @@ memory grow.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import deque
@@ -72,11 +71,10 @@ from pageserver.tenant.compaction import (
 )
 from pageserver.tenant.inmemory_layer import InMemoryLayer
 from pageserver.tenant.layer_map import HistoricLayer, LayerMap, is_level0
+from pageserver.tenant.metadata import METADATA_FILE, read_metadata, write_metadata
 
 log = structlog.get_logger("pageserver.timeline")
 
-METADATA_FILE = "metadata"
-METADATA_FORMAT_VERSION = 1
 #: Frozen layers allowed to wait for the flush task before ``put`` waits. One (the layer
 #: being flushed) keeps ingest memory at about one open layer's index plus one flush.
 MAX_FROZEN_LAYERS = 1
@@ -95,33 +93,6 @@ class History:
     image_lsn: int | None
     #: ``(lsn, encoded value)`` above ``image_lsn``, oldest first.
     records: list[tuple[int, bytes]]
-
-
-def encode_metadata(disk_consistent_lsn: int, start_lsn: int) -> bytes:
-    return (
-        json.dumps(
-            {
-                "format_version": METADATA_FORMAT_VERSION,
-                "disk_consistent_lsn": disk_consistent_lsn,
-                "start_lsn": start_lsn,
-            },
-            sort_keys=True,
-        ).encode()
-        + b"\n"
-    )
-
-
-def decode_metadata(path: str, raw: bytes) -> tuple[int, int]:
-    try:
-        data = json.loads(raw)
-        if data.get("format_version") != METADATA_FORMAT_VERSION:
-            raise ValueError(f"unsupported format_version {data.get('format_version')!r}")
-        dcl, start = data["disk_consistent_lsn"], data["start_lsn"]
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (dcl, start)):
-            raise ValueError("LSNs must be unsigned integers")
-        return dcl, start
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise CorruptLayer(f"{path}: invalid timeline metadata: {e}") from None
 
 
 class Timeline:
@@ -180,9 +151,7 @@ class Timeline:
         start_lsn: int,
     ) -> Timeline:
         os.mkdir(timeline_dir)
-        await ctx.crashsafe_overwrite(
-            os.path.join(timeline_dir, METADATA_FILE), encode_metadata(start_lsn, start_lsn)
-        )
+        await write_metadata(ctx, timeline_dir, start_lsn, start_lsn)
         await ctx.fsync_dir(os.path.dirname(timeline_dir), force=True)
         return cls(ctx, tenant_id, timeline_id, timeline_dir, conf, start_lsn, start_lsn)
 
@@ -196,13 +165,7 @@ class Timeline:
         conf: Callable[[], TenantConfig],
     ) -> Timeline:
         """Restart rules of SPEC section 3. A layer failing validation raises CorruptLayer."""
-        meta_path = os.path.join(timeline_dir, METADATA_FILE)
-        vf = await ctx.open(meta_path)
-        try:
-            raw = await vf.read_exact_at((await vf.metadata()).size, 0)
-        finally:
-            await vf.close()
-        dcl, start_lsn = decode_metadata(meta_path, raw)
+        dcl, start_lsn = await read_metadata(ctx, timeline_dir)
         tl = cls(ctx, tenant_id, timeline_id, timeline_dir, conf, start_lsn, dcl)
         for entry in sorted(os.listdir(timeline_dir)):
             path = os.path.join(timeline_dir, entry)
@@ -398,10 +361,7 @@ class Timeline:
         info = await layer.write_delta_layer(self.dir, self.tenant_id, self.timeline_id)
         try:
             await failpoints.failpoint("flush-before-dcl-update")
-            await self.ctx.crashsafe_overwrite(
-                os.path.join(self.dir, METADATA_FILE),
-                encode_metadata(layer.end_lsn - 1, self.start_lsn),
-            )
+            await write_metadata(self.ctx, self.dir, layer.end_lsn - 1, self.start_lsn)
         except BaseException:
             with cleanup_shield():
                 await self.ctx.unlink(info.path)
