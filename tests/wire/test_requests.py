@@ -1,4 +1,4 @@
-"""Example-based tests of the sans-IO wire protocol (SPEC section 5)."""
+"""Example-based tests of request parsing and the put batch check (SPEC section 5)."""
 
 from __future__ import annotations
 
@@ -9,66 +9,27 @@ import msgpack
 import pytest
 
 from pageserver.wire import (
-    CLOSED,
     KEY_MAX,
-    NEED_DATA,
     OPS,
-    PROTOCOL_VERSION,
     CompactRequest,
-    ConnState,
     ErrorCode,
-    ErrorEvent,
     FlushRequest,
-    Frame,
-    FrameDecoder,
     GetHistoryRequest,
     GetRequest,
     HelloRequest,
     ProtocolError,
     PutRequest,
-    Reply,
-    ReplyDecoder,
     Request,
-    RequestEvent,
-    ServerConnection,
     StatusRequest,
     TenantConfigRequest,
     TenantCreateRequest,
     TimelineCreateRequest,
     check_put_batch,
     encode_error,
-    encode_frame,
     encode_reply,
-    encode_request,
-    parse_reply,
     parse_request,
-    token_checker,
 )
-
-T = "0123456789abcdef0123456789abcdef"
-TL = "fedcba9876543210fedcba9876543210"
-KEY = bytes(range(18))
-
-
-def img(data: bytes) -> bytes:
-    return struct.pack(">IQ", 0, len(data)) + data
-
-
-def pg(rec: bytes, will_init: int = 0) -> bytes:
-    return struct.pack(">IIBQ", 1, 0, will_init, len(rec)) + rec
-
-
-def trec(append: str, clear: int = 0, will_init: int = 0, only_if: str | None = None) -> bytes:
-    a = append.encode()
-    out = struct.pack(">IIQ", 1, 8, len(a)) + a + bytes((clear, will_init))
-    if only_if is None:
-        return out + b"\x00"
-    o = only_if.encode()
-    return out + b"\x01" + struct.pack(">Q", len(o)) + o
-
-
-def payload(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+from tests.wire._helpers import KEY, TL, T, img, payload, pg, trec
 
 
 def parse(obj: Any) -> Any:
@@ -366,82 +327,6 @@ def test_non_scalar_id(rid: Any) -> None:
     assert e.code is ErrorCode.BAD_REQUEST and "'id'" in e.message and e.id is None
 
 
-# --- framing --------------------------------------------------------------------------
-
-
-def test_frame_roundtrip_and_incremental() -> None:
-    f = encode_request("status", id=1)
-    d = FrameDecoder(100)
-    for b in f[:-1]:
-        d.feed(bytes([b]))
-        assert d.next_event() is NEED_DATA
-    d.feed(f[-1:])
-    ev = d.next_event()
-    assert isinstance(ev, Frame) and ev.payload == f[4:]
-    assert d.next_event() is NEED_DATA
-    assert d.buffered == 0
-
-
-def test_zero_length_frame_then_next_parses() -> None:
-    d = FrameDecoder(100)
-    d.feed(b"\x00\x00\x00\x00" + encode_request("status", id=2))
-    e = d.next_event()
-    assert isinstance(e, ProtocolError) and e.code is ErrorCode.BAD_FRAME
-    assert not e.close_after
-    ev = d.next_event()
-    assert isinstance(ev, Frame) and parse_request(ev.payload) == StatusRequest(id=2)
-
-
-def test_huge_length_rejected_without_buffering() -> None:
-    d = FrameDecoder(1024)
-    d.feed(b"\xff\xff\xff\xff")
-    e = d.next_event()
-    assert isinstance(e, ProtocolError) and e.code is ErrorCode.FRAME_TOO_LARGE
-    assert e.close_after
-    assert d.closed and d.buffered == 0 and d.room == 0
-    d.feed(b"x" * 100_000)
-    assert d.buffered == 0
-    assert d.next_event() is CLOSED
-
-
-def test_too_large_is_decided_from_header_alone() -> None:
-    d = FrameDecoder(10)
-    d.feed(b"\x00\x00\x00\x0b")  # 11 > 10, no payload yet
-    e = d.next_event()
-    assert isinstance(e, ProtocolError) and e.code is ErrorCode.FRAME_TOO_LARGE
-    d = FrameDecoder(10)
-    d.feed(b"\x00\x00\x00\x0a" + b"\x80" * 10)  # exactly max is fine
-    assert isinstance(d.next_event(), Frame)
-
-
-def test_truncated_frames_need_data() -> None:
-    f = encode_request("get", tenant_id=T, timeline_id=TL, key=KEY, lsn=5)
-    for cut in range(len(f)):
-        d = FrameDecoder(1000)
-        d.feed(f[:cut])
-        assert d.next_event() is NEED_DATA
-        d.feed_eof()
-        assert d.next_event() is CLOSED
-
-
-def test_room_bounds_buffering() -> None:
-    d = FrameDecoder(100)
-    assert d.room == 104
-    d.feed(b"\x00\x00\x00\x64" + b"\x80" * 50)  # 100-byte frame, half there
-    assert d.next_event() is NEED_DATA
-    assert d.room == 50
-    d.feed(b"\x80" * 50)
-    assert isinstance(d.next_event(), Frame)
-    assert d.room == 104
-
-
-def test_decoder_rejects_bad_limits() -> None:
-    with pytest.raises(ValueError):
-        FrameDecoder(0)
-    with pytest.raises(ValueError):
-        FrameDecoder(2**32)
-
-
 # --- put batch ------------------------------------------------------------------------
 
 
@@ -555,201 +440,6 @@ def test_check_put_batch_direct() -> None:
     assert e is not None and e.code is ErrorCode.BAD_REQUEST and "lsn" in e.message
     e = check_put_batch([(bytearray(KEY), 1, img(b""))])  # type: ignore[list-item]
     assert e is not None and e.code is ErrorCode.BAD_REQUEST
-
-
-# --- replies --------------------------------------------------------------------------
-
-
-def test_encode_reply_and_error() -> None:
-    f = encode_reply(5, {"value": b"\x01\x02", "last_record_lsn": 10})
-    assert int.from_bytes(f[:4], "big") == len(f) - 4
-    # bytes go out as bin (0xc4), not str
-    assert b"\xc4\x02\x01\x02" in f
-    assert msgpack.unpackb(f[4:], raw=False) == {
-        "id": 5,
-        "ok": True,
-        "value": b"\x01\x02",
-        "last_record_lsn": 10,
-    }
-    f = encode_error("x", ErrorCode.TENANT_NOT_FOUND, "no such tenant")
-    assert msgpack.unpackb(f[4:], raw=False) == {
-        "id": "x",
-        "ok": False,
-        "error": {"code": "tenant_not_found", "message": "no such tenant"},
-    }
-    with pytest.raises(ValueError):
-        encode_reply(1, {"ok": False})
-
-
-def test_reply_decoder_roundtrip() -> None:
-    rd = ReplyDecoder()
-    stream = (
-        encode_reply(1, {"version": PROTOCOL_VERSION, "io_engine": "std-fs"})
-        + encode_error(2, ErrorCode.BAD_VALUE, "nope")
-        + encode_reply(None)
-    )
-    for i in range(0, len(stream), 3):
-        rd.receive_data(stream[i : i + 3])
-    assert rd.next_event() == Reply(1, True, {"version": 1, "io_engine": "std-fs"})
-    r = rd.next_event()
-    assert r == Reply(2, False, {}, "bad_value", "nope")
-    assert isinstance(r, Reply) and r.code == ErrorCode.BAD_VALUE
-    assert rd.next_event() == Reply(None, True, {})
-    assert rd.next_event() is NEED_DATA
-    rd.receive_data(b"")
-    assert rd.next_event() is CLOSED
-
-
-def test_parse_reply_malformed() -> None:
-    for obj in [[1], {"id": 1}, {"ok": 1}, {"ok": False}, {"ok": False, "error": {"code": 5}}]:
-        r = parse_reply(payload(obj))
-        assert isinstance(r, ProtocolError) and r.code is ErrorCode.BAD_FRAME
-    assert isinstance(parse_reply(b"\xc1"), ProtocolError)
-
-
-def test_encode_request_roundtrip() -> None:
-    f = encode_request("put", id=3, tenant_id=T, timeline_id=TL, records=[(KEY, 1, img(b"a"))])
-    assert parse_request(f[4:]) == PutRequest(T, TL, ((KEY, 1, img(b"a")),), id=3)
-    m = msgpack.unpackb(encode_request("status")[4:])
-    assert m == {"op": "status"}  # no id key when id is None
-    assert encode_frame({"op": "status"}) == encode_request("status")
-
-
-# --- connection state machine ---------------------------------------------------------
-
-
-def events(conn: ServerConnection) -> list[Any]:
-    out = []
-    while True:
-        ev = conn.next_event()
-        out.append(ev)
-        if ev is NEED_DATA or ev is CLOSED:
-            return out
-
-
-def test_conn_without_auth() -> None:
-    c = ServerConnection(1000)
-    assert c.state is ConnState.READY
-    c.receive_data(encode_request("status", id=1) + encode_request("hello", id=2))
-    evs = events(c)
-    assert evs == [
-        RequestEvent(StatusRequest(id=1)),
-        RequestEvent(HelloRequest(id=2)),
-        NEED_DATA,
-    ]
-    assert evs[0].id == 1
-
-
-def test_conn_auth_flow() -> None:
-    c = ServerConnection(1000, auth_required=True, token_check=token_checker("s3cret"))
-    assert c.state is ConnState.AWAITING_HELLO
-    c.receive_data(
-        encode_request("status", id=1)
-        + encode_request("nonsense", id=2)
-        + encode_frame({"id": 3})
-        + b"\x00\x00\x00\x01\xc1"  # not msgpack: still bad_frame before hello
-        + encode_request("hello", id=4, token=5)  # mistyped token: bad_request, continue
-        + encode_request("hello", id=5, token="s3cret")
-        + encode_request("status", id=6)
-    )
-    evs = events(c)
-    assert [(e.id, e.code, e.close_after) for e in evs[:5]] == [
-        (1, ErrorCode.UNAUTHORIZED, False),
-        (2, ErrorCode.UNAUTHORIZED, False),
-        (3, ErrorCode.UNAUTHORIZED, False),
-        (None, ErrorCode.BAD_FRAME, False),
-        (4, ErrorCode.BAD_REQUEST, False),
-    ]
-    assert evs[5:] == [
-        RequestEvent(HelloRequest("s3cret", id=5)),
-        RequestEvent(StatusRequest(id=6)),
-        NEED_DATA,
-    ]
-    assert c.state.value == "ready"  # (mypy narrowed c.state above)
-
-
-@pytest.mark.parametrize("token", [None, "wrong", "s3cre", "s3cret\x00", "ß"])
-def test_conn_bad_hello_closes(token: str | None) -> None:
-    c = ServerConnection(1000, auth_required=True, token_check=token_checker("s3cret"))
-    fields = {} if token is None else {"token": token}
-    c.receive_data(encode_request("hello", id=1, **fields) + encode_request("status"))
-    ev = c.next_event()
-    assert ev == ErrorEvent(1, ErrorCode.UNAUTHORIZED, "bad token", close_after=True)
-    assert c.should_close and c.state is ConnState.CLOSING
-    assert c.next_event() is CLOSED
-    assert c.room == 0
-
-
-def test_conn_wrong_hello_after_auth_closes() -> None:
-    c = ServerConnection(1000, auth_required=True, token_check=token_checker("t"))
-    c.receive_data(encode_request("hello", token="t") + encode_request("hello", token="u"))
-    assert isinstance(c.next_event(), RequestEvent)
-    ev = c.next_event()
-    assert isinstance(ev, ErrorEvent) and ev.close_after
-
-
-def test_conn_frame_too_large_closes() -> None:
-    c = ServerConnection(64)
-    c.receive_data(encode_request("status", id=1) + b"\x00\x00\x00\x41" + b"x" * 100)
-    assert c.next_event() == RequestEvent(StatusRequest(id=1))
-    ev = c.next_event()
-    assert isinstance(ev, ErrorEvent) and ev.code is ErrorCode.FRAME_TOO_LARGE
-    assert ev.close_after and ev.id is None and c.should_close
-    assert c.next_event() is CLOSED
-    c.receive_data(b"more")
-    assert c.buffered == 0
-
-
-def test_conn_errors_do_not_close() -> None:
-    c = ServerConnection(1000)
-    c.receive_data(
-        b"\x00\x00\x00\x00"
-        + encode_frame([1, 2])
-        + encode_request("get", id=1, tenant_id="..", timeline_id=TL, key=KEY, lsn=1)
-        + encode_request("status", id=2)
-    )
-    evs = events(c)
-    assert [getattr(e, "code", None) for e in evs] == [
-        ErrorCode.BAD_FRAME,
-        ErrorCode.BAD_FRAME,
-        ErrorCode.INVALID_ID,
-        None,
-        None,
-    ]
-    assert not any(getattr(e, "close_after", False) for e in evs)
-    assert evs[3] == RequestEvent(StatusRequest(id=2))
-
-
-def test_conn_eof() -> None:
-    c = ServerConnection(1000)
-    f = encode_request("status", id=1)
-    c.receive_data(f + f[:3])
-    c.receive_data(b"")
-    assert c.next_event() == RequestEvent(StatusRequest(id=1))
-    assert c.next_event() is CLOSED
-    assert c.state is ConnState.CLOSED and c.should_close
-
-
-def test_conn_shutdown() -> None:
-    c = ServerConnection(1000)
-    c.receive_data(encode_request("status", id=1))
-    c.start_shutdown()
-    ev = c.next_event()
-    assert ev == ErrorEvent(1, ErrorCode.SHUTTING_DOWN, "the server is shutting down")
-    assert not c.should_close
-    assert ev.encode() == encode_error(1, ErrorCode.SHUTTING_DOWN, "the server is shutting down")
-
-
-def test_conn_requires_checker() -> None:
-    with pytest.raises(ValueError):
-        ServerConnection(auth_required=True)
-
-
-def test_token_checker() -> None:
-    check = token_checker("pässword")
-    assert check("pässword")
-    assert not check("password")
-    assert not check("")
 
 
 def test_timeline_create_start_lsn_limit_matches_the_manager() -> None:

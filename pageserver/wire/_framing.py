@@ -1,0 +1,168 @@
+"""Framing (SPEC section 5): a 4-byte big-endian length ``N``, then ``N`` bytes of msgpack.
+
+:class:`FrameDecoder` is the incremental framer both sides use (the server through
+:class:`~pageserver.wire.ServerConnection`, the client through
+:class:`~pageserver.wire.ReplyDecoder`). It never holds more than one incomplete frame, and
+rejects an oversized frame from its header alone, before buffering any of its payload.
+:func:`encode_frame` is the one place a length prefix is written.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Final, Literal
+
+import msgpack
+
+from pageserver.wire.errors import ErrorCode, ProtocolError
+
+__all__ = [
+    "CLOSED",
+    "DEFAULT_MAX_FRAME_BYTES",
+    "HEADER_LEN",
+    "MAX_ALLOWED_FRAME",
+    "NEED_DATA",
+    "Frame",
+    "FrameDecoder",
+    "Sentinel",
+    "encode_frame",
+]
+
+
+DEFAULT_MAX_FRAME_BYTES: Final = 16 * 1024 * 1024
+"""SPEC section 2's default ``max_frame_bytes``."""
+
+HEADER_LEN: Final = 4
+
+MAX_ALLOWED_FRAME: Final = 0xFFFFFFFF  # what a 4-byte length can express
+
+
+class Sentinel(enum.Enum):
+    """Non-event results of ``next_event`` (an Enum so mypy can narrow on ``is``)."""
+
+    NEED_DATA = "NEED_DATA"
+    """Nothing complete yet: feed more bytes."""
+    CLOSED = "CLOSED"
+    """Nothing more will ever come out: the stream ended or the connection must close."""
+
+
+NEED_DATA: Final = Sentinel.NEED_DATA
+CLOSED: Final = Sentinel.CLOSED
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One complete frame's payload (the msgpack bytes, without the length prefix)."""
+
+    payload: bytes
+
+
+class FrameDecoder:
+    """Incremental framer: ``feed`` bytes, then call ``next_event`` until ``NEED_DATA``.
+
+    ``next_event`` returns a :class:`Frame`, ``NEED_DATA``, ``CLOSED`` (after
+    :meth:`feed_eof` once the buffer is drained, and forever after ``frame_too_large``), or a
+    :class:`ProtocolError`:
+
+    * ``bad_frame`` for ``N == 0``: the 4 header bytes are skipped and decoding continues
+      with the next frame (the connection survives, as SPEC section 5 says);
+    * ``frame_too_large`` for ``N > max_frame_bytes``, decided from the header alone: the
+      buffer is dropped, later input is discarded unbuffered, and the decoder is closed.
+
+    Memory bound: the *incomplete* tail of the buffer never exceeds ``max_frame_bytes + 4``
+    bytes. A caller that reads only after ``NEED_DATA`` and at most :attr:`room` bytes at a
+    time therefore never has more than ``max_frame_bytes + 4`` bytes buffered in total.
+    """
+
+    __slots__ = ("_buf", "_closed", "_eof", "max_frame_bytes")
+
+    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        if not 1 <= max_frame_bytes <= MAX_ALLOWED_FRAME:
+            raise ValueError(f"max_frame_bytes must be in 1..{MAX_ALLOWED_FRAME}")
+        self.max_frame_bytes = max_frame_bytes
+        self._buf = bytearray()
+        self._closed = False
+        self._eof = False
+
+    @property
+    def closed(self) -> bool:
+        """True once ``frame_too_large`` was reported: nothing more will be decoded."""
+        return self._closed
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held, not yet returned as frames."""
+        return len(self._buf)
+
+    @property
+    def room(self) -> int:
+        """How many bytes may be fed now without exceeding ``max_frame_bytes + 4`` buffered.
+
+        At least 1 whenever ``next_event`` just returned ``NEED_DATA``; 0 once closed.
+        """
+        if self._closed or self._eof:
+            return 0
+        return max(0, self.max_frame_bytes + HEADER_LEN - len(self._buf))
+
+    @property
+    def head_frame_bytes(self) -> int:
+        """Total size (header included) of the frame at the head of the buffer, or 0.
+
+        0 while fewer than 4 bytes are buffered, once closed, and for a length that will
+        be rejected (0 or above ``max_frame_bytes``). A server with a global memory budget
+        uses it to reserve a whole frame at once, so a connection never waits for budget
+        in the middle of a frame it was allowed to start (no hold-and-wait deadlock).
+        """
+        buf = self._buf
+        if self._closed or len(buf) < HEADER_LEN:
+            return 0
+        n = int.from_bytes(buf[:HEADER_LEN], "big")
+        return HEADER_LEN + n if 0 < n <= self.max_frame_bytes else 0
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Append received bytes. Ignored once closed (a rejected frame is not buffered)."""
+        if self._closed or self._eof:
+            return
+        self._buf += data
+
+    def feed_eof(self) -> None:
+        """The peer finished sending: complete frames still come out, then ``CLOSED``."""
+        self._eof = True
+
+    def next_event(self) -> Frame | ProtocolError | Literal[Sentinel.NEED_DATA, Sentinel.CLOSED]:
+        """Return the next complete frame or framing error, without blocking."""
+        if self._closed:
+            return CLOSED
+        buf = self._buf
+        have = len(buf)
+        if have < HEADER_LEN:
+            return CLOSED if self._eof else NEED_DATA
+        n = int.from_bytes(buf[:HEADER_LEN], "big")
+        if n == 0:
+            del buf[:HEADER_LEN]
+            return ProtocolError(ErrorCode.BAD_FRAME, "frame length 0 (must be at least 1)")
+        if n > self.max_frame_bytes:
+            self._closed = True
+            buf.clear()
+            return ProtocolError(
+                ErrorCode.FRAME_TOO_LARGE,
+                f"frame length {n} exceeds max_frame_bytes {self.max_frame_bytes}",
+            )
+        end = HEADER_LEN + n
+        if have < end:
+            return CLOSED if self._eof else NEED_DATA
+        with memoryview(buf) as mv:
+            payload = mv[HEADER_LEN:end].tobytes()  # one copy; the slice view dies here
+        del buf[:end]  # bytearray drops a prefix without moving the rest (amortised O(1))
+        return Frame(payload)
+
+
+def encode_frame(obj: object) -> bytes:
+    """Pack any msgpack-able object as one frame (length prefix + payload).
+
+    ``bytes`` become msgpack ``bin``, ``str`` become ``str``. Raises ``TypeError`` for
+    objects msgpack cannot pack (a caller bug, not client input).
+    """
+    payload: bytes = msgpack.packb(obj, use_bin_type=True)
+    return len(payload).to_bytes(HEADER_LEN, "big") + payload

@@ -1,0 +1,445 @@
+"""Requests (SPEC section 5): one frame's payload to a typed, validated, frozen request.
+
+:func:`parse_request` turns a payload into one of the request dataclasses below, or a
+:class:`~pageserver.wire.errors.ProtocolError` carrying the SPEC error code; it never raises.
+It runs in two steps, :func:`parse_envelope` (decode the map, read ``id`` and ``op``) then
+:func:`parse_op` (the op's field parsers), so that the connection can refuse non-``hello``
+ops before authentication without validating their fields.
+
+:func:`check_put_batch` is the wire's adapter of the one ``put`` batch check, which lives in
+:func:`pageserver.layers.batch.check_put_batch` (keys, value encodings, LSN order); a parsed
+:class:`PutRequest` holds the ``CheckedBatch`` it returned, which is not checked again.
+
+Memory: buffered bytes per connection are bounded by the framer (see
+:class:`~pageserver.wire.FrameDecoder`). Decoding one payload into Python objects is a
+transient on top of that: ~1x for ``put`` batches of page images, ~5x for tiny records, and
+up to ~32x ``max_frame_bytes`` for a hostile frame of nested tiny arrays (measured: ~520 MiB
+for 16 MiB). A payload that does not start with a map is rejected before decoding, and maps
+are capped, which removes the worst (~64x) shapes. Parse on the event loop, one frame at a
+time, and that transient is a process-wide constant rather than a per-connection one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Final, TypeAlias
+
+import msgpack
+
+from pageserver.errors import PageserverError
+from pageserver.errors import short_repr as _short
+from pageserver.errors import type_name as _type_name
+from pageserver.layers.batch import CheckedBatch, PutRecord, check_start_lsn
+from pageserver.layers.batch import check_put_batch as _check_batch
+from pageserver.layers.key import KEY_SIZE, MAX_LSN, parse_id_text
+from pageserver.wire.errors import ErrorCode, Id, ProtocolError
+
+__all__ = [
+    "OPS",
+    "CompactRequest",
+    "FlushRequest",
+    "GetHistoryRequest",
+    "GetRequest",
+    "HelloRequest",
+    "PutRequest",
+    "Request",
+    "StatusRequest",
+    "TenantConfigRequest",
+    "TenantCreateRequest",
+    "TimelineCreateRequest",
+    "check_put_batch",
+    "parse_envelope",
+    "parse_op",
+    "parse_request",
+    "unpack_limited",
+]
+
+
+_MAX_MAPS_PER_REQUEST: Final = 64
+"""Cap on msgpack maps in one request. Legitimate requests hold at most two (the request
+and ``config``); an empty map costs ~64 bytes of Python heap per byte on the wire, so
+without the cap one 16 MiB frame of ``{}``s would briefly cost a gigabyte."""
+
+
+_SCALAR_TYPES: Final = (
+    type(None),
+    bool,
+    int,
+    float,
+    str,
+    bytes,
+    msgpack.ExtType,
+    msgpack.Timestamp,
+)
+
+
+def _is_scalar(v: object) -> bool:
+    # ExtType is a namedtuple, so test it before anyone is tempted to test for tuple.
+    return isinstance(v, _SCALAR_TYPES)
+
+
+@dataclass(frozen=True, slots=True)
+class _RequestBase:
+    op: ClassVar[str]
+    id: Id = field(default=None, kw_only=True)
+    """The request's ``id``, to echo in the reply (nil when absent)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HelloRequest(_RequestBase):
+    op: ClassVar[str] = "hello"
+    token: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TenantCreateRequest(_RequestBase):
+    op: ClassVar[str] = "tenant_create"
+    tenant_id: str
+    config: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TenantConfigRequest(_RequestBase):
+    op: ClassVar[str] = "tenant_config"
+    tenant_id: str
+    config: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineCreateRequest(_RequestBase):
+    op: ClassVar[str] = "timeline_create"
+    tenant_id: str
+    timeline_id: str
+    start_lsn: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PutRequest(_RequestBase):
+    """A validated ``put``: ``records`` passed the one batch check (a ``CheckedBatch``)."""
+
+    op: ClassVar[str] = "put"
+    tenant_id: str
+    timeline_id: str
+    records: CheckedBatch
+
+
+@dataclass(frozen=True, slots=True)
+class GetRequest(_RequestBase):
+    op: ClassVar[str] = "get"
+    tenant_id: str
+    timeline_id: str
+    key: bytes
+    lsn: int
+
+
+@dataclass(frozen=True, slots=True)
+class GetHistoryRequest(_RequestBase):
+    op: ClassVar[str] = "get_history"
+    tenant_id: str
+    timeline_id: str
+    key: bytes
+    lsn: int
+
+
+@dataclass(frozen=True, slots=True)
+class FlushRequest(_RequestBase):
+    op: ClassVar[str] = "flush"
+    tenant_id: str
+    timeline_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CompactRequest(_RequestBase):
+    op: ClassVar[str] = "compact"
+    tenant_id: str
+    timeline_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRequest(_RequestBase):
+    op: ClassVar[str] = "status"
+    tenant_id: str | None = None
+
+
+Request: TypeAlias = (
+    HelloRequest
+    | TenantCreateRequest
+    | TenantConfigRequest
+    | TimelineCreateRequest
+    | PutRequest
+    | GetRequest
+    | GetHistoryRequest
+    | FlushRequest
+    | CompactRequest
+    | StatusRequest
+)
+
+
+class _Reject(Exception):
+    """Internal: a field check failed. Raised at most once per request, never escapes."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _bad(name: str, what: str) -> _Reject:
+    return _Reject(ErrorCode.BAD_REQUEST, f"field '{name}' {what}")
+
+
+_MISSING: Final = object()
+
+
+def _required(m: Mapping[object, object], name: str) -> object:
+    v = m.get(name, _MISSING)
+    if v is _MISSING or v is None:
+        raise _bad(name, "is required")
+    return v
+
+
+def _hex_id(m: Mapping[object, object], name: str, *, optional: bool = False) -> str | None:
+    v = m.get(name)
+    if v is None:
+        if optional:
+            return None
+        raise _bad(name, "is required")
+    if type(v) is not str:
+        raise _bad(name, f"must be a string of 32 hex digits, not {_type_name(v)}")
+    try:
+        return parse_id_text(v, name)
+    except PageserverError as e:
+        raise _Reject(e.code, str(e)) from None
+
+
+def _req_id(m: Mapping[object, object], name: str) -> str:
+    v = _hex_id(m, name)
+    assert v is not None
+    return v
+
+
+def _lsn(m: Mapping[object, object], name: str, default: int | None = None) -> int:
+    v = m.get(name)
+    if v is None:
+        if default is not None:
+            return default
+        raise _bad(name, "is required")
+    if type(v) is not int or not 0 <= v <= MAX_LSN:  # type() excludes bool on purpose
+        raise _bad(name, f"must be an unsigned 64-bit integer, not {_short(v)}")
+    return v
+
+
+def _key(m: Mapping[object, object], name: str) -> bytes:
+    v = _required(m, name)
+    if type(v) is not bytes:
+        raise _bad(name, f"must be a {KEY_SIZE}-byte bin, not {_type_name(v)}")
+    if len(v) != KEY_SIZE:
+        raise _bad(name, f"must be a {KEY_SIZE}-byte bin, not {len(v)} bytes")
+    return v
+
+
+def _config(m: Mapping[object, object], name: str, *, optional: bool) -> dict[str, Any] | None:
+    v = m.get(name)
+    if v is None:
+        if optional:
+            return None
+        raise _bad(name, "is required")
+    if type(v) is not dict:
+        raise _bad(name, f"must be a map, not {_type_name(v)}")
+    for k in v:
+        if type(k) is not str:
+            raise _bad(name, f"must have string keys, not {_short(k)}")
+    return v
+
+
+def _p_hello(m: Mapping[object, object], rid: Id) -> Request:
+    token = m.get("token")
+    if token is not None and type(token) is not str:
+        raise _bad("token", f"must be a string, not {_type_name(token)}")
+    return HelloRequest(token, id=rid)
+
+
+def _p_tenant_create(m: Mapping[object, object], rid: Id) -> Request:
+    t = _req_id(m, "tenant_id")
+    return TenantCreateRequest(t, _config(m, "config", optional=True), id=rid)
+
+
+def _p_tenant_config(m: Mapping[object, object], rid: Id) -> Request:
+    t = _req_id(m, "tenant_id")
+    c = _config(m, "config", optional=False)
+    assert c is not None
+    return TenantConfigRequest(t, c, id=rid)
+
+
+def _p_timeline_create(m: Mapping[object, object], rid: Id) -> Request:
+    t = _req_id(m, "tenant_id")
+    tl = _req_id(m, "timeline_id")
+    start = _lsn(m, "start_lsn", default=0)
+    try:
+        check_start_lsn(start)
+    except PageserverError as e:
+        raise _Reject(e.code, str(e)) from None
+    return TimelineCreateRequest(t, tl, start, id=rid)
+
+
+def _p_put(m: Mapping[object, object], rid: Id) -> Request:
+    t = _req_id(m, "tenant_id")
+    tl = _req_id(m, "timeline_id")
+    records = _required(m, "records")
+    try:
+        checked = _check_batch(records)
+    except PageserverError as e:
+        raise _Reject(e.code, str(e)) from None
+    return PutRequest(t, tl, checked, id=rid)
+
+
+def _p_get(m: Mapping[object, object], rid: Id) -> Request:
+    t = _req_id(m, "tenant_id")
+    tl = _req_id(m, "timeline_id")
+    return GetRequest(t, tl, _key(m, "key"), _lsn(m, "lsn"), id=rid)
+
+
+def _p_get_history(m: Mapping[object, object], rid: Id) -> Request:
+    t = _req_id(m, "tenant_id")
+    tl = _req_id(m, "timeline_id")
+    return GetHistoryRequest(t, tl, _key(m, "key"), _lsn(m, "lsn"), id=rid)
+
+
+def _p_flush(m: Mapping[object, object], rid: Id) -> Request:
+    return FlushRequest(_req_id(m, "tenant_id"), _req_id(m, "timeline_id"), id=rid)
+
+
+def _p_compact(m: Mapping[object, object], rid: Id) -> Request:
+    return CompactRequest(_req_id(m, "tenant_id"), _req_id(m, "timeline_id"), id=rid)
+
+
+def _p_status(m: Mapping[object, object], rid: Id) -> Request:
+    return StatusRequest(_hex_id(m, "tenant_id", optional=True), id=rid)
+
+
+_PARSERS: Final[dict[str, Callable[[Mapping[object, object], Id], Request]]] = {
+    "hello": _p_hello,
+    "tenant_create": _p_tenant_create,
+    "tenant_config": _p_tenant_config,
+    "timeline_create": _p_timeline_create,
+    "put": _p_put,
+    "get": _p_get,
+    "get_history": _p_get_history,
+    "flush": _p_flush,
+    "compact": _p_compact,
+    "status": _p_status,
+}
+
+OPS: Final = frozenset(_PARSERS)
+"""Every op name of SPEC section 5."""
+
+
+def unpack_limited(payload: bytes, *, use_list: bool, map_cap: int | None) -> object:
+    """``msgpack.unpackb`` with every length limit bounded by the payload itself.
+
+    No msgpack object can legitimately claim more elements or bytes than the frame has, so
+    bounding the limits by ``len(payload)`` stops a 5-byte header from making the decoder
+    preallocate gigabytes. ``map_cap`` additionally caps the number of maps (see
+    ``_MAX_MAPS_PER_REQUEST``).
+    """
+    n = len(payload)
+    hook: Callable[[dict[Any, Any]], dict[Any, Any]] | None = None
+    if map_cap is not None:
+        count = 0
+
+        def hook(d: dict[Any, Any]) -> dict[Any, Any]:
+            nonlocal count
+            count += 1
+            if count > map_cap:
+                raise ValueError("too many maps")
+            return d
+
+    return msgpack.unpackb(  # type: ignore[no-any-return]
+        payload,
+        raw=False,
+        strict_map_key=False,
+        use_list=use_list,
+        object_hook=hook,
+        max_str_len=n,
+        max_bin_len=n,
+        max_array_len=n,
+        max_map_len=n,
+        max_ext_len=n,
+    )
+
+
+def _is_map_marker(b: int) -> bool:
+    """Whether a msgpack object starting with byte ``b`` is a map (fixmap, map16, map32)."""
+    return 0x80 <= b <= 0x8F or b == 0xDE or b == 0xDF
+
+
+def parse_envelope(payload: bytes) -> tuple[Id, object, dict[object, object]] | ProtocolError:
+    """Decode the msgpack map and extract ``id`` and (unchecked) ``op``.
+
+    Split from :func:`parse_request` so the connection can refuse non-``hello`` ops before
+    authentication without validating their fields.
+    """
+    if payload and not _is_map_marker(payload[0]):
+        # Whatever follows, the frame is not one map: reject it without decoding, since a
+        # frame-sized array of tiny items costs ~30x its size in Python objects.
+        return ProtocolError(ErrorCode.BAD_FRAME, "frame does not hold a msgpack map")
+    try:
+        # Tuples, not lists: ``put`` records arrive as the (key, lsn, value) tuples the
+        # request holds, with no per-record conversion.
+        m = unpack_limited(payload, use_list=False, map_cap=_MAX_MAPS_PER_REQUEST)
+    except Exception:  # msgpack raises many types (ValueError, ExtraData, StackError, ...)
+        return ProtocolError(ErrorCode.BAD_FRAME, "frame is not msgpack")
+    if type(m) is not dict:
+        return ProtocolError(
+            ErrorCode.BAD_FRAME, f"frame holds a msgpack {_type_name(m)}, not a map"
+        )
+    rid = m.get("id")
+    if not _is_scalar(rid):
+        return ProtocolError(
+            ErrorCode.BAD_REQUEST, f"field 'id' must be a scalar, not {_type_name(rid)}"
+        )
+    return rid, m.get("op"), m
+
+
+def parse_op(op: object, m: dict[object, object], rid: Id) -> Request | ProtocolError:
+    if op is None:
+        return ProtocolError(ErrorCode.BAD_REQUEST, "field 'op' is required", rid)
+    if type(op) is not str:
+        return ProtocolError(
+            ErrorCode.BAD_REQUEST, f"field 'op' must be a string, not {_type_name(op)}", rid
+        )
+    parser = _PARSERS.get(op)
+    if parser is None:
+        return ProtocolError(ErrorCode.UNKNOWN_OP, f"unknown op {_short(op)}", rid)
+    try:
+        return parser(m, rid)
+    except _Reject as e:
+        return ProtocolError(e.code, e.message, rid)
+
+
+def parse_request(payload: bytes) -> Request | ProtocolError:
+    """Validate one frame's payload into a typed request, or say why not.
+
+    Never raises on any input. Error codes: ``bad_frame`` (not msgpack, not a map),
+    ``bad_request`` (missing/mistyped field, named in the message; a non-scalar ``id``),
+    ``unknown_op``, ``invalid_id``, and for ``put`` the batch codes of
+    :func:`check_put_batch`. The id is echoed in the error whenever it could be read.
+    """
+    env = parse_envelope(payload)
+    if isinstance(env, ProtocolError):
+        return env
+    rid, op, m = env
+    return parse_op(op, m, rid)
+
+
+def check_put_batch(records: Sequence[PutRecord]) -> ProtocolError | None:
+    """The wire's view of the one ``put`` batch check
+    (:func:`pageserver.layers.batch.check_put_batch`): its first failure as a
+    :class:`ProtocolError`, or ``None``. :func:`parse_request` applies it to every ``put``.
+    """
+    try:
+        _check_batch(records)
+    except PageserverError as e:
+        return ProtocolError(e.code, str(e))
+    return None
