@@ -39,8 +39,9 @@ from pageserver.layers.common import LayerInfo
 from pageserver.layers.delta_layer import DeltaEntry, DeltaLayer, DeltaLayerWriter
 from pageserver.layers.image_layer import ImageLayer, ImageLayerWriter
 from pageserver.layers.key import Key, TenantId, TimelineId
-from pageserver.layers.value import BadValue, RedoError, decode_value, materialize
+from pageserver.layers.value import BadValue, RedoError
 from pageserver.tenant.layer_map import HistoricLayer, LayerMap
+from pageserver.tenant.read_path import reconstruct
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,8 +155,6 @@ async def create_image_layer(
     image_compression: str,
 ) -> LayerInfo | None:
     """Materialise every key at ``lsn`` from ``layers`` (private copies) into an image layer."""
-    from pageserver.tenant.timeline import collect_historic
-
     snapshot = LayerMap()
     for layer in layers:
         snapshot.add(layer)
@@ -171,13 +170,11 @@ async def create_image_layer(
         )  # fmt: skip
         written = 0
         for i, key in enumerate(keys):
-            image, _image_lsn, records = await collect_historic(
-                snapshot, ctx, key, lsn + 1, [], track=False
-            )
-            if image is None and not records:
+            found = await reconstruct(ctx, key, lsn, snapshot, track=False)
+            if found.is_empty:
                 continue
             try:
-                value = materialize(image, [decode_value(raw) for _lsn, raw in reversed(records)])
+                value = found.materialize()
             except (RedoError, BadValue):
                 continue  # left to the deltas below the image (see module docstring)
             await writer.put_image(key, value)

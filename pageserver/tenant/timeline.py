@@ -1,4 +1,5 @@
-"""A timeline: ingest into the in-memory layer, freeze, flush to L0 deltas, reads, restart.
+"""A timeline: ingest into the in-memory layer, freeze, flush to L0 deltas, restart, reads
+(argument checks here; the walk over the layers is :mod:`pageserver.tenant.read_path`).
 
 LSN bookkeeping (SPEC sections 5 and 7):
 
@@ -50,13 +51,7 @@ from pageserver.layers.validate import validate_layer_file
 from pageserver.layers.value import (
     BadValue as ValueDecodeError,
 )
-from pageserver.layers.value import (
-    RedoError,
-    decode_value,
-    image_bytes,
-    materialize,
-    value_will_init,
-)
+from pageserver.layers.value import RedoError
 from pageserver.layers.value import (
     RedoUnsupported as ValueRedoUnsupported,
 )
@@ -72,6 +67,7 @@ from pageserver.tenant.compaction import (
 from pageserver.tenant.inmemory_layer import InMemoryLayer
 from pageserver.tenant.layer_map import HistoricLayer, LayerMap, is_level0
 from pageserver.tenant.metadata import METADATA_FILE, read_metadata, write_metadata
+from pageserver.tenant.read_path import Reconstruction, reconstruct
 
 log = structlog.get_logger("pageserver.timeline")
 
@@ -502,54 +498,33 @@ class Timeline:
 
     # -- reads ----------------------------------------------------------------------------------
 
-    async def _collect(self, key: bytes, lsn: int) -> tuple[bytes | None, int | None, list[tuple[int, bytes]]]:
-        """Walk layers newest to oldest: (image, image_lsn, records newest first)."""
+    async def _reconstruct(self, key: bytes, lsn: int) -> Reconstruction:
+        """Check the arguments, then walk the in-memory layers and the layer map."""
         if len(key) != KEY_SIZE:
             raise BadRequest(f"field 'key' must be {KEY_SIZE} bytes")
         if lsn > self.last_record_lsn:
             raise BadRequest(
                 f"field 'lsn' ({lsn}) is above last_record_lsn ({self.last_record_lsn})"
             )
-        records: list[tuple[int, bytes]] = []
-        cont = lsn + 1
-        mem_layers = ([self.open_layer] if self.open_layer is not None else []) + list(
+        in_memory = ([self.open_layer] if self.open_layer is not None else []) + list(
             reversed(self.frozen)
         )
-        for layer in mem_layers:
-            layer.readers += 1
-        try:
-            for layer in mem_layers:
-                if layer.start_lsn >= cont:
-                    continue
-                for rec_lsn, off, n, will_init in layer.entries_for(key, cont):
-                    raw = await layer.read_value(off, n)
-                    img = image_bytes(raw)
-                    if img is not None:
-                        return img, rec_lsn, records
-                    records.append((rec_lsn, raw))
-                    if will_init:
-                        return None, None, records
-                cont = layer.start_lsn
-        finally:
-            for layer in mem_layers:
-                layer.release_reader()
-        return await collect_historic(self.layer_map, self.ctx, key, cont, records, track=True)
+        return await reconstruct(self.ctx, key, lsn, self.layer_map, in_memory)
 
     async def get(self, key: bytes, lsn: int) -> bytes | None:
-        image, _image_lsn, records = await self._collect(key, lsn)
-        if image is None and not records:
+        found = await self._reconstruct(key, lsn)
+        if found.is_empty:
             return None
         try:
-            return materialize(image, [decode_value(raw) for _lsn, raw in reversed(records)])
+            return found.materialize()
         except ValueRedoUnsupported as e:
             raise RedoUnsupported(str(e)) from None
         except (RedoError, ValueDecodeError) as e:
             raise RedoFailed(str(e)) from None
 
     async def get_history(self, key: bytes, lsn: int) -> History:
-        image, image_lsn, records = await self._collect(key, lsn)
-        records.reverse()
-        return History(image, image_lsn, records)
+        found = await self._reconstruct(key, lsn)
+        return History(found.image, found.image_lsn, found.records[::-1])
 
     def status(self) -> dict[str, object]:
         return {
@@ -559,50 +534,3 @@ class Timeline:
             "layers": self.layer_map.counts(),
         }
 
-
-async def collect_historic(
-    layer_map: LayerMap,
-    ctx: IoContext,
-    key: bytes,
-    cont: int,
-    records: list[tuple[int, bytes]],
-    *,
-    track: bool,
-) -> tuple[bytes | None, int | None, list[tuple[int, bytes]]]:
-    """The on-disk part of a read: walk historic layers below ``cont``, newest first.
-
-    ``track`` counts the read on each layer it uses, so that compaction does not delete a
-    layer under it (reads on the loop); compaction's own image creation, which holds the
-    timeline's compaction lock, passes False.
-    """
-    # Image layers already looked at that did not hold the key. Such a layer says nothing
-    # about the key, so the walk must not jump below its LSN: a delta ending at the same
-    # LSN + 1 may hold a record *at* that LSN. Continue at the same ``cont`` without it.
-    missed_images: list[HistoricLayer] = []
-    while True:
-        hl = layer_map.search(key, cont, missed_images)
-        if hl is None:
-            return None, None, records
-        if track:
-            hl.readers += 1
-        try:
-            if hl.is_delta:
-                delta = await hl.delta(ctx)
-                values = await delta.get_values_reconstruct_data(key, (hl.lsn_start, cont))
-                for rec_lsn, raw in values:
-                    img = image_bytes(raw)
-                    if img is not None:
-                        return img, int(rec_lsn), records
-                    records.append((int(rec_lsn), raw))
-                    if value_will_init(raw):
-                        return None, None, records
-            else:
-                image = await (await hl.image(ctx)).get(key)
-                if image is not None:
-                    return image, hl.lsn_start, records
-                missed_images.append(hl)
-                continue
-        finally:
-            if track:
-                hl.release()
-        cont = hl.lsn_start
