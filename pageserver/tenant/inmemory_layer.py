@@ -1,16 +1,16 @@
 """The in-memory layer: recent records of a timeline, before they reach a delta layer.
 
-Values live in an append-only ``ephemeral-<n>`` file written through the buffered
-writer, not in Python objects; the index maps each key to a ``bytearray`` of packed
-fixed-size entries ``(lsn u64, offset u64, len u32, will_init u8)`` in LSN order. A Python
-tuple of ints per record would cost ~150 bytes; a packed entry costs 21, which is what
-keeps ingest of millions of small records inside the memory budget.
+Values live in the layer's :class:`~pageserver.tenant.ephemeral_file.EphemeralFile`, not
+in Python objects; this class keeps only the index. It maps each key to a ``bytearray`` of
+packed fixed-size entries ``(lsn u64, offset u64, len u32, will_init u8)`` in LSN order. A
+Python tuple of ints per record would cost ~150 bytes; a packed entry costs 21, which is
+what keeps ingest of millions of small records inside the memory budget.
 
 Lifecycle: *open* (accepting puts) -> *frozen* (``end_lsn`` set, tail written to the file,
 read-only) -> flushed into an L0 delta layer by the timeline's flush task -> deleted.
 
-Reads of the open layer go through :meth:`BufferedWriter.read_at`, which serves the tail
-still in memory. The flush of a frozen layer reads the whole ephemeral file in large
+Reads of the open layer are served by the ephemeral file's buffered writer, which holds the
+tail still in memory. The flush of a frozen layer reads the whole ephemeral file in large
 sequential reads (one frozen layer is at most about ``checkpoint_distance`` bytes) and
 then emits values in (key, lsn) order from memory: one value per ``pread`` would make the
 flush cost a syscall per record.
@@ -19,7 +19,6 @@ flush cost a syscall per record.
 from __future__ import annotations
 
 import heapq
-import os
 import struct
 import time
 from array import array
@@ -27,16 +26,11 @@ from collections.abc import Iterable, Iterator
 
 import trio
 
-from pageserver.io import (
-    BufferedWriter,
-    IoContext,
-    VirtualFile,
-    cleanup_shield,
-    cooperative_checkpoint,
-)
+from pageserver.io import IoContext, cooperative_checkpoint
 from pageserver.layers.common import LayerInfo
 from pageserver.layers.delta_layer import DeltaLayerWriter
 from pageserver.layers.key import KEY_SIZE, Key, TenantId, TimelineId
+from pageserver.tenant.ephemeral_file import EphemeralFile
 
 _ENTRY = struct.Struct("<QQIB")
 ENTRY_SIZE = _ENTRY.size
@@ -46,26 +40,20 @@ _pack_entry = _ENTRY.pack
 #: Keys per chunk when sorting a frozen layer's index (a few milliseconds per chunk).
 _SORT_CHUNK = 16_384
 _MERGE_CHECKPOINT_EVERY = 4096
-#: Chunk size of the flush's sequential read of the ephemeral file.
-_FLUSH_READ_CHUNK = 4 << 20
 
 
 class InMemoryLayer:
-    def __init__(
-        self, ctx: IoContext, path: str, vf: VirtualFile, start_lsn: int
-    ) -> None:
+    def __init__(self, ctx: IoContext, file: EphemeralFile, start_lsn: int) -> None:
         self.ctx = ctx
-        self.path = path
-        self._vf = vf
-        self._writer = BufferedWriter(vf)
+        self._file = file
         self.start_lsn = start_lsn
         #: Exclusive end, set when frozen.
         self.end_lsn: int | None = None
         #: Highest LSN of any record, -1 while empty.
         self.max_lsn = -1
         self.index: dict[bytes, bytearray] = {}
-        #: The frozen layer's index once the flush compacted it (see ``compact_index``).
-        self._compact: SortedIndex | None = None
+        #: The frozen layer's index once the flush sorted it (see ``sort_index``).
+        self._sorted: SortedIndex | None = None
         self.num_records = 0
         self.created_at = time.monotonic()
         #: Reads in progress; the ephemeral file is deleted only once none is left.
@@ -76,14 +64,17 @@ class InMemoryLayer:
 
     @classmethod
     async def create(cls, ctx: IoContext, timeline_dir: str, seq: int, start_lsn: int) -> InMemoryLayer:
-        path = os.path.join(timeline_dir, f"ephemeral-{seq}")
-        vf = await ctx.create(path)
-        return cls(ctx, path, vf, start_lsn)
+        return cls(ctx, await EphemeralFile.create(ctx, timeline_dir, seq), start_lsn)
+
+    @property
+    def path(self) -> str:
+        """The ephemeral file's path."""
+        return self._file.path
 
     @property
     def size(self) -> int:
         """Bytes of values appended so far (what ``checkpoint_distance`` compares with)."""
-        return self._writer.offset
+        return self._file.size
 
     @property
     def is_empty(self) -> bool:
@@ -107,7 +98,7 @@ class InMemoryLayer:
         # One append for the whole batch: a single copy into the writer instead of an
         # await per record; offsets follow from the running sum of lengths.
         try:
-            off = await self._writer.write(b"".join([r[2] for r in records]))
+            off = await self._file.append(b"".join([r[2] for r in records]))
         except BaseException as e:
             self.broken = e
             raise
@@ -146,15 +137,16 @@ class InMemoryLayer:
     async def freeze(self, end_lsn: int) -> None:
         """Stop accepting puts; write the tail so that the flush can read the file.
 
-        ``end_lsn`` is set only once every write has completed: until then reads keep
-        going through the writer (which serves bytes still in memory), never to a file
-        whose tail is not written yet.
+        ``end_lsn`` is set only once every write has completed, when the ephemeral file
+        also switches its reads to the file: until then they keep going through the
+        writer (which serves bytes still in memory), never to a file whose tail is not
+        written yet.
         """
         assert self.end_lsn is None
         assert end_lsn > self.max_lsn
         self.check_usable()
         try:
-            await self._writer.finish()
+            await self._file.finish()
         except BaseException as e:
             self.broken = e
             raise
@@ -164,12 +156,12 @@ class InMemoryLayer:
 
     def entries_for(self, key: bytes, below_lsn: int) -> Iterator[tuple[int, int, int, bool]]:
         """``(lsn, offset, len, will_init)`` of ``key`` with lsn < ``below_lsn``, newest first."""
-        # Read ``index`` before ``_compact``: the flush (possibly in a worker thread) sets
-        # ``_compact`` first and then replaces ``index``, so whoever sees the new, empty
-        # ``index`` also sees ``_compact``.
+        # Read ``index`` before ``_sorted``: the flush (possibly in a worker thread) sets
+        # ``_sorted`` first and then replaces ``index``, so whoever sees the new, empty
+        # ``index`` also sees ``_sorted``.
         index = self.index
-        compact = self._compact
-        entries = compact.get(key) if compact is not None else index.get(key)
+        sorted_index = self._sorted
+        entries = sorted_index.get(key) if sorted_index is not None else index.get(key)
         if entries is None:
             return
         pos = len(entries) - ENTRY_SIZE
@@ -179,7 +171,7 @@ class InMemoryLayer:
                 yield lsn, off, n, bool(w)
             pos -= ENTRY_SIZE
 
-    async def compact_index(self) -> SortedIndex:
+    async def sort_index(self) -> SortedIndex:
         """Replace the dict index of a frozen layer by a sorted, packed one.
 
         The dict costs ~170 bytes per distinct key (key object, dict slot, bytearray); the
@@ -188,19 +180,18 @@ class InMemoryLayer:
         layer being flushed does not hold two indexes' worth of memory beside the open
         layer. Reads switch over atomically (one attribute assignment).
         """
-        if self._compact is None:
-            self._compact = await SortedIndex.build(self.index)
+        if self._sorted is None:
+            self._sorted = await SortedIndex.build(self.index)
             old, self.index = self.index, {}
             # Free the dict's millions of small objects in steps, not in one stall.
             while old:
                 for _ in range(min(len(old), _MERGE_CHECKPOINT_EVERY)):
                     old.popitem()
                 await cooperative_checkpoint()
-        return self._compact
+        return self._sorted
+
     async def read_value(self, offset: int, length: int) -> bytes:
-        if self.end_lsn is None:
-            return await self._writer.read_at(offset, length)
-        return await self._vf.read_exact_at(length, offset)
+        return await self._file.read(offset, length)
 
     # -- flush ----------------------------------------------------------------------------
 
@@ -209,15 +200,8 @@ class InMemoryLayer:
     ) -> LayerInfo:
         """Write this frozen layer as an L0 delta layer (runs inside ``ctx.run_job``)."""
         assert self.end_lsn is not None
-        index = await self.compact_index()
-        size = self.size
-        data = bytearray(size)
-        view = memoryview(data)
-        pos = 0
-        while pos < size:
-            n = min(_FLUSH_READ_CHUNK, size - pos)
-            await self._vf.read_exact_at_into(view[pos : pos + n], pos)
-            pos += n
+        index = await self.sort_index()
+        data = await self._file.read_all()
         writer = DeltaLayerWriter(
             self.ctx, timeline_dir, tenant_id, timeline_id, Key.MIN, self.start_lsn, self.end_lsn
         )
@@ -245,15 +229,7 @@ class InMemoryLayer:
         while self.readers:
             self._no_readers = trio.Event()
             await self._no_readers.wait()
-        with cleanup_shield():
-            try:
-                await self._writer.abandon()
-            finally:
-                await self._vf.close()
-                try:
-                    await self.ctx.unlink(self.path)
-                except FileNotFoundError:
-                    pass
+        await self._file.delete()
 
 
 class SortedIndex:

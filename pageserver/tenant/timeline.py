@@ -64,6 +64,7 @@ from pageserver.tenant.compaction import (
     redundant_layers,
     remove_layers,
 )
+from pageserver.tenant.ephemeral_file import EphemeralFile
 from pageserver.tenant.inmemory_layer import InMemoryLayer
 from pageserver.tenant.layer_map import HistoricLayer, LayerMap, is_level0
 from pageserver.tenant.metadata import METADATA_FILE, read_metadata, write_metadata
@@ -167,7 +168,7 @@ class Timeline:
             path = os.path.join(timeline_dir, entry)
             if entry == METADATA_FILE:
                 continue
-            if entry.endswith(TEMP_SUFFIX) or entry.startswith("ephemeral-"):
+            if entry.endswith(TEMP_SUFFIX) or EphemeralFile.is_file_name(entry):
                 tl.log.info("removing leftover file", file=entry)
                 await ctx.unlink(path)
                 continue
