@@ -1,4 +1,20 @@
-"""The client side: :class:`Client` (async, pipelined), the client commands and ``feed``."""
+"""The client side: :class:`Client` (async, pipelined), the client commands (:mod:`.cli`)
+and ``feed``'s record streams and resend loop (:mod:`.feed`).
 
-from pageserver.client._client import *  # noqa: F403
-from pageserver.client._client import __all__ as __all__
+This package's public surface is the list below; ``Address``/``parse_address``/``DEFAULT_ADDR``
+live in :mod:`pageserver.addresses` (the server parses the same addresses) and are re-exported
+here for client users.
+"""
+
+from pageserver.addresses import DEFAULT_ADDR, Address, parse_address
+from pageserver.client._client import Client, ConnectionLost, PutBatch, ServerError
+
+__all__ = [
+    "DEFAULT_ADDR",
+    "Address",
+    "Client",
+    "ConnectionLost",
+    "PutBatch",
+    "ServerError",
+    "parse_address",
+]

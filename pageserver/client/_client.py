@@ -24,6 +24,8 @@ from typing import Any
 
 import trio
 
+from pageserver.addresses import Address, parse_address
+from pageserver.layers.batch import PutRecord
 from pageserver.wire import (
     CLOSED,
     NEED_DATA,
@@ -33,17 +35,8 @@ from pageserver.wire import (
     encode_request,
 )
 
-__all__ = [
-    "DEFAULT_ADDR",
-    "Address",
-    "Client",
-    "ConnectionLost",
-    "PutBatch",
-    "ServerError",
-    "parse_address",
-]
+__all__ = ["Client", "ConnectionLost", "PutBatch", "ServerError", "backoff_delays"]
 
-DEFAULT_ADDR = "127.0.0.1:6400"
 _RECEIVE_CHUNK = 256 * 1024
 
 
@@ -60,55 +53,6 @@ class ConnectionLost(Exception):
     """The connection could not be made, broke, or carried a malformed reply."""
 
 
-@dataclass(frozen=True, slots=True)
-class Address:
-    """A parsed ``listen_addr``: TCP ``host:port`` (``[v6]:port``) or ``unix:/path``."""
-
-    host: str | None
-    port: int
-    unix_path: str | None = None
-
-    @property
-    def is_unix(self) -> bool:
-        return self.unix_path is not None
-
-    def __str__(self) -> str:
-        if self.unix_path is not None:
-            return f"unix:{self.unix_path}"
-        host = self.host or ""
-        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
-
-
-def parse_address(text: str) -> Address:
-    """Parse ``host:port``, ``[v6addr]:port``, ``:port`` (every interface) or ``unix:/path``.
-
-    Raises ``ValueError`` with a message that quotes the address.
-    """
-    if text.startswith("unix:"):
-        path = text[len("unix:") :]
-        if not path:
-            raise ValueError(f"invalid address {text!r}: empty unix socket path")
-        if len(path.encode()) >= 108:
-            raise ValueError(f"invalid address {text!r}: unix socket paths must be < 108 bytes")
-        return Address(None, 0, path)
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            raise ValueError(f"invalid address {text!r}: expected [v6addr]:port")
-        port_text = rest[1:]
-    else:
-        host, sep, port_text = text.rpartition(":")
-        if not sep:
-            raise ValueError(f"invalid address {text!r}: expected host:port or unix:/path")
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ValueError(f"invalid address {text!r}: port {port_text!r} is not a number") from None
-    if not 0 <= port <= 65535:
-        raise ValueError(f"invalid address {text!r}: port out of range")
-    return Address(host or None, port)
-
-
 async def _open_stream(addr: Address) -> trio.SocketStream:
     if addr.unix_path is not None:
         return await trio.open_unix_socket(addr.unix_path)
@@ -119,7 +63,7 @@ async def _open_stream(addr: Address) -> trio.SocketStream:
 class PutBatch:
     """One ``put`` request's records and an opaque tag handed back with its reply."""
 
-    records: Sequence[tuple[bytes, int, bytes]]
+    records: Sequence[PutRecord]
     tag: object = None
 
 
@@ -220,7 +164,7 @@ class Client:
         return self.check(reply)
 
     async def put(
-        self, tenant_id: str, timeline_id: str, records: Sequence[tuple[bytes, int, bytes]]
+        self, tenant_id: str, timeline_id: str, records: Sequence[PutRecord]
     ) -> dict[str, Any]:
         return await self.request(
             "put", tenant_id=tenant_id, timeline_id=timeline_id, records=list(records)

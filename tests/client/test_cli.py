@@ -21,7 +21,8 @@ import trio
 
 from pageserver import cli
 from pageserver.client import Client, parse_address
-from pageserver.client.cli import FeedGenerator, parse_lsn
+from pageserver.client.cli import parse_lsn
+from pageserver.client.feed import FeedGenerator
 from pageserver.layers.value import Image, encode_value
 from tests.server.test_badinput import Harness, _start
 
@@ -70,19 +71,6 @@ def test_every_subcommand_help(path: list[str], capsys: pytest.CaptureFixture[st
     assert out.startswith("usage: pageserver " + " ".join(path))
     if path[0] in CLIENT_COMMANDS:
         assert len(out) > 200, out  # a description, not just a usage line
-
-
-def test_feed_generator_is_deterministic_and_resumable() -> None:
-    g = FeedGenerator(count=1000, keys=30, value_size=20, start_lsn=50, records_per_lsn=3)
-    assert [g.lsn_of(i) for i in range(7)] == [50, 50, 50, 51, 51, 51, 52]
-    assert sorted(g.key_index(i) for i in range(30)) == list(range(30))  # one pass = all keys
-    assert g.record(17) == g.record(17)
-    assert g.index_at(0) == 0 and g.index_at(51) == 3 and g.index_at(10_000) == 1000
-    tail = list(g.records_from(51))
-    assert tail[0][0] == 3 and len(tail) == 997
-    t = FeedGenerator(count=100, keys=10, kind="test", value_size=8, reinit_every=2)
-    assert [t.will_init(i) for i in (0, 9, 10, 19, 20)] == [True, True, False, False, True]
-    assert len(t.payload(5)) == 8
 
 
 def test_parse_lsn_and_address() -> None:

@@ -1,0 +1,405 @@
+"""``feed``'s record streams and its reconnect-and-resend loop (SPEC section 2).
+
+``feed`` streams records in pipelined ``put`` batches and survives server restarts: after a
+dropped connection (or a ``shutting_down`` reply) it reconnects with back-off, asks
+``status``, and resends every record at or above the timeline's ``last_record_lsn``, which
+is what SPEC section 2 prescribes. The same rule is applied at start, so re-running an
+interrupted ``feed`` resumes it. Record sources must therefore be re-iterable from an LSN:
+the built-in generator is a pure function of the record index (:class:`FeedGenerator`;
+tests model it), and files are re-read from the start, skipping records below that LSN.
+
+The ``pageserver feed`` command (options, summary line) is in :mod:`pageserver.client.cli`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import IO, Any, Protocol
+
+import msgpack
+import trio
+
+from pageserver.client._client import (
+    Client,
+    ConnectionLost,
+    PutBatch,
+    ServerError,
+    backoff_delays,
+)
+from pageserver.layers.batch import PutRecord
+from pageserver.layers.key import Key
+from pageserver.layers.value import Image, TestRecord, encode_value
+
+__all__ = [
+    "FeedError",
+    "FeedGenerator",
+    "FeedProgress",
+    "FeedSource",
+    "FeedStats",
+    "FileSource",
+    "run_feed",
+]
+
+
+class FeedError(Exception):
+    """A one-line error for the user: an unreadable or malformed file, or giving up
+    reconnecting (the CLI prints it and exits 1)."""
+
+
+# ---------------------------------------------------------------------------------------
+# Record sources
+# ---------------------------------------------------------------------------------------
+
+_KEY_MIX = 2654435761  # prime: i -> i * _KEY_MIX % keys visits every key once per pass
+
+
+@dataclass(frozen=True, slots=True)
+class FeedGenerator:
+    """The built-in, deterministic record stream of ``feed`` (tests model it exactly).
+
+    Record ``i`` (0 <= i < count):
+
+    * LSN ``start_lsn + i // records_per_lsn`` (so LSNs are non-decreasing);
+    * key index ``k = i * 2654435761 % keys`` (every key once per pass of ``keys``
+      records, in a scattered order), key ``Key(0, 1663, 16384, 16385, 0, k)`` (a
+      Postgres-like relation block);
+    * value, for ``kind="image"``: an Image of ``value_size`` bytes repeating
+      ``f"{k}@{lsn}|"``; for ``kind="test"``: a Test record appending ``f"<{lsn}>"`` padded
+      with ``.`` to ``value_size`` characters, with ``will_init`` (and ``clear``) on the
+      key's first record and then every ``reinit_every`` passes, so materialised values
+      stay bounded.
+    """
+
+    count: int
+    keys: int = 1000
+    value_size: int = 128
+    kind: str = "image"
+    start_lsn: int = 1
+    records_per_lsn: int = 1
+    reinit_every: int = 8
+
+    def __post_init__(self) -> None:
+        if self.count < 0 or self.keys < 1 or self.records_per_lsn < 1 or self.value_size < 0:
+            raise ValueError("count >= 0, keys >= 1, records_per_lsn >= 1, value_size >= 0")
+        if self.kind not in ("image", "test"):
+            raise ValueError(f"kind must be image or test, not {self.kind!r}")
+
+    @property
+    def total(self) -> int:
+        return self.count
+
+    def lsn_of(self, i: int) -> int:
+        return self.start_lsn + i // self.records_per_lsn
+
+    def key_index(self, i: int) -> int:
+        return i * _KEY_MIX % self.keys
+
+    @staticmethod
+    def key(k: int) -> bytes:
+        return bytes(Key.from_fields(0, 1663, 16384, 16385, 0, k))
+
+    def will_init(self, i: int) -> bool:
+        return self.kind == "image" or (i // self.keys) % self.reinit_every == 0
+
+    def payload(self, i: int) -> bytes:
+        """The image bytes (image kind) or the append text (test kind) of record ``i``."""
+        lsn = self.lsn_of(i)
+        if self.kind == "image":
+            unit = f"{self.key_index(i)}@{lsn}|".encode()
+            return (unit * (self.value_size // len(unit) + 1))[: self.value_size]
+        text = f"<{lsn}>"
+        return (text + "." * max(0, self.value_size - len(text))).encode()
+
+    def record(self, i: int) -> PutRecord:
+        k = self.key_index(i)
+        lsn = self.lsn_of(i)
+        if self.kind == "image":
+            value = encode_value(Image(self.payload(i)))
+        else:
+            init = self.will_init(i)
+            value = encode_value(TestRecord(self.payload(i).decode(), clear=init, will_init=init))
+        return self.key(k), lsn, value
+
+    def index_at(self, lsn: int) -> int:
+        """Index of the first record whose LSN is >= ``lsn``."""
+        if lsn <= self.start_lsn:
+            return 0
+        return min(self.count, (lsn - self.start_lsn) * self.records_per_lsn)
+
+    def records_from(self, lsn: int) -> Iterator[tuple[int, PutRecord]]:
+        record = self.record
+        for i in range(self.index_at(lsn), self.count):
+            yield i, record(i)
+
+
+class FeedSource(Protocol):
+    @property
+    def total(self) -> int | None: ...
+
+    def records_from(self, lsn: int) -> Iterator[tuple[int, PutRecord]]:
+        """``(index, record)`` for every record with LSN >= ``lsn``, in order."""
+        ...
+
+
+class FileSource:
+    """Records from a file: a msgpack stream of ``[key, lsn, value]`` arrays, or JSON lines
+    ``{"key": hex, "lsn": int, "value": hex}`` (chosen by the first byte)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            with open(path, "rb") as f:
+                first = f.read(1)
+        except OSError as e:
+            raise FeedError(f"cannot read {path}: {e.strerror}") from None
+        self.is_json = first in (b"{", b" ", b"\n", b"\t", b"\r")
+        self._total: int | None = None
+
+    @property
+    def total(self) -> int | None:
+        if self._total is None:
+            self._total = sum(1 for _ in self._iter())
+        return self._total
+
+    def _iter(self) -> Iterator[PutRecord]:
+        try:
+            with open(self.path, "rb") as f:
+                yield from (self._json(f) if self.is_json else self._msgpack(f))
+        except OSError as e:
+            raise FeedError(f"cannot read {self.path}: {e.strerror}") from None
+
+    def _json(self, f: IO[bytes]) -> Iterator[PutRecord]:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                key = bytes(Key.from_hex(obj["key"]))
+                lsn = obj["lsn"]
+                value = bytes.fromhex(obj["value"])
+                if type(lsn) is not int:
+                    raise ValueError("key must be 36 hex digits and lsn an integer")
+            except (ValueError, KeyError, TypeError) as e:
+                raise FeedError(f"{self.path}:{n}: bad record: {e}") from None
+            yield key, lsn, value
+
+    def _msgpack(self, f: IO[bytes]) -> Iterator[PutRecord]:
+        unpacker = msgpack.Unpacker(f, raw=False, use_list=True, max_buffer_size=64 << 20)
+        try:
+            for n, obj in enumerate(unpacker, 1):
+                if (
+                    not isinstance(obj, list)
+                    or len(obj) != 3
+                    or not isinstance(obj[0], bytes)
+                    or type(obj[1]) is not int
+                    or not isinstance(obj[2], bytes)
+                ):
+                    raise FeedError(f"{self.path}: record {n} is not [bin key, int lsn, bin value]")
+                yield obj[0], obj[1], obj[2]
+        except (ValueError, msgpack.UnpackException) as e:
+            raise FeedError(f"{self.path}: not a msgpack stream: {e}") from None
+
+    def records_from(self, lsn: int) -> Iterator[tuple[int, PutRecord]]:
+        for i, rec in enumerate(self._iter()):
+            if rec[1] >= lsn:
+                yield i, rec
+
+
+def _batches(
+    source: Iterator[tuple[int, PutRecord]], max_records: int, max_bytes: int
+) -> Iterator[PutBatch]:
+    """Group records into ``put`` batches; the tag is ``(records, value bytes, next index)``.
+
+    A batch ends only at an LSN boundary: once the limits are reached, the records of the
+    current LSN still go into it. A server may freeze (and a graceful stop flushes) its
+    open layer at any boundary it has passed; if one LSN were split across two puts and
+    the server stopped between them, ``disk_consistent_lsn`` would cover that LSN, and
+    the resend would see the missing half skipped as durable. (One LSN's records larger
+    than the server's frame limit cannot be sent at all: the put fails clearly.)
+    """
+    batch: list[PutRecord] = []
+    nbytes = 0
+    last = -1
+    for i, rec in source:
+        if batch and (len(batch) >= max_records or nbytes >= max_bytes) and rec[1] != batch[-1][1]:
+            yield PutBatch(batch, (len(batch), nbytes, last + 1))
+            batch, nbytes = [], 0
+        batch.append(rec)
+        nbytes += len(rec[2]) + 30
+        last = i
+    if batch:
+        yield PutBatch(batch, (len(batch), nbytes, last + 1))
+
+
+# ---------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class FeedStats:
+    records_acked: int = 0
+    bytes_acked: int = 0
+    batches: int = 0
+    reconnects: int = 0
+    skipped: int = 0
+    last_record_lsn: int = 0
+    disk_consistent_lsn: int = 0
+    position: int = 0
+
+
+class FeedProgress:
+    """A rich progress bar on stderr (records, MiB, rate, ETA), or nothing."""
+
+    def __init__(self, enabled: bool, total: int | None) -> None:
+        self._p: Any = None
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._p = Progress(
+            TextColumn("[bold]feed"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("records"),
+            TextColumn("{task.fields[mib]:8.1f} MiB"),
+            TextColumn("{task.fields[rate]:>9} rec/s"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[note]}"),
+            console=Console(file=sys.stderr),
+            transient=False,
+        )
+        self._task = self._p.add_task("feed", total=total, mib=0.0, rate="-", note="")
+        self._p.start()
+
+    def update(self, position: int, nbytes: int, note: str = "") -> None:
+        if self._p is None:
+            return
+        task = self._p.tasks[0]
+        speed = task.speed
+        self._p.update(
+            self._task,
+            completed=position,
+            mib=nbytes / 2**20,
+            rate=f"{speed:,.0f}" if speed else "-",
+            note=note,
+        )
+
+    def stop(self) -> None:
+        if self._p is not None:
+            self._p.stop()
+
+
+async def run_feed(
+    addr: str,
+    token: str | None,
+    tenant_id: str,
+    timeline_id: str,
+    source: FeedSource,
+    *,
+    batch_records: int = 1000,
+    batch_bytes: int = 1 << 20,
+    window: int = 8,
+    flush: bool = False,
+    retry_timeout: float = 60.0,
+    progress: FeedProgress | None = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> FeedStats:
+    """Stream ``source`` to a timeline, reconnecting and resending as SPEC section 2 says.
+
+    Each (re)connection asks ``status`` and sends every record at or above
+    ``last_record_lsn``. Gives up after ``retry_timeout`` seconds without a successful
+    connection. With ``flush``, ends with a ``flush`` (retried the same way).
+    """
+    stats = FeedStats()
+    delays = iter(backoff_delays())
+    deadline: float | None = None
+    done_sending = False
+    while True:
+        try:
+            client = await Client.connect(addr, token)
+        except (ConnectionLost, ServerError) as e:
+            if isinstance(e, ServerError) and e.code != "shutting_down":
+                raise
+            now = trio.current_time()
+            deadline = deadline if deadline is not None else now + retry_timeout
+            if now >= deadline:
+                raise FeedError(f"gave up reconnecting after {retry_timeout:.0f}s: {e}") from None
+            if progress:
+                progress.update(stats.position, stats.bytes_acked, "reconnecting...")
+            await trio.sleep(next(delays))
+            continue
+        deadline = None
+        delays = iter(backoff_delays())
+        try:
+            async with client:
+                st = await client.timeline_status(tenant_id, timeline_id)
+                resume = int(st["last_record_lsn"])
+                stats.last_record_lsn = resume
+                stats.disk_consistent_lsn = int(st["disk_consistent_lsn"])
+                if not done_sending:
+                    records = source.records_from(resume)
+                    first = next(records, None)
+                    if first is not None:
+                        stats.position = first[0]
+
+                        def chain(
+                            head: tuple[int, PutRecord], rest: Iterator[tuple[int, PutRecord]]
+                        ) -> Iterator[tuple[int, PutRecord]]:
+                            yield head
+                            yield from rest
+
+                        records = chain(first, records)
+                        if progress:
+                            progress.update(stats.position, stats.bytes_acked)
+
+                        def on_reply(batch: PutBatch, fields: dict[str, Any]) -> None:
+                            tag: tuple[int, int, int] = batch.tag  # type: ignore[assignment]
+                            n, nbytes, next_index = tag
+                            stats.records_acked += n
+                            stats.bytes_acked += nbytes
+                            stats.batches += 1
+                            stats.skipped += int(fields.get("skipped", 0))
+                            stats.position = next_index
+                            stats.last_record_lsn = int(fields["last_record_lsn"])
+                            stats.disk_consistent_lsn = int(fields["disk_consistent_lsn"])
+                            if progress:
+                                progress.update(stats.position, stats.bytes_acked)
+
+                        await client.put_pipelined(
+                            tenant_id,
+                            timeline_id,
+                            _batches(records, batch_records, batch_bytes),
+                            window=window,
+                            on_reply=on_reply,
+                        )
+                    done_sending = True
+                if flush:
+                    stats.disk_consistent_lsn = await client.flush(tenant_id, timeline_id)
+                    st = await client.timeline_status(tenant_id, timeline_id)
+                    stats.last_record_lsn = int(st["last_record_lsn"])
+                return stats
+        except ConnectionLost as e:
+            reason = str(e)
+        except ServerError as e:
+            if e.code != "shutting_down":
+                raise
+            reason = "server shutting down"
+        stats.reconnects += 1
+        log(f"connection lost ({reason}); reconnecting")
+        if progress:
+            progress.update(stats.position, stats.bytes_acked, "reconnecting...")
+        await trio.sleep(next(delays))
