@@ -248,4 +248,4 @@ async def remove_layers(ctx: IoContext, timeline_dir: str, layers: list[Historic
 
 def private_copy(layer: HistoricLayer) -> HistoricLayer:
     """A HistoricLayer with its own (not yet opened) reader, for a compaction job."""
-    return HistoricLayer(layer.name, layer.path, layer.file_size, layer.level0)
+    return HistoricLayer(layer.name, layer.path, layer.file_size)

@@ -21,6 +21,7 @@ import trio
 from pageserver.io import IoContext
 from pageserver.layers.delta_layer import DeltaLayer
 from pageserver.layers.image_layer import ImageLayer
+from pageserver.layers.key import Key
 from pageserver.layers.layer_name import LayerName
 
 
@@ -29,8 +30,6 @@ class HistoricLayer:
     name: LayerName
     path: str
     file_size: int
-    #: Created by compaction (L1) rather than by a flush (L0: full key range).
-    level0: bool
     _reader: DeltaLayer | ImageLayer | None = field(default=None, repr=False)
     #: Reads using this layer right now (on the loop); removal waits for them.
     readers: int = 0
@@ -39,6 +38,11 @@ class HistoricLayer:
     @property
     def is_delta(self) -> bool:
         return self.name.is_delta
+
+    @property
+    def level0(self) -> bool:
+        """Written by a flush (L0: full key range) rather than by compaction (L1)."""
+        return is_level0(self.name)
 
     @property
     def lsn_start(self) -> int:
@@ -128,6 +132,4 @@ class LayerMap:
 
 def is_level0(name: LayerName) -> bool:
     """A flush writes deltas over the whole key space; compaction writes narrower ones."""
-    from pageserver.layers.key import Key
-
     return name.is_delta and name.key_start == Key.MIN and name.key_end == Key.MAX

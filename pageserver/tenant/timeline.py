@@ -66,7 +66,7 @@ from pageserver.tenant.compaction import (
 )
 from pageserver.tenant.ephemeral_file import EphemeralFile
 from pageserver.tenant.inmemory_layer import InMemoryLayer
-from pageserver.tenant.layer_map import HistoricLayer, LayerMap, is_level0
+from pageserver.tenant.layer_map import HistoricLayer, LayerMap
 from pageserver.tenant.metadata import METADATA_FILE, read_metadata, write_metadata
 from pageserver.tenant.read_path import Reconstruction, reconstruct
 
@@ -186,7 +186,7 @@ class Timeline:
                 )
             except (LayerFileError, OSError) as e:
                 raise CorruptLayer(f"layer file failed validation: {e}") from None
-            tl.layer_map.add(HistoricLayer(name, path, size, level0=is_level0(name)))
+            tl.layer_map.add(HistoricLayer(name, path, size))
         # What a compaction that crashed between writing and removing left behind.
         for layer in redundant_layers(tl.layer_map.layers):
             tl.log.warning("removing layer left by an interrupted compaction", layer=str(layer.name))
@@ -203,8 +203,7 @@ class Timeline:
         again), then apply it (SPEC section 5 ``put`` rules)."""
         batch = check_put_batch(records)
         async with self._write_lock:
-            if self._closed or self._stopping:
-                raise ShuttingDown("timeline is shutting down")
+            self._check_running()
             self._check_not_broken()
             dcl = self.disk_consistent_lsn
             last = self.last_record_lsn
@@ -276,8 +275,7 @@ class Timeline:
         # (This waits holding the write lock, so it must give up when the timeline
         # stops, or shutdown could never take the lock.)
         while len(self.frozen) >= MAX_FROZEN_LAYERS:
-            if self._closed or self._stopping:
-                raise ShuttingDown("timeline is shutting down")
+            self._check_running()
             if self._flush_error is not None:
                 raise PageserverError(f"flush is failing: {self._flush_error}")
             await self._progress.wait()
@@ -285,6 +283,11 @@ class Timeline:
         self._ephemeral_seq += 1
         self.open_layer = await InMemoryLayer.create(self.ctx, self.dir, seq, self.next_layer_start)
         return self.open_layer
+
+    def _check_running(self) -> None:
+        """Refuse new work once shutdown has begun."""
+        if self._closed or self._stopping:
+            raise ShuttingDown("timeline is shutting down")
 
     def _check_not_broken(self) -> None:
         layer = self.open_layer
@@ -372,7 +375,7 @@ class Timeline:
         # The layer and the metadata naming its end are durable: publish both at once
         # (no await between), so a reader sees the records either in the frozen layer or
         # in the new delta layer.
-        self.layer_map.add(HistoricLayer(info.name, info.path, info.file_size, level0=True))
+        self.layer_map.add(HistoricLayer(info.name, info.path, info.file_size))
         self.frozen.popleft()
         new_dcl = layer.end_lsn - 1
         self.disk_consistent_lsn = new_dcl
@@ -397,8 +400,7 @@ class Timeline:
     async def compact(self) -> CompactionResult:
         """L0 -> L1 merge and image creation where the thresholds say so (SPEC section 7)."""
         async with self._compaction_lock:
-            if self._closed or self._stopping:
-                raise ShuttingDown("timeline is shutting down")
+            self._check_running()
             conf = self._conf()
             created = removed = 0
             # Counted before the merge: merging L0s into one L1 generation must not hide
@@ -418,9 +420,7 @@ class Timeline:
                 )  # fmt: skip
                 # Publish in one step (no await): readers see the old or the new layers.
                 for info in infos:
-                    self.layer_map.add(
-                        HistoricLayer(info.name, info.path, info.file_size, is_level0(info.name))
-                    )
+                    self.layer_map.add(HistoricLayer(info.name, info.path, info.file_size))
                 for layer in l0:
                     self.layer_map.remove(layer)
                 await remove_layers(self.ctx, self.dir, l0)
@@ -437,7 +437,7 @@ class Timeline:
                 )  # fmt: skip
                 if image_info is not None:
                     info = image_info
-                    self.layer_map.add(HistoricLayer(info.name, info.path, info.file_size, False))
+                    self.layer_map.add(HistoricLayer(info.name, info.path, info.file_size))
                     created += 1
             if created or removed:
                 self._update_gauges()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -60,6 +60,13 @@ async def manager(
     finally:
         await ctx.aclose()
         await engine.aclose()
+
+
+def leftover_files(names: Iterable[str]) -> list[str]:
+    """The names among ``names`` that no clean stop or restart may leave in a timeline
+    directory: temp files (``*.___temp``) and ephemeral files (``ephemeral-*``). Spelled
+    as SPEC section 3 spells them, not taken from the server's constants."""
+    return [n for n in names if n.endswith("___temp") or n.startswith("ephemeral-")]
 
 
 class Model:

@@ -27,6 +27,7 @@ from tests.helpers.tenant import (
     config,
     image,
     key,
+    leftover_files,
     manager,
     pg_rec,
     trec,
@@ -155,7 +156,7 @@ async def test_rolls_at_checkpoint_distance_and_restart(engine_kind: str, tmp_pa
         layers = mgr.status()[0]["timelines"][0]["layers"]
         assert layers["l0"] >= 5
     names = sorted(os.listdir(tl_dir(tmp_path)))
-    assert not [n for n in names if n.startswith("ephemeral-") or n.endswith("___temp")]
+    assert not leftover_files(names)
     # Consecutive, non-overlapping LSN ranges covering 1..300.
     ranges = sorted(
         (int(n.split("__")[1].split("-")[0], 16), int(n.split("__")[1].split("-")[1], 16))

@@ -11,7 +11,7 @@ import pytest
 
 from tests.helpers.children import ingest_key, ingest_value
 from tests.helpers.crash import child_env, run_child, start_child
-from tests.helpers.tenant import manager
+from tests.helpers.tenant import leftover_files, manager
 
 TENANT, TIMELINE = "ab" * 16, "cd" * 16
 
@@ -36,7 +36,7 @@ async def check_after_restart(engine_kind: str, data_dir: Path, reported: int) -
         for lsn in range(1, dcl + 1, max(1, dcl // 25)):
             assert await mgr.get(TENANT, TIMELINE, ingest_key(lsn), lsn) == ingest_value(lsn)[12:]
         names = [p.name for p in (data_dir / "tenants" / TENANT / "timelines" / TIMELINE).iterdir()]
-        assert not [n for n in names if n.endswith("___temp") or n.startswith("ephemeral-")]
+        assert not leftover_files(names)
         return dcl
 
 
