@@ -24,17 +24,20 @@ that; the first test of this design did).
   by a non-blocking speculative extra from the read pool). A frame-pool holder therefore
   never waits for any budget: it only needs its peer to send.
 * the *read pool* (1/8 of that, at least 4 MiB) holds bytes read before a header is known
-  (one chunk of up to 64 KiB) and speculative read-ahead. Its holders wait only for the
-  frame pool, which always drains; and a connection waits for the read pool only while
-  holding at most 3 bytes (a partial header).
+  and speculative read-ahead. A chunk (64 KiB) is taken only for the length of one
+  non-blocking read, after the socket has shown data, and what the read did not fill is
+  given back at once: a connection keeps only the bytes it really buffers (at most 3 for a
+  partial header, or the small frames of one read waiting for their turn). Its holders
+  wait only for the frame pool, which always drains.
 
 So there is no cycle of waiters, and the total stays at or below the sum of the pools.
 Between frames a connection holds no budget at all (it waits for readability before taking
-any), so idle connections cost nothing. A peer that stops sending in the middle of a frame
-holds its reservation; after ``STALL_TIMEOUT`` (30 s) of silence mid-frame it is taken as
-gone (SPEC section 5 lets the server close when the peer is gone) and closed, so a few
-slow-loris peers cannot make everyone else wait for ever. This is this server's reading of
-"gone"; a peer that pauses between frames is never closed.
+any), so idle connections cost nothing, and neither do a thousand peers that each sent one
+byte of a header. Every wait ends on the peer's close or on ``STALL_TIMEOUT`` (30 s): a
+peer silent in the middle of a frame or header for that long, or one that could not get
+budget for that long, is taken as gone (SPEC section 5 lets the server close when the peer
+is gone) and closed, so a few slow-loris peers cannot make everyone else wait for ever.
+This is this server's reading of "gone"; a peer that pauses between frames is never closed.
 
 Parsing runs on the event loop, one frame at a time (it is synchronous): the transient cost
 of decoding hostile nested msgpack (up to ~32x a frame, see :mod:`protocol`) is therefore
@@ -65,7 +68,7 @@ from typing import Any
 import structlog
 import trio
 
-from pageserver.client import Address, parse_address
+from pageserver.addresses import Address, parse_address
 from pageserver.tenant.manager import TenantManager
 from pageserver.wire import (
     CLOSED,
@@ -496,11 +499,22 @@ class Server:
             self._settle(c)
 
     async def _receive(self, c: _Conn) -> bool:
-        """Charge the right pool (see the module docstring), then read once. False at EOF.
+        """Charge the right pool (see the module docstring), then read once. False when the
+        peer is gone (end of stream, or stalled mid-frame / without budget for the stall
+        timeout).
 
         Called only after ``NEED_DATA``: either fewer than 4 bytes are buffered (header
         unknown), or the head frame is known and incomplete, and then every buffered byte
         belongs to it.
+
+        Every wait here ends on the peer's close or on the stall timeout, and what a
+        connection holds while it waits is what it really buffers: with a header still
+        unknown it first waits for the peer to send (holding at most the 3 bytes of a
+        partial header), then takes a chunk of the read pool for the length of one
+        non-blocking read, and gives back whatever the read did not fill. (It used to keep
+        a whole 64 KiB chunk while waiting for the rest of a header, and to ask for one
+        byte more without a time limit: 64 peers each sending one byte of a header took the
+        whole read pool and wedged the server, before authentication.)
         """
         proto = c.proto
         buffered = proto.buffered
@@ -508,7 +522,9 @@ class Server:
         if head > buffered:
             if c.frame_charge != head:
                 assert c.frame_charge == 0
-                await self.frame_pool.acquire(head)  # may wait: holding only read-pool bytes
+                # May wait: holding only read-pool bytes that belong to this frame.
+                if not await self._acquire(c, self.frame_pool, head):
+                    return False
                 c.frame_charge = head
             if c.read_charge:  # the frame pool now covers every buffered byte
                 self.read_pool.release(c.read_charge)
@@ -519,23 +535,51 @@ class Server:
                 want = min(proto.room, want + CHUNK)
         else:
             assert c.frame_charge == 0
-            if buffered == 0 and c.read_charge == 0:
-                # Idle between requests: wait for the peer before taking any budget, so
-                # that idle connections (a client's pool, say) cost nothing and can never
-                # exhaust the read pool.
-                if not await self._wait_readable(c, stalled_ok=True):
-                    return False
+            # Wait for the peer before taking any budget: idle connections (a client's
+            # pool, say) cost nothing, and one mid-header holds only what it buffered.
+            if not await self._wait_readable(c, stalled_ok=buffered == 0):
+                return False
             want = min(proto.room, CHUNK)
             target = buffered + want
             if c.read_charge < target:
-                await self.read_pool.acquire(target - c.read_charge)  # holding <= 3 bytes
+                if not await self._acquire(c, self.read_pool, target - c.read_charge):
+                    return False
                 c.read_charge = target
         self._note_peak()
         n = await self._read_into_decoder(c, want)
+        self._charge_buffered(c)
+        if n is None:
+            return True  # nothing to read after all: wait again, holding what is buffered
         return n > 0
 
-    async def _read_into_decoder(self, c: _Conn, want: int) -> int:
-        """Read up to ``want`` bytes into the connection's decoder; 0 at end of stream.
+    def _charge_buffered(self, c: _Conn) -> None:
+        """Keep read-pool charge only for buffered bytes the frame pool does not cover."""
+        need = max(0, c.proto.buffered - c.frame_charge)
+        if c.read_charge > need:
+            self.read_pool.release(c.read_charge - need)
+            c.read_charge = need
+
+    async def _acquire(self, c: _Conn, pool: ByteBudget, n: int) -> bool:
+        """``pool.acquire(n)``, given up after the stall timeout (False: close the peer).
+
+        The pools drain as long as peers send and read (module docstring), so a wait this
+        long means the server is saturated by peers that neither finish nor go: closing
+        this one releases what it holds rather than adding it to the jam.
+        """
+        with trio.move_on_after(self.stall_timeout):
+            await pool.acquire(n)
+            return True
+        c.log.warning(
+            "no byte budget for the stall timeout; closing",
+            stall_timeout_s=self.stall_timeout,
+            wanted=n,
+            buffered=c.proto.buffered,
+        )
+        return False
+
+    async def _read_into_decoder(self, c: _Conn, want: int) -> int | None:
+        """Read up to ``want`` bytes into the connection's decoder: the count, 0 at end of
+        stream, ``None`` if a header-unknown read found nothing after all.
 
         ``SocketStream.receive_some`` allocates a fresh ``bytes`` of ``want`` per call,
         which for reads of 64 KiB and more costs an mmap/munmap plus page faults each time
@@ -543,7 +587,10 @@ class Server:
         buffer for the whole server, filled by a non-blocking ``readv`` and copied into the
         decoder *with no await in between*, so no other task can touch the buffer while it
         holds this connection's bytes. The task checkpoints after every read (fairness,
-        cancellation) and waits for readability only when the socket has nothing.
+        cancellation). It waits for readability here only while completing a known frame
+        (holding that frame's reservation, with the stall timeout); with the header unknown
+        the caller has waited already, and a spurious wake-up returns ``None`` so that the
+        caller gives the chunk back before waiting again.
         """
         sock = c.stream.socket
         fd = sock.fileno()
@@ -552,6 +599,9 @@ class Server:
             try:
                 n = os.readv(fd, [view])
             except BlockingIOError:
+                if c.frame_charge == 0:
+                    await trio.lowlevel.checkpoint()
+                    return None
                 if not await self._wait_readable(c, stalled_ok=False):
                     return 0
                 continue
