@@ -232,14 +232,21 @@ class ServerConnection:
                 rid, ErrorCode.UNAUTHORIZED, "authenticate with hello and the token first"
             )
         req = parse_op(op, m, rid)
-        if isinstance(req, ProtocolError):
-            return ErrorEvent(req.id, req.code, req.message)
-        if isinstance(req, HelloRequest) and self._auth_required:
+        if op == "hello" and self._auth_required:
+            # Any hello that does not carry the token -- missing, wrong, or not even a
+            # string (the only field a hello has) -- is an unauthorized hello, and SPEC
+            # section 5 closes the connection after that reply.
             assert self._token_check is not None
-            if req.token is None or not self._token_check(req.token):
+            if (
+                not isinstance(req, HelloRequest)
+                or req.token is None
+                or not self._token_check(req.token)
+            ):
                 self._transition(_I.HELLO_REJECTED)
                 return ErrorEvent(rid, ErrorCode.UNAUTHORIZED, "bad token", close_after=True)
             self._transition(_I.HELLO_ACCEPTED)
-        else:
-            self._transition(_I.REQUEST)
+            return RequestEvent(req)
+        if isinstance(req, ProtocolError):
+            return ErrorEvent(req.id, req.code, req.message)
+        self._transition(_I.REQUEST)
         return RequestEvent(req)

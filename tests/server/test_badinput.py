@@ -455,6 +455,10 @@ async def test_auth_token(nursery: trio.Nursery) -> None:
         await raw.send(encode_request("hello", id=4))
         await raw.expect_error("unauthorized")
         await raw.expect_closed()
+        raw = await Raw.open(h2)  # a token that is not a string: unauthorized, closed
+        await raw.send(encode_request("hello", id=5, token=5))
+        await raw.expect_error("unauthorized")
+        await raw.expect_closed()
         with pytest.raises(ServerError) as ei:
             await Client.connect(h2.addr, token="nope")
         assert ei.value.code == "unauthorized"

@@ -54,24 +54,39 @@ def test_conn_auth_flow() -> None:
         + encode_request("nonsense", id=2)
         + encode_frame({"id": 3})
         + b"\x00\x00\x00\x01\xc1"  # not msgpack: still bad_frame before hello
-        + encode_request("hello", id=4, token=5)  # mistyped token: bad_request, continue
         + encode_request("hello", id=5, token="s3cret")
         + encode_request("status", id=6)
     )
     evs = events(c)
-    assert [(e.id, e.code, e.close_after) for e in evs[:5]] == [
+    assert [(e.id, e.code, e.close_after) for e in evs[:4]] == [
         (1, ErrorCode.UNAUTHORIZED, False),
         (2, ErrorCode.UNAUTHORIZED, False),
         (3, ErrorCode.UNAUTHORIZED, False),
         (None, ErrorCode.BAD_FRAME, False),
-        (4, ErrorCode.BAD_REQUEST, False),
     ]
-    assert evs[5:] == [
+    assert evs[4:] == [
         RequestEvent(HelloRequest("s3cret", id=5)),
         RequestEvent(StatusRequest(id=6)),
         NEED_DATA,
     ]
     assert c.state.value == "ready"  # (mypy narrowed c.state above)
+
+
+@pytest.mark.parametrize("token", [5, b"s3cret", ["s3cret"], True, {"t": 1}])
+def test_conn_hello_with_a_mistyped_token_is_unauthorized_and_closes(token: Any) -> None:
+    """Issue 11.4: a hello whose token is not a string is an unauthorized hello (SPEC
+    section 5: the connection closes after that reply), not a bad_request that keeps it."""
+    c = ServerConnection(1000, auth_required=True, token_check=token_checker("s3cret"))
+    c.receive_data(encode_request("hello", id=4, token=token) + encode_request("status", id=5))
+    evs = events(c)
+    assert [(e.id, e.code, e.close_after) for e in evs[:1]] == [(4, ErrorCode.UNAUTHORIZED, True)]
+    assert evs[1:] == [CLOSED]
+    # Once authenticated, a later hello with a mistyped token closes too.
+    c = ServerConnection(1000, auth_required=True, token_check=token_checker("s3cret"))
+    c.receive_data(encode_request("hello", id=1, token="s3cret") + encode_request("hello", id=2, token=token))
+    evs = events(c)
+    assert isinstance(evs[0], RequestEvent)
+    assert (evs[1].id, evs[1].code, evs[1].close_after) == (2, ErrorCode.UNAUTHORIZED, True)
 
 
 @pytest.mark.parametrize("token", [None, "wrong", "s3cre", "s3cret\x00", "ß"])
