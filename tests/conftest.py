@@ -15,8 +15,14 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from pageserver import failpoints
-from pageserver.io import IoContext, create_engine
-from pageserver.io.engine import STD_FS, TRIO_URING, uring_refusal_reason, uring_required
+from pageserver.io import (
+    ENGINE_KINDS,
+    TRIO_URING,
+    IoContext,
+    create_engine,
+    uring_refusal_reason,
+    uring_required,
+)
 from pageserver.logging import configure_logging
 
 # Tests log at WARNING and above (the daemon subprocesses configure their own logging).
@@ -36,7 +42,6 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-ENGINE_KINDS = (STD_FS, TRIO_URING)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
 
@@ -69,8 +74,7 @@ async def io_ctx(engine_kind: str) -> AsyncIterator[IoContext]:
     try:
         yield ctx
     finally:
-        await ctx.aclose()
-        await engine.aclose()
+        await ctx.aclose()  # closes the engine too
 
 
 @pytest.fixture(autouse=True)

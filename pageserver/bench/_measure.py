@@ -30,17 +30,25 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import trio
 
 from pageserver.client import Client, ConnectionLost, PutBatch
 from pageserver.client.feed import FeedGenerator
 from pageserver.config import ENGINE_ENV_VAR, PageserverConfig
-from pageserver.io import TEMP_SUFFIX, IoContext, IoEngine, create_engine
-from pageserver.io.engine import FileStat, StdFsEngine, rename_noreplace_sync
+from pageserver.io import (
+    TEMP_SUFFIX,
+    FileStat,
+    IoContext,
+    IoEngine,
+    StdFsEngine,
+    create_engine,
+    drive_to_completion,
+)
 from pageserver.layers.value import Image, encode_value
 from pageserver.logging import configure_logging
 from pageserver.tenant.manager import TenantManager
@@ -51,6 +59,8 @@ TIMELINE = "cd" * 16
 #: The engine label of the per-operation offload baseline (not a configurable engine).
 PER_OP = "per-op-offload"
 TICK = 0.001
+
+T = TypeVar("T")
 
 
 # ---------------------------------------------------------------------------------------
@@ -82,7 +92,7 @@ def summarize_ms(samples: list[float]) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------
 
 
-class PerOpOffloadEngine(StdFsEngine):
+class PerOpOffloadEngine(IoEngine):
     """std-fs with every operation in its own ``trio.to_thread.run_sync`` call.
 
     This is what ``trio.open_file`` does, and what the project's whole-job offload is
@@ -90,44 +100,62 @@ class PerOpOffloadEngine(StdFsEngine):
     layer-writing job on the loop (its CPU work included) and only the syscalls leave
     it, each paying a thread round trip. Never used by the daemon; a baseline only.
     Threads are not abandoned on cancel, so buffers outlive every syscall using them.
+
+    Built on io's public interface only: it wraps a :class:`StdFsEngine`, whose
+    coroutines never suspend, and drives each of its operations to the end in a worker
+    thread (:func:`_in_thread`), so the syscalls are exactly std-fs's own.
     """
 
     kind: ClassVar[str] = PER_OP
     runs_jobs_in_thread: ClassVar[bool] = False
 
+    def __init__(self) -> None:
+        self._std = StdFsEngine()
+
     async def open(self, path: str, flags: int, mode: int = 0o644) -> int:
-        return await trio.to_thread.run_sync(os.open, path, flags | os.O_CLOEXEC, mode)
+        return await _in_thread(self._std.open, path, flags, mode)
 
     async def read_at(self, fd: int, buf: bytearray | memoryview, offset: int) -> int:
-        return await trio.to_thread.run_sync(os.preadv, fd, [buf], offset)
+        return await _in_thread(self._std.read_at, fd, buf, offset)
 
     async def write_at(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
-        return await trio.to_thread.run_sync(os.pwrite, fd, data, offset)
+        return await _in_thread(self._std.write_at, fd, data, offset)
 
     async def fsync(self, fd: int) -> None:
-        await trio.to_thread.run_sync(os.fsync, fd)
+        await _in_thread(self._std.fsync, fd)
 
     async def fdatasync(self, fd: int) -> None:
-        await trio.to_thread.run_sync(os.fdatasync, fd)
+        await _in_thread(self._std.fdatasync, fd)
 
     async def stat(self, fd: int) -> FileStat:
-        st = await trio.to_thread.run_sync(os.fstat, fd)
-        return FileStat(size=st.st_size, mode=st.st_mode, ino=st.st_ino)
+        return await _in_thread(self._std.stat, fd)
 
     async def set_len(self, fd: int, length: int) -> None:
-        await trio.to_thread.run_sync(os.ftruncate, fd, length)
+        await _in_thread(self._std.set_len, fd, length)
 
     async def close(self, fd: int) -> None:
-        await trio.to_thread.run_sync(os.close, fd)
+        await _in_thread(self._std.close, fd)
 
     async def rename(self, src: str, dst: str) -> None:
-        await trio.to_thread.run_sync(os.rename, src, dst)
+        await _in_thread(self._std.rename, src, dst)
 
     async def rename_noreplace(self, src: str, dst: str) -> None:
-        await trio.to_thread.run_sync(rename_noreplace_sync, src, dst)
+        await _in_thread(self._std.rename_noreplace, src, dst)
 
     async def unlink(self, path: str) -> None:
-        await trio.to_thread.run_sync(os.unlink, path)
+        await _in_thread(self._std.unlink, path)
+
+    async def aclose(self) -> None:
+        await self._std.aclose()
+
+
+async def _in_thread(op: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
+    """Run one std-fs operation in its own ``trio.to_thread.run_sync`` call.
+
+    The coroutine is created in the thread too, so a cancellation before the thread
+    starts leaves no never-awaited coroutine behind.
+    """
+    return await trio.to_thread.run_sync(lambda: drive_to_completion(op(*args)))
 
 
 def make_engine(kind: str) -> IoEngine:

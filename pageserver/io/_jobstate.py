@@ -13,8 +13,6 @@ import contextvars
 import threading
 from dataclasses import dataclass, field
 
-import trio
-
 
 class JobCancelled(Exception):
     """Raised inside an offloaded job once its caller has been cancelled.
@@ -49,26 +47,6 @@ def set_job(state: JobState | None) -> contextvars.Token[JobState | None]:
 
 def reset_job(token: contextvars.Token[JobState | None]) -> None:
     _current.reset(token)
-
-
-def in_worker_thread() -> bool:
-    """True when running inside an offloaded job's worker thread (no event loop)."""
-    state = _current.get()
-    return state is not None and state.in_worker
-
-
-def on_trio_loop() -> bool:
-    """True on a trio run's own thread; False in an offloaded job or any plain thread.
-
-    The one test of "may I use trio primitives here?" (waiting, sleeping, shielding).
-    """
-    if in_worker_thread():
-        return False
-    try:
-        trio.lowlevel.current_task()
-    except RuntimeError:
-        return False
-    return True
 
 
 def raise_if_job_cancelled() -> None:

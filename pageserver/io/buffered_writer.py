@@ -45,7 +45,7 @@ class BufferedWriter:
             raise ValueError(f"buffer_size must be at least {MIN_BUFFER_SIZE}")
         self.file = file
         self.buffer_size = buffer_size
-        self._depth = max(1, file._table.engine.write_behind_depth)
+        self._depth = max(1, file.write_behind_depth)
         self._buf = bytearray(buffer_size)
         self._fill = 0
         #: Absolute offset of ``_buf[0]``.

@@ -19,7 +19,10 @@ T = TypeVar("T")
 
 
 class IoContext:
-    """Where file I/O starts: open files, directory operations, offloaded jobs."""
+    """Where file I/O starts: open files, directory operations, offloaded jobs.
+
+    It owns the engine it is given: :meth:`aclose` closes the engine too.
+    """
 
     def __init__(
         self, engine: IoEngine, max_file_descriptors: int = 100, no_sync: bool = False
@@ -89,5 +92,11 @@ class IoContext:
         return await offload.run_job(self.engine, fn, *args)
 
     async def aclose(self) -> None:
-        """Close every descriptor in the table (end of a test, daemon shutdown)."""
+        """Close every descriptor, then the engine (end of a test, daemon shutdown).
+
+        The context owns its engine's lifetime: whoever made the context closes it, and
+        with it the engine. (Engine ``aclose`` is idempotent, so closing the engine once
+        more afterwards is harmless.)
+        """
         await self.table.close_all()
+        await self.engine.aclose()

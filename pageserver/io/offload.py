@@ -35,8 +35,7 @@ from typing import Any, TypeVar, cast
 import outcome
 import trio
 
-from pageserver.io import _jobstate
-from pageserver.io._jobstate import JobCancelled, JobState
+from pageserver.io._jobstate import JobCancelled, JobState, current_job, set_job
 from pageserver.io.engine import IoEngine
 
 T = TypeVar("T")
@@ -46,6 +45,7 @@ __all__ = [
     "cleanup_shield",
     "cooperative_checkpoint",
     "drive_to_completion",
+    "on_trio_loop",
     "run_job",
 ]
 
@@ -77,13 +77,25 @@ def drive_to_completion(coro: Coroutine[Any, Any, T]) -> T:
         )
 
 
+def on_trio_loop() -> bool:
+    """True on a trio run's own thread; False in an offloaded job or any plain thread.
+
+    The one test of "may I use trio primitives here?" (waiting, sleeping, shielding).
+    It is trio's own ``in_trio_task()``: trio keeps the running task in a thread-local, so
+    an offloaded job's worker thread (like any thread without a trio run) has none.
+    (:mod:`pageserver.failpoints` asks trio the same question directly: it is a leaf that
+    ``io`` imports, so it may not import ``io``.)
+    """
+    return trio.lowlevel.in_trio_task()
+
+
 async def cooperative_checkpoint() -> None:
     """Let other tasks run, when on the loop; nothing inside an offloaded worker thread.
 
     CPU-heavy loops of layer-writing jobs call this so that, under trio-uring (where the
     job runs on the loop), they do not hold the loop for the whole job.
     """
-    if _jobstate.on_trio_loop():
+    if on_trio_loop():
         await trio.lowlevel.checkpoint()
 
 
@@ -96,10 +108,10 @@ def cleanup_shield() -> contextlib.AbstractContextManager[object]:
     an offloaded worker thread there is no trio run to shield from; there it makes the
     engine ignore the job's cancel flag until the block ends.
     """
-    state = _jobstate.current_job()
+    state = current_job()
     if state is not None and state.in_worker:
         return _suppress_job_cancel(state)
-    if not _jobstate.on_trio_loop():  # a plain thread with no trio run: nothing cancels it
+    if not on_trio_loop():  # a plain thread with no trio run: nothing cancels it
         return contextlib.nullcontext()
     return trio.CancelScope(shield=True)
 
@@ -126,7 +138,7 @@ async def run_job(
     context = contextvars.copy_context()
 
     def body() -> T:
-        _jobstate.set_job(state)
+        set_job(state)
         coro = fn(*args)
         if not isinstance(coro, Coroutine):  # pragma: no cover - misuse
             raise TypeError("run_job needs an async function")

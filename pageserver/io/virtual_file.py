@@ -40,8 +40,8 @@ import structlog
 import trio
 
 from pageserver import failpoints, metrics
-from pageserver.io import _jobstate
 from pageserver.io.engine import FileStat, IoEngine
+from pageserver.io.offload import on_trio_loop
 
 if TYPE_CHECKING:
     from pageserver.io.engine import PendingIo
@@ -114,7 +114,7 @@ class SlotTable:
 
     async def _wait_locked_released(self, still_needed: Callable[[], bool]) -> None:
         """Wait until the table changes, if ``still_needed()`` (checked under the lock)."""
-        if not _jobstate.on_trio_loop():
+        if not on_trio_loop():
             with self._lock:
                 if still_needed():
                     self._cond.wait(timeout=1.0)
@@ -303,6 +303,11 @@ class VirtualFile:
 
     def __repr__(self) -> str:
         return f"<VirtualFile {self.path!r}>"
+
+    @property
+    def write_behind_depth(self) -> int:
+        """How many writes to this file may be in flight at once (its engine's depth)."""
+        return self._table.engine.write_behind_depth
 
     # -- reads ------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import trio
 
-from pageserver.io.engine import StdFsEngine
+from pageserver.io import StdFsEngine
 
 
 class RecordingEngine(StdFsEngine):

@@ -8,8 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pageserver.io import BufferedWriter, IoContext
-from pageserver.io.virtual_file import VirtualFile
+from pageserver.io import BufferedWriter, IoContext, VirtualFile
 
 BUF = 64 * 1024
 
@@ -105,7 +104,6 @@ async def test_random_appends_match_model(
         await vf.close()
         assert Path(path).read_bytes() == bytes(model)
         await ctx.aclose()
-        await ctx.engine.aclose()
 
 
 async def test_buffer_size_minimum(io_ctx: IoContext, tmp_path: Path) -> None:

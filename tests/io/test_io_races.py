@@ -8,8 +8,7 @@ from pathlib import Path
 
 import trio
 
-from pageserver.io import BufferedWriter, IoContext
-from pageserver.io.engine import PendingIo
+from pageserver.io import BufferedWriter, IoContext, PendingIo
 from pageserver.tenant.manager import TenantManager
 from tests.conftest import require_engine
 from tests.helpers.tenant import TENANT, TIMELINE, config, image, key, manager
@@ -44,7 +43,6 @@ async def test_read_at_while_a_write_swaps_buffers(engine_kind: str, tmp_path: P
             await vf.close()
     finally:
         await ctx.aclose()
-        await ctx.engine.aclose()
 
 
 async def test_finished_write_behind_releases_its_slot(engine_kind: str, tmp_path: Path) -> None:
@@ -69,7 +67,7 @@ class FailedWrite(PendingIo):
 
 async def test_write_behind_error_never_returns_wrong_bytes(tmp_path: Path) -> None:
     require_engine("trio-uring")
-    from pageserver.io.uring.engine import UringEngine
+    from pageserver.io import UringEngine
 
     class Engine(UringEngine):
         armed = False
@@ -106,7 +104,6 @@ async def test_write_behind_error_never_returns_wrong_bytes(tmp_path: Path) -> N
                 assert got == bytes([i]) * 10000, i
     finally:
         await ctx.aclose()
-        await engine.aclose()
     # After a restart the timeline works again from its durable state.
     async with manager("trio-uring", tmp_path) as mgr:
         st = mgr.status()[0]["timelines"][0]

@@ -12,12 +12,13 @@ from pageserver import failpoints
 from pageserver.io import (
     BufferedWriter,
     IoContext,
+    JobSuspendedError,
+    StdFsEngine,
     cleanup_shield,
     cooperative_checkpoint,
     create_engine,
+    on_trio_loop,
 )
-from pageserver.io.engine import StdFsEngine
-from pageserver.io.offload import JobSuspendedError
 from tests.helpers.recording import (
     RecordingEngine,
     Ticker,
@@ -81,7 +82,6 @@ async def test_loop_keeps_ticking_during_long_job(engine_kind: str, tmp_path: Pa
         assert max_gap < elapsed * 0.5, (max_gap, elapsed)
     finally:
         await ctx.aclose()
-        await ctx.engine.aclose()
 
 
 async def test_cancelled_job_cleans_up_before_caller_returns(engine_kind: str, tmp_path: Path) -> None:
@@ -98,7 +98,6 @@ async def test_cancelled_job_cleans_up_before_caller_returns(engine_kind: str, t
         assert threading.active_count() >= 1
     finally:
         await ctx.aclose()
-        await ctx.engine.aclose()
 
 
 async def test_job_that_suspends_is_a_clear_error(tmp_path: Path) -> None:
@@ -152,4 +151,33 @@ async def test_uring_jobs_start_no_python_thread(tmp_path: Path) -> None:
             await ctx.run_job(write_file_job, ctx, str(tmp_path / "u"), 8)
     finally:
         await ctx.aclose()
-        await ctx.engine.aclose()
+
+
+async def test_on_trio_loop_only_on_the_loop(io_ctx: IoContext) -> None:
+    """The one test of "may I use trio here?": true on the loop (and in a trio-uring job),
+    false in a std-fs job's worker thread and in any plain thread."""
+
+    async def job() -> bool:
+        return on_trio_loop()
+
+    assert on_trio_loop()
+    assert await io_ctx.run_job(job) == (io_ctx.engine_kind == "trio-uring")
+    assert await trio.to_thread.run_sync(on_trio_loop) is False
+
+
+async def test_sleep_failpoint_in_a_job_sleeps_on_the_right_side(
+    io_ctx: IoContext, tmp_path: Path
+) -> None:
+    """The failpoint's own loop test agrees with io's: a ``sleep`` inside a std-fs job (no
+    trio run in its thread) blocks the thread, on the loop it is ``trio.sleep``."""
+    failpoints.configure({"virtual-file-write": "sleep(30)"})
+
+    async def job() -> None:
+        vf = await io_ctx.create(str(tmp_path / "f"))
+        await vf.write_all_at(b"x", 0)
+        await vf.close()
+
+    t0 = trio.current_time()
+    await io_ctx.run_job(job)
+    assert trio.current_time() - t0 >= 0.025
+    assert failpoints.hits("virtual-file-write") == 1

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 import trio
 
-from pageserver.io.engine import TRIO_URING, FileStat
+from pageserver.io import TRIO_URING, FileStat, UringEngine
 from pageserver.io.uring import _abi
 from pageserver.io.uring._ring import Ring
 from pageserver.io.uring._trio import UringDriver, current_driver
-from pageserver.io.uring.engine import UringEngine, probe_uring, uring_missing_optional_ops
+from pageserver.io.uring.engine import probe_uring, uring_missing_optional_ops
 from tests.conftest import require_engine
 
 

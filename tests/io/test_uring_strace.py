@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pageserver.io.engine import uring_required
+from pageserver.io import uring_required
 from tests.io.test_uring_engine import require_uring
 
 CHILD = r"""
@@ -41,7 +41,6 @@ async def main() -> None:
 
     await ctx.run_job(job)
     await ctx.aclose()
-    await ctx.engine.aclose()
 
 trio.run(main)
 """

@@ -12,8 +12,7 @@ import pytest
 import trio
 
 from pageserver import failpoints
-from pageserver.io import IoContext, UnexpectedEof, create_engine
-from pageserver.io.engine import StdFsEngine
+from pageserver.io import IoContext, StdFsEngine, UnexpectedEof, create_engine
 from pageserver.metrics import IO_OPERATION_SECONDS
 
 
@@ -87,7 +86,6 @@ async def test_200_files_through_8_slots(engine_kind: str, tmp_path: Path) -> No
         assert ctx.table.reopen_count > 0
     finally:
         await ctx.aclose()
-        await ctx.engine.aclose()
 
 
 async def test_reads_race_with_writes_see_written_prefix(engine_kind: str, tmp_path: Path) -> None:
@@ -122,7 +120,6 @@ async def test_reads_race_with_writes_see_written_prefix(engine_kind: str, tmp_p
                 nursery.start_soon(reader, s)
     finally:
         await ctx.aclose()
-        await ctx.engine.aclose()
 
 
 async def test_create_new_survives_eviction(engine_kind: str, tmp_path: Path) -> None:
@@ -145,7 +142,6 @@ async def test_create_new_survives_eviction(engine_kind: str, tmp_path: Path) ->
             await ctx.create_new(str(path))
     finally:
         await ctx.aclose()
-        await ctx.engine.aclose()
 
 
 async def test_no_reopen_churn_when_files_fit(engine_kind: str, tmp_path: Path) -> None:
@@ -161,7 +157,6 @@ async def test_no_reopen_churn_when_files_fit(engine_kind: str, tmp_path: Path) 
         assert op_count("open-after-replace") == before
     finally:
         await ctx.aclose()
-        await ctx.engine.aclose()
 
 
 async def test_inflight_slot_not_stolen_by_loop_tasks(engine_kind: str, tmp_path: Path) -> None:
@@ -193,7 +188,6 @@ async def test_inflight_slot_not_stolen_by_loop_tasks(engine_kind: str, tmp_path
         assert Path(b_path).read_bytes() == b"B" * 10
     finally:
         await ctx.aclose()
-        await ctx.engine.aclose()
 
 
 async def test_inflight_slot_not_stolen_by_worker_thread(engine_kind: str, tmp_path: Path) -> None:
@@ -221,7 +215,6 @@ async def test_inflight_slot_not_stolen_by_worker_thread(engine_kind: str, tmp_p
         assert (tmp_path / "b").read_bytes() == b"".join(bytes([k]) * 32 for k in range(30))
     finally:
         await ctx.aclose()
-        await ctx.engine.aclose()
 
 
 async def test_plain_thread_waits_on_condition(tmp_path: Path) -> None:
@@ -237,7 +230,7 @@ async def test_plain_thread_waits_on_condition(tmp_path: Path) -> None:
             await vf.write_all_at(b"thread", 0)
             await vf.close()
 
-        from pageserver.io.offload import drive_to_completion
+        from pageserver.io import drive_to_completion
 
         drive_to_completion(go())
         result.append("done")
@@ -319,4 +312,29 @@ async def test_fsync_counted_when_sync_enabled(engine_kind: str, tmp_path: Path)
         assert time.monotonic() - t0 < 10
     finally:
         await ctx.aclose()
-        await ctx.engine.aclose()
+
+
+async def test_write_behind_depth_is_the_engines(io_ctx: IoContext, tmp_path: Path) -> None:
+    vf = await io_ctx.create(str(tmp_path / "d"))
+    assert vf.write_behind_depth == io_ctx.engine.write_behind_depth
+    assert vf.write_behind_depth == (4 if io_ctx.engine_kind == "trio-uring" else 1)
+    await vf.close()
+
+
+async def test_context_aclose_closes_its_engine(engine_kind: str, tmp_path: Path) -> None:
+    """The context owns its engine: ``ctx.aclose()`` closes descriptors and the engine (the
+    run's ring under trio-uring); closing the engine once more afterwards is harmless."""
+    engine = create_engine(engine_kind)
+    ctx = IoContext(engine, no_sync=True)
+    vf = await ctx.create(str(tmp_path / "c"))
+    await vf.write_all_at(b"abc", 0)
+    assert ctx.table.open_fd_count() == 1
+    if engine_kind == "trio-uring":
+        assert engine.ring_stats() is not None  # type: ignore[attr-defined]
+    await ctx.aclose()
+    assert ctx.table.open_fd_count() == 0
+    if engine_kind == "trio-uring":
+        assert engine.ring_stats() is None  # type: ignore[attr-defined]
+    await engine.aclose()
+    await engine.aclose()
+    assert (tmp_path / "c").read_bytes() == b"abc"

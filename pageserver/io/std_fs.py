@@ -1,0 +1,108 @@
+"""The ``std-fs`` io engine: plain blocking syscalls.
+
+The coroutines of :class:`StdFsEngine` never suspend (``os.pread``, ``os.pwrite``,
+``os.fsync``... run to completion before the ``await`` returns). That is what lets the
+conditional-offload helper (:mod:`pageserver.io.offload`) run a whole layer-writing job
+in one worker thread by driving its coroutine with ``send(None)``: the analogue of Neon's
+``spawn_blocking(|| block_on(...))``.
+
+Cancellation under ``std-fs``: a job running in a worker thread cannot be interrupted by
+trio. The offload helper gives it a cancel flag instead, which every data operation of
+this engine checks before it starts (:func:`pageserver.io._jobstate.raise_if_job_cancelled`).
+``close`` and ``unlink`` do not check it: they are what the job's clean-up needs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+
+from pageserver.io._jobstate import raise_if_job_cancelled
+from pageserver.io.engine import STD_FS, FileStat, IoEngine
+
+# --------------------------------------------------------------------------------------
+# renameat2(RENAME_NOREPLACE): Python's ``os`` does not expose it.
+
+_RENAME_NOREPLACE = 1
+_AT_FDCWD = -100
+_libc: ctypes.CDLL | None = None
+
+
+def _load_libc() -> ctypes.CDLL:
+    global _libc
+    if _libc is None:
+        # dlopen(NULL): the C library the interpreter already has loaded. (find_library
+        # would run ``ldconfig -p`` in a child process to find the same thing.)
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc
+
+
+def rename_noreplace_sync(src: str, dst: str) -> None:
+    """``renameat2(src, dst, RENAME_NOREPLACE)``; falls back to ``link`` + ``unlink``.
+
+    The fallback covers file systems (and old kernels) that answer ``EINVAL``/``ENOSYS``:
+    ``link`` fails with ``EEXIST`` just the same, and leaves the file under both names
+    for a moment, which is harmless for layer files (a crash there leaves a complete
+    temp file, deleted at startup, beside the complete final one).
+    """
+    libc = _load_libc()
+    fn = getattr(libc, "renameat2", None)
+    if fn is not None:
+        res = fn(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)
+        if res == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS):
+            raise OSError(err, os.strerror(err), src, None, dst)
+    os.link(src, dst)
+    os.unlink(src)
+
+
+class StdFsEngine(IoEngine):
+    """Blocking syscalls. The coroutines never suspend (see module docstring)."""
+
+    kind = STD_FS
+    runs_jobs_in_thread = True
+
+    async def open(self, path: str, flags: int, mode: int = 0o644) -> int:
+        raise_if_job_cancelled()
+        return os.open(path, flags | os.O_CLOEXEC, mode)
+
+    async def read_at(self, fd: int, buf: bytearray | memoryview, offset: int) -> int:
+        raise_if_job_cancelled()
+        return os.preadv(fd, [buf], offset)
+
+    async def write_at(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
+        raise_if_job_cancelled()
+        return os.pwrite(fd, data, offset)
+
+    async def fsync(self, fd: int) -> None:
+        raise_if_job_cancelled()
+        os.fsync(fd)
+
+    async def fdatasync(self, fd: int) -> None:
+        raise_if_job_cancelled()
+        os.fdatasync(fd)
+
+    async def stat(self, fd: int) -> FileStat:
+        st = os.fstat(fd)
+        return FileStat(size=st.st_size, mode=st.st_mode, ino=st.st_ino)
+
+    async def set_len(self, fd: int, length: int) -> None:
+        raise_if_job_cancelled()
+        os.ftruncate(fd, length)
+
+    async def close(self, fd: int) -> None:
+        os.close(fd)
+
+    async def rename(self, src: str, dst: str) -> None:
+        raise_if_job_cancelled()
+        os.rename(src, dst)
+
+    async def rename_noreplace(self, src: str, dst: str) -> None:
+        raise_if_job_cancelled()
+        rename_noreplace_sync(src, dst)
+
+    async def unlink(self, path: str) -> None:
+        os.unlink(path)
