@@ -16,7 +16,7 @@ _SUBCOMMAND_MODULES = ("pageserver.layers.cli", "pageserver.client.cli", "pagese
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from pageserver import daemon
-    from pageserver.io.engine import EngineUnavailable
+    from pageserver.io import EngineUnavailable
 
     try:
         return daemon.run(args.data_dir)

@@ -7,7 +7,7 @@ of configuration bug. Durations are humantime-style strings as in Neon (``"10m"`
 ``"20s"``, ``"1h 30m"``, ``"500ms"``).
 
 The environment variable ``PAGESERVER_VIRTUAL_FILE_IO_ENGINE`` overrides
-``virtual_file_io_engine``; see :func:`pageserver.io.engine.resolve_engine` for what
+``virtual_file_io_engine``; see :func:`pageserver.io.resolve_engine` for what
 ``auto`` does.
 """
 
@@ -177,7 +177,7 @@ def _check_value(name: str, kind: str, value: Any) -> Any:
         except ValueError as e:
             raise ConfigError(f"config key {name!r}: {e}") from None
     if kind == "engine":
-        from pageserver.io.engine import normalize_engine_kind
+        from pageserver.io import normalize_engine_kind
 
         if value == "auto":
             return value

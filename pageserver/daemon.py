@@ -20,8 +20,7 @@ import trio
 from pageserver import metrics
 from pageserver.config import ConfigError, PageserverConfig, ensure_data_dir, load_config
 from pageserver.errors import PageserverError
-from pageserver.io import IoContext
-from pageserver.io.engine import IoEngine, resolve_engine
+from pageserver.io import IoContext, IoEngine, resolve_engine
 from pageserver.server.metrics_http import serve_metrics
 from pageserver.server.server import BindError, Server, listener_address, open_listeners
 from pageserver.tenant.manager import TenantManager
@@ -121,8 +120,7 @@ async def serve(data_dir: str, config: PageserverConfig, engine: IoEngine) -> in
         with trio.CancelScope(shield=True):
             for lst in [*listeners, *metrics_listeners]:
                 await lst.aclose()
-            await ctx.aclose()
-            await engine.aclose()
+            await ctx.aclose()  # closes the engine too
     failed = mgr_ref is not None and mgr_ref.flush_failed
     log.info("pageserver stopped", graceful=not forced and not failed)
     return 1 if forced or failed else 0

@@ -26,8 +26,14 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pageserver.io import BufferedWriter, IoContext, create_engine  # noqa: E402
-from pageserver.io.engine import STD_FS, TRIO_URING, uring_refusal_reason  # noqa: E402
+from pageserver.io import (  # noqa: E402  # noqa: E402
+    STD_FS,
+    TRIO_URING,
+    BufferedWriter,
+    IoContext,
+    create_engine,
+    uring_refusal_reason,
+)
 from pageserver.layers.delta_layer import DeltaLayerWriter  # noqa: E402
 from pageserver.layers.key import Key, TenantId, TimelineId  # noqa: E402
 from pageserver.layers.value import Image, encode_value  # noqa: E402

@@ -20,7 +20,7 @@ from pageserver.config import (
     load_config,
     parse_duration,
 )
-from pageserver.io.engine import EngineUnavailable, resolve_engine
+from pageserver.io import EngineUnavailable, resolve_engine
 from tests.helpers.crash import REPO_ROOT
 
 
@@ -142,7 +142,7 @@ def test_env_overrides_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 def test_resolve_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     engine, warning = resolve_engine("std-fs")
     assert engine.kind == "std-fs" and warning is None
-    import pageserver.io.engine as eng
+    import pageserver.io.select as eng
 
     monkeypatch.setattr(eng, "uring_refusal_reason", lambda: "io_uring_disabled=2")
     monkeypatch.delenv("PAGESERVER_REQUIRE_URING", raising=False)

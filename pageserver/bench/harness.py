@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pageserver.bench import _measure as m
-from pageserver.io.engine import ENGINE_KINDS, STD_FS, TRIO_URING, uring_refusal_reason
+from pageserver.io import ENGINE_KINDS, STD_FS, TRIO_URING, uring_refusal_reason
 from pageserver.logging import configure_logging
 
 __all__ = ["register", "run_bench"]

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from pageserver.io.engine import STD_FS, TRIO_URING, uring_refusal_reason
+from pageserver.io import STD_FS, TRIO_URING, uring_refusal_reason
 from tests.conftest import require_engine
 
 PAGESERVER = str(Path(sys.executable).with_name("pageserver"))
