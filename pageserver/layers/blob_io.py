@@ -6,10 +6,18 @@ Header forms (Neon's ``blob_io.rs``):
 - otherwise four bytes, big-endian ``u32``: the top nibble holds compression bits
   (``0x8`` uncompressed, ``0x9`` zstd), the low 28 bits the stored length.
 
-The writer appends header and data with a single buffered-writer call per blob: the
-per-blob cost is what bounds layer-write speed in Python. The reader goes through
-:class:`PagedReader`, which keeps a read-ahead window so that iterating a layer in file
-order costs one large read per window rather than one read per blob.
+This module is the one codec of blob headers (:func:`encode_blob_header`,
+:func:`decode_blob_header`) and holds the one :class:`BlobWriter`, used by both the delta
+and the image layer writer. The per-blob cost is what bounds layer-write speed in Python,
+so the writer has two ways in: :meth:`BlobWriter.stage_blob` packs a blob into a staging
+buffer without any I/O (the delta writer's hot loop; the staged bytes go to the buffered
+writer in large appends by :meth:`BlobWriter.flush`), and :meth:`BlobWriter.write_blob`
+appends one blob with a single buffered-writer call (the image writer). The reader goes
+through :class:`PagedReader`, which keeps a read-ahead window so that iterating a layer
+in file order costs one large read per window rather than one read per blob.
+
+:data:`PAGE_SZ` is the one page size of layer files: the summary page, where blobs start,
+B-tree nodes (:mod:`.summary` and :mod:`.disk_btree` import it from here).
 """
 
 from __future__ import annotations
@@ -21,14 +29,20 @@ from typing import TYPE_CHECKING, Final
 import zstandard
 
 if TYPE_CHECKING:
-    from pageserver.io.buffered_writer import BufferedWriter
-    from pageserver.io.virtual_file import VirtualFile
+    from pageserver.io import BufferedWriter, VirtualFile
 
+#: The page size of layer files (Neon's ``PAGE_SZ``, Postgres' ``BLCKSZ``).
 PAGE_SZ: Final = 8192
 MAX_BLOB_LEN: Final = 0x0FFF_FFFF
 BYTE_UNCOMPRESSED: Final = 0x80
 BYTE_ZSTD: Final = 0x90
 LEN_COMPRESSION_BIT_MASK: Final = 0xF0
+#: Blobs shorter than this have the one-byte header form (uncompressed only).
+SHORT_BLOB_LEN: Final = 0x80
+#: Neon compresses only images of at least this many bytes.
+MIN_COMPRESS_LEN: Final = 128
+#: Staged blob bytes before :class:`BlobWriter` asks for a hand-over to the buffered writer.
+STAGING_BYTES: Final = 256 * 1024
 #: Neon's zstd encoder runs at the library default level.
 ZSTD_LEVEL: Final = 3
 
@@ -37,6 +51,8 @@ COMPRESSION_ZSTD: Final = "zstd"
 COMPRESSION_KINDS: Final = (COMPRESSION_DISABLED, COMPRESSION_ZSTD)
 
 _U32 = struct.Struct(">I")
+#: The one-byte headers, prebuilt: a header is encoded once per value written.
+_SHORT_HEADERS: Final = tuple(bytes((n,)) for n in range(SHORT_BLOB_LEN))
 
 
 class BlobError(ValueError):
@@ -49,26 +65,39 @@ def encode_blob_header(data_len: int, compression_bits: int = BYTE_UNCOMPRESSED)
     ``compression_bits`` other than uncompressed always uses the 4-byte form, as Neon
     does for compressed images (it only compresses blobs of 128 bytes or more, and the
     compressed length may be shorter than 128).
+
+    Hot path (once per value written): the short form is the first test.
+    :meth:`BlobWriter.stage_blob` repeats that first test inline (the short form's table
+    lookup only; everything else comes here), on purpose: measured on 100-byte values,
+    calling this function instead costs about 45 ns per value, ~10% of the delta writer's
+    per-value staging and ~4% of ``DeltaLayerWriter.put_value`` end to end.
     """
+    if data_len < SHORT_BLOB_LEN and compression_bits == BYTE_UNCOMPRESSED and data_len >= 0:
+        return _SHORT_HEADERS[data_len]
     if data_len < 0 or data_len > MAX_BLOB_LEN:
         raise BlobError(f"blob too large ({data_len} bytes)")
-    if data_len < 128 and compression_bits == BYTE_UNCOMPRESSED:
-        return bytes((data_len,))
     if compression_bits not in (BYTE_UNCOMPRESSED, BYTE_ZSTD):
         raise BlobError(f"invalid compression bits {compression_bits:#x}")
     return _U32.pack(data_len | (compression_bits << 24))
 
 
-def decode_blob_header(buf: bytes | bytearray | memoryview) -> tuple[int, int, int]:
-    """Decode a header at the start of ``buf``: ``(header_len, data_len, compression_bits)``."""
-    if not buf:
+def blob_header_len(first_byte: int) -> int:
+    """How many bytes the header starting with ``first_byte`` has (1 or 4)."""
+    return 1 if first_byte < SHORT_BLOB_LEN else 4
+
+
+def decode_blob_header(
+    buf: bytes | bytearray | memoryview, pos: int = 0
+) -> tuple[int, int, int]:
+    """Decode a header at ``buf[pos:]``: ``(header_len, data_len, compression_bits)``."""
+    if len(buf) <= pos:
         raise BlobError("zero-length blob header")
-    first = buf[0]
-    if first < 0x80:
+    first = buf[pos]
+    if blob_header_len(first) == 1:
         return 1, first, BYTE_UNCOMPRESSED
-    if len(buf) < 4:
+    if len(buf) < pos + 4:
         raise BlobError("blob header too short")
-    (word,) = _U32.unpack_from(buf, 0)
+    (word,) = _U32.unpack_from(buf, pos)
     bits = first & LEN_COMPRESSION_BIT_MASK
     if bits not in (BYTE_UNCOMPRESSED, BYTE_ZSTD):
         raise BlobError(f"invalid compression bits {bits:#x}")
@@ -90,35 +119,90 @@ def decompress(data: bytes) -> bytes:
     return out
 
 
-class BlobWriter:
-    """Appends blobs to a :class:`BufferedWriter`; returns each blob's absolute offset."""
+def check_compression(compression: str) -> bool:
+    """Validate an ``image_compression`` setting; whether it compresses."""
+    if compression not in COMPRESSION_KINDS:
+        raise ValueError(f"unknown image_compression {compression!r}")
+    return compression == COMPRESSION_ZSTD
 
-    __slots__ = ("_bw", "_compress")
+
+class BlobWriter:
+    """Appends blobs to a :class:`BufferedWriter`; each blob's absolute offset is returned.
+
+    The one blob writer of delta and image layers. :meth:`stage_blob` packs header and
+    data into a staging buffer (no I/O, no coroutine: the delta writer's per-value path)
+    and sets :attr:`staging_full` once :data:`STAGING_BYTES` are staged; :meth:`flush`
+    hands the staged bytes to the buffered writer in one append. :meth:`write_blob`
+    appends one blob at once (the image writer). With ``compression="zstd"`` a blob of
+    :data:`MIN_COMPRESS_LEN` bytes or more is stored zstd-compressed when that is smaller
+    (Neon's image compression).
+    """
+
+    __slots__ = ("_bw", "_compress", "_staging", "_base", "staging_full")
 
     def __init__(self, bw: BufferedWriter, compression: str = COMPRESSION_DISABLED) -> None:
-        if compression not in COMPRESSION_KINDS:
-            raise ValueError(f"unknown image_compression {compression!r}")
+        self._compress = check_compression(compression)
         self._bw = bw
-        self._compress = compression == COMPRESSION_ZSTD
+        self._staging = bytearray()
+        #: Absolute file offset of ``_staging[0]``.
+        self._base = bw.offset
+        #: Whether :data:`STAGING_BYTES` or more are staged (time to :meth:`flush`). An
+        #: attribute rather than a property: the delta writer reads it once per value.
+        self.staging_full = False
 
     @property
     def offset(self) -> int:
-        return self._bw.offset
+        """Absolute offset of the next blob (staged bytes included)."""
+        return self._base + len(self._staging)
 
-    async def write_blob(self, data: bytes | bytearray | memoryview) -> int:
-        """Append one blob (compressed if enabled, 128 bytes or more, and smaller)."""
-        n = len(data)
-        if n < 128:
-            return await self._bw.write(bytes((n,)) + data)
-        if n > MAX_BLOB_LEN:
-            raise BlobError(f"blob too large ({n} bytes)")
-        if self._compress:
+    def _encode(
+        self, data: bytes | bytearray | memoryview
+    ) -> tuple[bytes, bytes | bytearray | memoryview]:
+        """``(header, stored bytes)`` of one blob: compressed if enabled, long enough and
+        smaller for it."""
+        header = encode_blob_header(len(data))
+        if self._compress and len(data) >= MIN_COMPRESS_LEN:
             compressed = compress_image(data)
             if compressed is not None:
-                return await self._bw.write(
-                    _U32.pack(len(compressed) | (BYTE_ZSTD << 24)) + compressed
-                )
-        return await self._bw.write(_U32.pack(n | 0x8000_0000) + data)
+                return encode_blob_header(len(compressed), BYTE_ZSTD), compressed
+        return header, data
+
+    def stage_blob(self, data: bytes | bytearray | memoryview) -> int:
+        """Pack one blob into the staging buffer; returns its absolute offset."""
+        st = self._staging
+        off = self._base + len(st)
+        if self._compress:
+            header, data = self._encode(data)
+            st += header
+        else:
+            # Deliberate hot-path copy of encode_blob_header's first test (see there for
+            # the measured cost of the call): the short form inline, the rest delegated.
+            n = len(data)
+            st += _SHORT_HEADERS[n] if n < SHORT_BLOB_LEN else encode_blob_header(n)
+        st += data
+        self.staging_full = len(st) >= STAGING_BYTES
+        return off
+
+    async def flush(self) -> None:
+        """Hand the staged blobs to the buffered writer."""
+        if self._staging:
+            await self._bw.write(self._staging)
+            self._staging = bytearray()
+            self.staging_full = False
+        self._base = self._bw.offset
+
+    async def write_blob(self, data: bytes | bytearray | memoryview) -> int:
+        """Append one blob with one buffered-writer call (after any staged blobs)."""
+        if self._staging:
+            await self.flush()
+        if self._compress:
+            header, data = self._encode(data)
+        else:
+            header = encode_blob_header(len(data))
+        blob = header + data
+        off: int = await self._bw.write(blob)
+        self._base = off + len(blob)
+        return off
 
 
 class PagedReader:
@@ -176,19 +260,25 @@ class PagedReader:
 
     async def read_blob(self, offset: int) -> bytes:
         """Read the blob at ``offset``, decompressing zstd blobs."""
-        first = await self.read_at(offset, 1)
-        if first[0] < 0x80:
-            return await self.read_at(offset + 1, first[0])
-        hdr_len, data_len, bits = decode_blob_header(await self.read_at(offset, 4))
+        rel = offset - self._win_start
+        if 0 <= rel and rel + 4 <= len(self._win):
+            # Hot path (iterating in file order): the header is in the read-ahead window,
+            # decoded in place without another coroutine call.
+            hdr_len, data_len, bits = decode_blob_header(self._win, rel)
+        else:
+            hdr_len, data_len, bits = await self._read_header(offset)
         data = await self.read_at(offset + hdr_len, data_len)
         if bits == BYTE_ZSTD:
             return decompress(data)
         return data
 
     async def read_blob_raw(self, offset: int) -> tuple[int, int, bytes]:
-        """``(header_len, compression_bits, stored bytes)`` without decompressing (dump)."""
-        first = await self.read_at(offset, 1)
-        if first[0] < 0x80:
-            return 1, BYTE_UNCOMPRESSED, await self.read_at(offset + 1, first[0])
-        hdr_len, data_len, bits = decode_blob_header(await self.read_at(offset, 4))
+        """``(header_len, compression_bits, stored bytes)`` without decompressing."""
+        hdr_len, data_len, bits = await self._read_header(offset)
         return hdr_len, bits, await self.read_at(offset + hdr_len, data_len)
+
+    async def _read_header(self, offset: int) -> tuple[int, int, int]:
+        head = await self.read_at(offset, 1)
+        if blob_header_len(head[0]) > 1:
+            head = await self.read_at(offset, 4)
+        return decode_blob_header(head)

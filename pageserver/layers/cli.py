@@ -16,12 +16,12 @@ from typing import Any
 
 import trio
 
-from pageserver.io import IoContext
-from pageserver.io.engine import tool_engine
+from pageserver.io import IoContext, tool_engine
 from pageserver.layers.common import LayerFileError, open_layer_file, run_cleanup
-from pageserver.layers.delta_layer import DELTA_KEY_SIZE
-from pageserver.layers.disk_btree import BtreeError, DiskBtreeReader
-from pageserver.layers.key import KEY_SIZE, Key, lsn_str
+from pageserver.layers.delta_layer import DeltaEntry, DeltaLayer
+from pageserver.layers.disk_btree import BtreeError
+from pageserver.layers.image_layer import ImageEntry, ImageLayer
+from pageserver.layers.key import lsn_str
 from pageserver.layers.layer_name import try_parse_layer_name
 from pageserver.layers.summary import DeltaSummary, Summary
 from pageserver.layers.validate import validate_layer_file
@@ -108,18 +108,15 @@ def cmd_dump(args: argparse.Namespace) -> int:
         except OSError as e:
             return _refuse(f"{path}: {e.strerror or e}")
         try:
-            is_delta = isinstance(summary, DeltaSummary)
-            index = DiskBtreeReader(
-                reader.read_page,
-                summary.index_start_blk,
-                summary.index_root_blk,
-                DELTA_KEY_SIZE if is_delta else KEY_SIZE,
-            )
+            layer: DeltaLayer | ImageLayer
+            if isinstance(summary, DeltaSummary):
+                layer = DeltaLayer(path, vf, reader, summary)
+            else:
+                layer = ImageLayer(path, vf, reader, summary)
+            it = layer.iter_all() if args.values else layer.iter_index()
             entries: list[dict[str, Any]] = []
-            it = index.iter(bytes(index.key_len))
             while batch := await it.next_batch():
-                for k, ref in batch:
-                    entries.append(await _entry(reader.read_blob, k, ref, is_delta, args.values))
+                entries.extend(_entry(e, args.values) for e in batch)
         except (BtreeError, ValueError, EOFError) as e:
             return _refuse(f"{path}: corrupt layer: {e}")
         finally:
@@ -138,19 +135,20 @@ def cmd_dump(args: argparse.Namespace) -> int:
     return _run(go)
 
 
-async def _entry(
-    read_blob: Callable[[int], Awaitable[bytes]], k: bytes, ref: int, is_delta: bool, values: bool
-) -> dict[str, Any]:
-    e: dict[str, Any] = {"key": str(Key(k[:KEY_SIZE]))}
-    if is_delta:
-        e["lsn"] = int.from_bytes(k[KEY_SIZE:], "big")
-        e["offset"] = ref >> 1
-        e["will_init"] = bool(ref & 1)
+def _entry(entry: DeltaEntry | ImageEntry, values: bool) -> dict[str, Any]:
+    e: dict[str, Any] = {"key": str(entry[0])}
+    if len(entry) == 5:  # a delta entry: key, lsn, offset, will_init, value
+        _k, lsn, offset, will_init, raw = entry
+        e["lsn"] = int(lsn)
+        e["offset"] = offset
+        e["will_init"] = will_init
+        if values:
+            e["value"] = _describe_value(raw)
     else:
-        e["offset"] = ref
-    if values:
-        raw = await read_blob(e["offset"])
-        e["value"] = _describe_value(raw) if is_delta else {"len": len(raw), "hex": raw.hex()}
+        _k, offset, raw = entry
+        e["offset"] = offset
+        if values:
+            e["value"] = {"len": len(raw), "hex": raw.hex()}
     return e
 
 

@@ -15,38 +15,37 @@ import struct
 from collections.abc import Iterable
 from typing import Final
 
-from pageserver.io import IoContext
-from pageserver.io.offload import cooperative_checkpoint
-from pageserver.layers.blob_io import MAX_BLOB_LEN, PAGE_SZ, BlobError
-from pageserver.layers.common import BatchIterator, LayerFileWriter, LayerInfo, OpenLayerFile
-from pageserver.layers.disk_btree import DiskBtreeBuilder
-from pageserver.layers.key import KEY_SIZE, Key, Lsn, TenantId, TimelineId
-from pageserver.layers.layer_name import DeltaLayerName
+from pageserver.io import IoContext, cooperative_checkpoint
+from pageserver.layers.blob_io import PAGE_SZ, BlobWriter
+from pageserver.layers.common import DELTA_KEY_SIZE, BatchIterator, LayerInfo, OpenLayerFile
+from pageserver.layers.key import KEY_SIZE, MAX_LSN, Key, Lsn, TenantId, TimelineId
+from pageserver.layers.layer_name import DeltaLayerName, layer_name_text
 from pageserver.layers.summary import DeltaSummary
 from pageserver.layers.value import Value, encode_value, value_will_init
+from pageserver.layers.writer import LayerWriter, resolve_end
 
-DELTA_KEY_SIZE: Final = KEY_SIZE + 8
-_HDR4 = struct.Struct(">I")
-_HDR1 = [bytes((i,)) for i in range(128)]
 _LSN = struct.Struct(">Q")
-#: Staged bytes / entries before a hand-over to the buffered writer and the B-tree builder
-#: (also where the job yields under trio-uring, where it runs on the loop).
-STAGING_BYTES: Final = 256 * 1024
+#: Staged entries before a hand-over to the B-tree builder (and of the blobs to the
+#: buffered writer, also after ``blob_io.STAGING_BYTES``); also where the job yields under
+#: trio-uring, where it runs on the loop.
 STAGING_ENTRIES: Final = 2048
 _NEW, _OPEN, _CLOSED = 0, 1, 2
 
 
 def delta_key(key: bytes, lsn: int) -> bytes:
+    """The index key of a delta layer entry: ``key ++ lsn`` (u64 big-endian)."""
     return key + _LSN.pack(lsn)
 
 
-class DeltaLayerWriter:
+class DeltaLayerWriter(LayerWriter):
     """Writes one delta layer. Values must come in strictly increasing (key, lsn) order.
 
     ``lsn_end`` (exclusive) may be given here or to :meth:`finish`. Use as an async
     context manager, or call :meth:`abandon` on every path that does not reach
     :meth:`finish`; any error inside the writer's own methods abandons it already.
     """
+
+    KIND = "delta"
 
     def __init__(
         self,
@@ -58,52 +57,37 @@ class DeltaLayerWriter:
         lsn_start: int,
         lsn_end: int | None = None,
     ) -> None:
-        self.tenant_id = tenant_id
-        self.timeline_id = timeline_id
-        self.key_start = Key(key_start)
+        key_start = Key(key_start)
         self.lsn_start = Lsn(lsn_start)
         self.lsn_end = None if lsn_end is None else Lsn(lsn_end)
-        end = "XXX" if lsn_end is None else f"{lsn_end:016X}"
-        self._file = LayerFileWriter(
-            ctx, timeline_dir, f"{self.key_start}-XXX__{self.lsn_start:016X}-{end}"
-        )
-        self._tree = DiskBtreeBuilder(DELTA_KEY_SIZE)
-        # Staging: blobs are packed here and handed to the buffered writer in large
-        # appends; their B-tree entries wait beside them and go to the builder in one
-        # ``extend`` call. Per value that leaves a few bytearray/list appends.
+        super().__init__(
+            ctx, timeline_dir, tenant_id, timeline_id, key_start,
+            layer_name_text(key_start, None, (self.lsn_start, self.lsn_end)), DELTA_KEY_SIZE,
+        )  # fmt: skip
+        # Staging: the blob writer packs the values (``stage_blob``) and hands them to the
+        # buffered writer in large appends; their B-tree entries wait beside them and go
+        # to the builder in one ``extend`` call. Per value that leaves a few appends.
         self._state = _NEW
-        self._staging = bytearray()
         self._staged_keys: list[bytes] = []
         self._staged_refs: list[int] = []
-        self._base = PAGE_SZ  # absolute file offset of ``_staging[0]``
         self._max_lsn = -1
         # Just below (key_start, 0), so that the order check also rejects keys below
         # the layer's key range.
         ks = self.key_start.to_int()
-        self._last_dk = b"" if ks == 0 else Key.from_int(ks - 1) + b"\xff" * 8
-        self.num_entries = 0
-
-    @property
-    def temp_path(self) -> str:
-        return self._file.temp_path
+        self._last_dk = b"" if ks == 0 else delta_key(Key.from_int(ks - 1), MAX_LSN)
 
     @property
     def size_estimate(self) -> int:
         """Bytes the file would have if finished now (values + index so far + summary)."""
-        return self._base + len(self._staging) + PAGE_SZ * (len(self._tree.pages) + 1)
+        values_end = PAGE_SZ if self._blobs is None else self._blobs.offset
+        return values_end + PAGE_SZ * (len(self._tree.pages) + 1)
 
-    async def __aenter__(self) -> DeltaLayerWriter:
-        return self
-
-    async def __aexit__(self, et: object, e: object, tb: object) -> None:
-        if not self._file.done:
-            await self.abandon()
-
-    async def _open(self) -> None:
+    async def _open_staging(self) -> BlobWriter:
         if self._state != _NEW:
             raise RuntimeError("this delta layer writer is already finished or abandoned")
-        await self._file.open()
+        blobs = await self._open()
         self._state = _OPEN
+        return blobs
 
     def _stage(
         self, key: bytes, lsn: int, value: bytes | bytearray | memoryview | Value,
@@ -121,37 +105,26 @@ class DeltaLayerWriter:
             will_init = value_will_init(value)
         if lsn < self.lsn_start:
             raise ValueError(f"lsn {lsn} below the layer's start {self.lsn_start}")
-        dk = key + _LSN.pack(lsn)
+        dk = key + _LSN.pack(lsn)  # delta_key(), inline: once per value
         if dk <= self._last_dk or len(dk) != DELTA_KEY_SIZE:
             raise ValueError(
                 f"(key, lsn) ({bytes(key).hex()}, {lsn}) is not above the previous one "
-                "(or below the layer's key start), or the key is not 18 bytes"
+                f"(or below the layer's key start), or the key is not {KEY_SIZE} bytes"
             )
-        st = self._staging
-        off = self._base + len(st)
-        n = len(value)
-        if n < 128:
-            st += _HDR1[n]
-        elif n <= MAX_BLOB_LEN:
-            st += _HDR4.pack(n | 0x8000_0000)
-        else:
-            raise BlobError(f"blob too large ({n} bytes)")
-        st += value
+        blobs = self._blobs
+        assert blobs is not None
+        off = blobs.stage_blob(value)
         self._last_dk = dk
         self._staged_keys.append(dk)
         self._staged_refs.append((off << 1) | will_init)
         if lsn > self._max_lsn:
             self._max_lsn = lsn
         self.num_entries += 1
-        return len(st) >= STAGING_BYTES or len(self._staged_keys) >= STAGING_ENTRIES
+        return blobs.staging_full or len(self._staged_keys) >= STAGING_ENTRIES
 
     async def _flush_staging(self) -> None:
-        bw = self._file.bw
-        assert bw is not None
-        if self._staging:
-            await bw.write(self._staging)
-            self._staging = bytearray()
-        self._base = bw.offset
+        assert self._blobs is not None
+        await self._blobs.flush()
         self._tree.extend(self._staged_keys, self._staged_refs)
         self._staged_keys = []
         self._staged_refs = []
@@ -168,7 +141,7 @@ class DeltaLayerWriter:
         or a Value object, which is encoded here."""
         try:
             if self._state != _OPEN:
-                await self._open()
+                await self._open_staging()
             if self._stage(key, lsn, value, will_init):
                 await self._flush_staging()
         except BaseException:
@@ -183,7 +156,7 @@ class DeltaLayerWriter:
         coroutine call per batch instead of per value."""
         try:
             if self._state != _OPEN:
-                await self._open()
+                await self._open_staging()
             stage = self._stage
             for key, lsn, value in entries:
                 if stage(key, lsn, value, None):
@@ -196,20 +169,12 @@ class DeltaLayerWriter:
     async def finish(self, key_end: Key, lsn_end: int | None = None) -> LayerInfo:
         """Write index and summary, fsync, and rename to the final name."""
         try:
-            if lsn_end is None:
-                lsn_end = self.lsn_end
-            elif self.lsn_end is not None and lsn_end != self.lsn_end:
-                raise ValueError("lsn_end differs from the one given at creation")
-            if lsn_end is None:
-                raise ValueError("lsn_end must be given at creation or to finish()")
-            if self.num_entries == 0:
-                raise ValueError("refusing to write an empty delta layer")
+            lsn_end = resolve_end(lsn_end, self.lsn_end, "lsn_end")
+            self._check_not_empty()
             if self._state != _OPEN:
                 raise RuntimeError("this delta layer writer is already finished or abandoned")
             await self._flush_staging()
-            last_key = Key(self._last_dk[:KEY_SIZE])
-            if key_end <= last_key or key_end <= self.key_start:
-                raise ValueError(f"key_end {Key(key_end)} is not above the last key {last_key}")
+            self._check_key_end(key_end, Key(self._last_dk[:KEY_SIZE]))
             if lsn_end <= self._max_lsn:
                 raise ValueError(f"lsn_end {lsn_end} is not above the last lsn {self._max_lsn}")
             name = DeltaLayerName(self.key_start, Key(key_end), self.lsn_start, Lsn(lsn_end))
@@ -220,14 +185,12 @@ class DeltaLayerWriter:
                     name.lsn_start, name.lsn_end, index_start_blk, root_blk,
                 )  # fmt: skip
 
-            summary, size = await self._file.finish(self._tree, make_summary, str(name))
+            return await self._write_out(name, make_summary)
         except BaseException:
             await self._file.abandon()
             raise
         finally:
             self._state = _CLOSED
-        assert self._file.final_path is not None
-        return LayerInfo(self._file.final_path, name, summary, size, self.num_entries)
 
     async def abandon(self) -> None:
         """Delete the temp file (or the renamed file, if finishing failed after the rename)."""
@@ -239,7 +202,6 @@ class DeltaLayer(OpenLayerFile[DeltaSummary]):
     """A delta layer file opened for reading."""
 
     SUMMARY = DeltaSummary
-    INDEX_KEY_SIZE = DELTA_KEY_SIZE
 
     @property
     def lsn_range(self) -> tuple[Lsn, Lsn]:

@@ -29,7 +29,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
-PAGE_SZ: Final = 8192
+from pageserver.layers.blob_io import PAGE_SZ
+
 VALUE_SZ: Final = 5
 NODE_HDR_SIZE: Final = 5
 MAX_VALUE: Final = 0x7F_FFFF_FFFF

@@ -7,30 +7,26 @@ File: summary (magic ``0x5A60``) at 0; image blobs (raw bytes, optionally zstd w
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Final
 
-from pageserver.io import IoContext
-from pageserver.io.offload import cooperative_checkpoint
-from pageserver.layers.blob_io import (
-    COMPRESSION_DISABLED,
-    COMPRESSION_KINDS,
-    BlobWriter,
-)
-from pageserver.layers.common import BatchIterator, LayerFileWriter, LayerInfo, OpenLayerFile
-from pageserver.layers.disk_btree import DiskBtreeBuilder
+from pageserver.io import IoContext, cooperative_checkpoint
+from pageserver.layers.blob_io import COMPRESSION_DISABLED
+from pageserver.layers.common import BatchIterator, LayerInfo, OpenLayerFile
 from pageserver.layers.key import KEY_SIZE, Key, Lsn, TenantId, TimelineId
-from pageserver.layers.layer_name import ImageLayerName
+from pageserver.layers.layer_name import ImageLayerName, layer_name_text
 from pageserver.layers.summary import ImageSummary
+from pageserver.layers.writer import LayerWriter, resolve_end
 
 CHECKPOINT_EVERY: Final = 256
 
 
-class ImageLayerWriter:
+class ImageLayerWriter(LayerWriter):
     """Writes one image layer. Images must come in strictly increasing key order.
 
     ``key_end`` (exclusive) may be given here or to :meth:`finish`.
     """
+
+    KIND = "image"
 
     def __init__(
         self,
@@ -43,45 +39,23 @@ class ImageLayerWriter:
         key_end: Key | None = None,
         image_compression: str = COMPRESSION_DISABLED,
     ) -> None:
-        self.tenant_id = tenant_id
-        self.timeline_id = timeline_id
-        self.key_start = Key(key_start)
+        key_start = Key(key_start)
         self.key_end = None if key_end is None else Key(key_end)
         self.lsn = Lsn(lsn)
         self.image_compression = image_compression
-        stem = (
-            f"{self.key_start}-{'XXX' if key_end is None else self.key_end}__{self.lsn:016X}"
-        )
-        self._file = LayerFileWriter(ctx, timeline_dir, stem)
-        self._tree = DiskBtreeBuilder(KEY_SIZE)
-        self._blobs: BlobWriter | None = None
-        self._write_blob: Callable[[bytes | bytearray | memoryview], Awaitable[int]] | None = None
-        # Validate the compression name now, not at the first image.
-        if image_compression not in COMPRESSION_KINDS:
-            raise ValueError(f"unknown image_compression {image_compression!r}")
-        self.num_entries = 0
-
-    @property
-    def temp_path(self) -> str:
-        return self._file.temp_path
-
-    async def __aenter__(self) -> ImageLayerWriter:
-        return self
-
-    async def __aexit__(self, et: object, e: object, tb: object) -> None:
-        if not self._file.done:
-            await self.abandon()
+        super().__init__(
+            ctx, timeline_dir, tenant_id, timeline_id, key_start,
+            layer_name_text(key_start, self.key_end, (self.lsn,)), KEY_SIZE, image_compression,
+        )  # fmt: skip
 
     async def put_image(self, key: bytes, image: bytes | bytearray | memoryview) -> None:
         try:
-            write_blob = self._write_blob
-            if write_blob is None:
-                bw = await self._file.open()
-                self._blobs = BlobWriter(bw, self.image_compression)
-                write_blob = self._write_blob = self._blobs.write_blob
+            blobs = self._blobs
+            if blobs is None:
+                blobs = await self._open()
             if key < self.key_start or (self.key_end is not None and key >= self.key_end):
                 raise ValueError(f"key {Key(key)} outside the layer's key range")
-            off = await write_blob(image)
+            off = await blobs.write_blob(image)
             self._tree.append(bytes(key), off)
             self.num_entries += 1
             if not self.num_entries % CHECKPOINT_EVERY:
@@ -92,17 +66,9 @@ class ImageLayerWriter:
 
     async def finish(self, key_end: Key | None = None) -> LayerInfo:
         try:
-            if key_end is None:
-                key_end = self.key_end
-            elif self.key_end is not None and key_end != self.key_end:
-                raise ValueError("key_end differs from the one given at creation")
-            if key_end is None:
-                raise ValueError("key_end must be given at creation or to finish()")
-            if self.num_entries == 0:
-                raise ValueError("refusing to write an empty image layer")
-            last_key = Key(self._tree._last_key)
-            if key_end <= last_key:
-                raise ValueError(f"key_end {Key(key_end)} is not above the last key {last_key}")
+            key_end = resolve_end(key_end, self.key_end, "key_end")
+            self._check_not_empty()
+            self._check_key_end(key_end, Key(self._tree._last_key))
             name = ImageLayerName(self.key_start, Key(key_end), self.lsn)
 
             def make_summary(index_start_blk: int, root_blk: int) -> ImageSummary:
@@ -111,22 +77,16 @@ class ImageLayerWriter:
                     index_start_blk, root_blk,
                 )  # fmt: skip
 
-            summary, size = await self._file.finish(self._tree, make_summary, str(name))
+            return await self._write_out(name, make_summary)
         except BaseException:
             await self._file.abandon()
             raise
-        assert self._file.final_path is not None
-        return LayerInfo(self._file.final_path, name, summary, size, self.num_entries)
-
-    async def abandon(self) -> None:
-        await self._file.abandon()
 
 
 class ImageLayer(OpenLayerFile[ImageSummary]):
     """An image layer file opened for reading."""
 
     SUMMARY = ImageSummary
-    INDEX_KEY_SIZE = KEY_SIZE
 
     @property
     def lsn(self) -> Lsn:

@@ -15,11 +15,13 @@ as written, so both suffix styles round-trip.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pageserver.layers.key import Key, Lsn
+from pageserver.layers.key import KEY_SIZE, Key, Lsn
 
-_KEY = r"[0-9A-F]{36}"
+# The file-name fields as Neon prints them (``str(Key)`` and ``Lsn.file_hex``).
+_KEY = rf"[0-9A-F]{{{2 * KEY_SIZE}}}"
 _LSN = r"[0-9A-F]{16}"
 # Neon prints ``-v1-{:08x}`` (and older ``-{:08x}``); its parser takes other versions and
 # either case too, so we do (the suffix is kept as written, so it still round-trips).
@@ -29,6 +31,22 @@ _DELTA_RE = re.compile(
 )
 _IMAGE_RE = re.compile(rf"(?P<ks>{_KEY})-(?P<ke>{_KEY})__(?P<lsn>{_LSN}){_GEN}")
 
+#: What a writer's temp name shows for a range end it does not know yet.
+UNKNOWN_END = "XXX"
+
+
+def layer_name_text(
+    key_start: Key, key_end: Key | None, lsns: Sequence[Lsn | None], gen_suffix: str = ""
+) -> str:
+    """The one spelling of a layer name, ``{key_start}-{key_end}__{lsn}[-{lsn}]{gen}``.
+
+    ``lsns`` is ``(lsn_start, lsn_end)`` for a delta layer, ``(lsn,)`` for an image layer.
+    A writer's temp-name stem is spelt the same way, with :data:`UNKNOWN_END` for an end
+    that is not known yet (``None``).
+    """
+    ke = UNKNOWN_END if key_end is None else str(key_end)
+    lsn_text = "-".join(UNKNOWN_END if lsn is None else lsn.file_hex() for lsn in lsns)
+    return f"{key_start}-{ke}__{lsn_text}{gen_suffix}"
 
 
 class LayerNameError(ValueError):
@@ -76,9 +94,8 @@ class DeltaLayerName:
         return self.lsn_end > disk_consistent_lsn + 1
 
     def __str__(self) -> str:
-        return (
-            f"{self.key_start}-{self.key_end}__"
-            f"{self.lsn_start:016X}-{self.lsn_end:016X}{self.gen_suffix}"
+        return layer_name_text(
+            self.key_start, self.key_end, (self.lsn_start, self.lsn_end), self.gen_suffix
         )
 
 
@@ -110,7 +127,7 @@ class ImageLayerName:
         return self.lsn > disk_consistent_lsn
 
     def __str__(self) -> str:
-        return f"{self.key_start}-{self.key_end}__{self.lsn:016X}{self.gen_suffix}"
+        return layer_name_text(self.key_start, self.key_end, (self.lsn,), self.gen_suffix)
 
 
 LayerName = DeltaLayerName | ImageLayerName

@@ -11,15 +11,16 @@ import struct
 from dataclasses import dataclass
 from typing import ClassVar, Final
 
-from pageserver.layers.key import Key, Lsn, TenantId, TimelineId
+from pageserver.layers.blob_io import PAGE_SZ
+from pageserver.layers.key import ID_SIZE, KEY_SIZE, Key, Lsn, TenantId, TimelineId
 
-PAGE_SZ: Final = 8192
 STORAGE_FORMAT_VERSION: Final = 3
 DELTA_FILE_MAGIC: Final = 0x5A61
 IMAGE_FILE_MAGIC: Final = 0x5A60
 
-_DELTA = struct.Struct(">HH16s16s18s18sQQII")
-_IMAGE = struct.Struct(">HH16s16s18s18sQII")
+_HEAD = f">HH{ID_SIZE}s{ID_SIZE}s{KEY_SIZE}s{KEY_SIZE}s"  # magic, version, ids, key range
+_DELTA = struct.Struct(_HEAD + "QQII")
+_IMAGE = struct.Struct(_HEAD + "QII")
 DELTA_SUMMARY_SIZE: Final = _DELTA.size  # 96
 IMAGE_SUMMARY_SIZE: Final = _IMAGE.size  # 88
 

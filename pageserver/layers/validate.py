@@ -16,9 +16,9 @@ from __future__ import annotations
 import os
 
 from pageserver.io import IoContext
-from pageserver.layers.common import LayerFileError, open_layer_file, run_cleanup
+from pageserver.layers.common import LayerFileError, index_key_size, open_layer_file, run_cleanup
 from pageserver.layers.disk_btree import BtreeError, Node
-from pageserver.layers.key import KEY_SIZE, TenantId, TimelineId
+from pageserver.layers.key import TenantId, TimelineId
 from pageserver.layers.layer_name import DeltaLayerName, LayerName, LayerNameError, parse_layer_name
 from pageserver.layers.summary import DeltaSummary, ImageSummary, Summary
 
@@ -73,10 +73,9 @@ async def validate_layer_file(
             raise LayerFileError(
                 f"{path}: belongs to timeline {summary.timeline_id}, not {timeline_id}"
             )
-        key_len = KEY_SIZE + 8 if isinstance(summary, DeltaSummary) else KEY_SIZE
         root = await reader.read_page(summary.index_start_blk + summary.index_root_blk)
         try:
-            Node(root, key_len)
+            Node(root, index_key_size(summary))
         except BtreeError as e:
             raise LayerFileError(f"{path}: B-tree root: {e}") from None
         return name, summary, reader.file_size
