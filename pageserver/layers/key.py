@@ -84,11 +84,10 @@ class Key(bytes):
     def hex_upper(self) -> str:
         return self.hex().upper()
 
-    def __str__(self) -> str:
-        return self.hex().upper()
+    __str__ = hex_upper
 
     def __repr__(self) -> str:
-        return f"Key({self.hex().upper()})"
+        return f"Key({self})"
 
 
 Key.MIN = Key(bytes(KEY_SIZE))
@@ -123,8 +122,7 @@ class Lsn(int):
         return f"{int(self):016X}"
 
     def __str__(self) -> str:
-        v = int(self)
-        return f"{v >> 32:X}/{v & 0xFFFFFFFF:X}"
+        return lsn_str(self)
 
     def __repr__(self) -> str:
         return f"Lsn({self})"

@@ -27,14 +27,11 @@ from __future__ import annotations
 
 import struct
 
+from pageserver.layers.value import TAG_IMAGE, TAG_WAL_RECORD, WAL_TAG_POSTGRES, WAL_TAG_TEST
+
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _U32U64 = struct.Struct(">IQ")
-
-TAG_IMAGE = 0
-TAG_WAL_RECORD = 1
-WAL_TAG_POSTGRES = 0
-WAL_TAG_TEST = 8
 
 
 def _utf8_ok(b: bytes, start: int, end: int) -> bool:

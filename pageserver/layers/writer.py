@@ -1,10 +1,10 @@
 """The writing protocol of layer files, shared by the delta and the image layer writer.
 
-:class:`LayerFileWriter` is the file half (SPEC section 4): temp file
-``<stem>.<n:x>.___temp`` created with ``O_EXCL``, buffered appends from offset 8192, pad,
-index, summary, fsync, rename without replacing, fsync the directory; and on any failure
-(including trio cancellation and, under std-fs, :class:`~pageserver.io.JobCancelled`)
-removal of whatever it created.
+:class:`LayerFileWriter` is the file half (SPEC section 4): temp file ``<stem>.<n:x>``
+plus :data:`~pageserver.io.TEMP_SUFFIX` created with ``O_EXCL``, buffered appends from
+offset 8192, pad, index, summary, fsync, rename without replacing, fsync the directory;
+and on any failure (including trio cancellation and, under std-fs,
+:class:`~pageserver.io.JobCancelled`) removal of whatever it created.
 
 :class:`LayerWriter` is what :class:`~pageserver.layers.delta_layer.DeltaLayerWriter` and
 :class:`~pageserver.layers.image_layer.ImageLayerWriter` share on top of it: the one
