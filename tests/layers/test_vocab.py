@@ -12,9 +12,14 @@ from hypothesis import strategies as st
 from pageserver.layers.blob_io import (
     BYTE_UNCOMPRESSED,
     BYTE_ZSTD,
+    COMPRESSION_DISABLED,
+    COMPRESSION_ZSTD,
     MAX_BLOB_LEN,
+    PAGE_SZ,
     BlobError,
+    BlobWriter,
     decode_blob_header,
+    decompress,
     encode_blob_header,
 )
 from pageserver.layers.key import InvalidId, Key, Lsn, TenantId, TimelineId
@@ -22,6 +27,7 @@ from pageserver.layers.layer_name import (
     DeltaLayerName,
     ImageLayerName,
     LayerNameError,
+    layer_name_text,
     parse_layer_name,
 )
 from pageserver.layers.value import (
@@ -201,7 +207,69 @@ def test_blob_header_boundaries() -> None:
         decode_blob_header(b"\x80\x00")  # truncated 4-byte header
 
 
+def test_blob_header_decodes_at_an_offset() -> None:
+    buf = b"junk" + encode_blob_header(5) + b"hello" + encode_blob_header(300)
+    assert decode_blob_header(buf, 4) == (1, 5, BYTE_UNCOMPRESSED)
+    assert decode_blob_header(buf, 10) == (4, 300, BYTE_UNCOMPRESSED)
+    with pytest.raises(BlobError):
+        decode_blob_header(buf, len(buf))
+
+
+class _ListWriter:
+    """The two things a BlobWriter uses of a BufferedWriter: ``offset`` and ``write``."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.offset = PAGE_SZ
+
+    async def write(self, data: bytes | bytearray | memoryview) -> int:
+        start = self.offset
+        self.data += data
+        self.offset += len(data)
+        return start
+
+
+BLOBS = [b"", b"a", b"x" * 127, b"y" * 128, bytes(range(256)) * 40, b"z" * 5000]
+
+
+@pytest.mark.parametrize("compression", [COMPRESSION_DISABLED, COMPRESSION_ZSTD])
+async def test_blob_writer_staged_and_direct_agree_with_the_codec(compression: str) -> None:
+    staged, direct = _ListWriter(), _ListWriter()
+    sw = BlobWriter(staged, compression)  # type: ignore[arg-type]
+    dw = BlobWriter(direct, compression)  # type: ignore[arg-type]
+    offsets = [sw.stage_blob(b) for b in BLOBS]
+    assert staged.data == b""  # staging does no I/O
+    await sw.flush()
+    assert [await dw.write_blob(b) for b in BLOBS] == offsets
+    assert staged.data == direct.data and sw.offset == dw.offset == staged.offset
+    # Every blob is its codec header and its stored bytes, back to back.
+    pos = 0
+    for off, blob in zip(offsets, BLOBS, strict=True):
+        assert off == PAGE_SZ + pos
+        hdr_len, data_len, bits = decode_blob_header(staged.data, pos)
+        stored = bytes(staged.data[pos + hdr_len : pos + hdr_len + data_len])
+        assert staged.data[pos : pos + hdr_len] == encode_blob_header(data_len, bits)
+        assert (decompress(stored) if bits == BYTE_ZSTD else stored) == blob
+        if compression == COMPRESSION_DISABLED or len(blob) < 128:
+            assert bits == BYTE_UNCOMPRESSED
+        pos += hdr_len + data_len
+    assert pos == len(staged.data)
+
+
+def test_blob_writer_refuses_unknown_compression() -> None:
+    with pytest.raises(ValueError):
+        BlobWriter(_ListWriter(), "lz4")  # type: ignore[arg-type]
+
+
 # -- layer names ---------------------------------------------------------------------------
+
+
+def test_temp_stems_are_spelt_like_layer_names() -> None:
+    ks, ke = Key.from_int(1), Key.from_int(2)
+    assert layer_name_text(ks, None, (Lsn(16), None)) == f"{ks}-XXX__{16:016X}-XXX"
+    assert layer_name_text(ks, ke, (Lsn(16),)) == str(ImageLayerName(ks, ke, Lsn(16)))
+    d = DeltaLayerName(ks, ke, Lsn(1), Lsn(2), "-v1-00000001")
+    assert layer_name_text(ks, ke, (Lsn(1), Lsn(2)), "-v1-00000001") == str(d)
 
 
 def test_every_neon_layer_name_round_trips() -> None:
