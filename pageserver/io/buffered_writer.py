@@ -16,6 +16,16 @@ to plain synchronous writes without a special case.
 Reads. The logical file is the bytes on disk followed by the bytes still in the current
 buffer (and in buffers in flight). :meth:`read_at` serves the part that is not yet on
 disk from memory, so a reader never sees a hole or stale bytes.
+
+Failed writes. A write error that reaches the writer is one the process survives (EIO,
+EROFS and EACCES abort in :mod:`virtual_file` before they get here): a full disk (ENOSPC,
+EDQUOT), say. The buffer whose write failed is kept, in memory, as *unwritten*: reads
+still see its bytes, and the next :meth:`write` or :meth:`finish` first writes it again at
+its offset (a plain ``pwrite`` of the same bytes, safe to repeat; this is not an fsync
+retry, which is never done). So the caller of the failing call gets the error -- an
+ingest batch is rejected -- while everything appended before stays intact, and the writer
+goes on once the space is back. Only other exceptions (a bug, a cancelled job) make the
+writer unusable.
 """
 
 from __future__ import annotations
@@ -54,8 +64,11 @@ class BufferedWriter:
         #: Writes in flight, oldest first: (absolute offset, buffer, length, pending).
         self._inflight: deque[tuple[int, bytearray, int, PendingWrite]] = deque()
         self._closed = False
-        #: The first write error: the writer is unusable after it (see ``_fail``).
+        #: An error that made the writer unusable (see the module docstring).
         self._error: BaseException | None = None
+        #: Buffers whose write failed with an OSError, oldest first: (offset, buf, length).
+        #: Written again before anything else; served from memory by ``read_at`` meanwhile.
+        self._unwritten: list[tuple[int, bytearray, int]] = []
 
     @property
     def offset(self) -> int:
@@ -65,9 +78,26 @@ class BufferedWriter:
     @property
     def durable_offset(self) -> int:
         """Bytes below this offset have been handed to (and completed by) the kernel."""
+        firsts = [self._buf_offset]
         if self._inflight:
-            return self._inflight[0][0]
-        return self._buf_offset
+            firsts.append(self._inflight[0][0])
+        if self._unwritten:
+            firsts.append(self._unwritten[0][0])
+        return min(firsts)
+
+    @property
+    def broken(self) -> BaseException | None:
+        """The error that made the writer unusable, or None (a failed write that can be
+        written again does not count: see the module docstring)."""
+        return self._error
+
+    async def _write_unwritten(self) -> None:
+        """Write the buffers whose earlier write failed, oldest first; raises if one fails
+        again (it stays unwritten)."""
+        while self._unwritten:
+            off, buf, length = self._unwritten[0]
+            await self.file.write_all_at(memoryview(buf)[:length], off)
+            self._unwritten.pop(0)
 
     def _check(self) -> None:
         if self._error is not None:
@@ -77,9 +107,15 @@ class BufferedWriter:
             )
 
     async def write(self, data: bytes | bytearray | memoryview) -> int:
-        """Append ``data``; return the absolute offset where it starts."""
+        """Append ``data``; return the absolute offset where it starts.
+
+        On an error some of ``data`` may have been appended (bytes no offset was handed
+        out for); the bytes of earlier calls are kept (see the module docstring).
+        """
         if self._error is not None:
             self._check()
+        if self._unwritten:
+            await self._write_unwritten()
         start = self._buf_offset + self._fill
         n = len(data)
         room = self.buffer_size - self._fill
@@ -111,25 +147,45 @@ class BufferedWriter:
         offset = self._buf_offset
         while len(self._inflight) >= self._depth:
             await self._complete_oldest()
-        pending = await self.file.start_write_all_at(memoryview(buf)[:length], offset)
+        try:
+            pending = await self.file.start_write_all_at(memoryview(buf)[:length], offset)
+        except OSError:
+            # Not started: the buffer is handed over as unwritten, like a failed write.
+            self._unwritten.append((offset, buf, length))
+            self._next_buffer(offset + length)
+            raise
         self._inflight.append((offset, buf, length, pending))
+        self._next_buffer(offset + length)
         if len(self._inflight) >= self._depth:
             # Keep at most ``depth`` writes in flight: with depth one (std-fs) this makes
             # every write complete here, before the buffer is filled again.
             await self._complete_oldest()
+
+    def _next_buffer(self, offset: int) -> None:
         self._buf = self._free.pop() if self._free else bytearray(self.buffer_size)
-        self._buf_offset = offset + length
+        self._buf_offset = offset
         self._fill = 0
 
-    async def _complete_oldest(self) -> None:
-        _off, buf, _length, pending = self._inflight[0]
+    async def _complete_oldest(self, *, rewrite: bool = True) -> None:
+        off, buf, length, pending = self._inflight[0]
         try:
             await pending.wait()
+        except OSError:
+            # The bytes stay in memory as unwritten (module docstring); the buffer is not
+            # reused until they are written. The write may have failed a while ago (the
+            # kernel reports write-behind late), so write it again now: if the space is
+            # back, the caller never notices; if not, the error goes up.
+            self._inflight.popleft()
+            self._unwritten.append((off, buf, length))
+            self._unwritten.sort(key=lambda u: u[0])
+            if not rewrite:
+                raise
+            await self._write_unwritten()
+            return
         except BaseException as e:
-            # A failed write leaves a hole where bytes already handed out (their offsets
-            # reported, maybe indexed) should be. Nothing after it can be trusted: every
-            # later write and read raises. The buffer is not reused (it may still be
-            # ``_buf`` or be read by ``read_at``).
+            # Anything else (a cancelled job, a bug): the state of the file is unknown, so
+            # nothing after it can be trusted: every later write and read raises. The
+            # buffer is not reused (``read_at`` may still be reading it).
             self._inflight.popleft()
             if self._error is None:
                 self._error = e
@@ -156,7 +212,13 @@ class BufferedWriter:
             await self.write(bytes(alignment - rem))
 
     async def finish(self) -> int:
-        """Write the last (partial) buffer, wait for all writes; return the file length."""
+        """Write the last (partial) buffer, wait for all writes; return the file length.
+
+        After an error it may be called again: what failed is written again first.
+        """
+        self._check()
+        if self._unwritten:
+            await self._write_unwritten()
         if self._fill:
             await self._submit(self._fill)
         await self._drain()
@@ -171,9 +233,10 @@ class BufferedWriter:
         """
         while self._inflight:
             try:
-                await self._complete_oldest()
+                await self._complete_oldest(rewrite=False)
             except BaseException:  # noqa: BLE001 - see docstring
                 pass
+        self._unwritten.clear()
         self._closed = True
 
     async def read_at(self, offset: int, n: int) -> bytes:
@@ -194,7 +257,21 @@ class BufferedWriter:
             i = offset - buf_off
             return bytes(self._buf[i : i + n])
         out = bytearray(n)
-        disk_end = min(end, self.durable_offset)
+        # On disk: everything below the first buffer in flight (or the current one),
+        # except the unwritten buffers, which only memory has.
+        disk_end = min(end, self._inflight[0][0] if self._inflight else buf_off)
+        disk_ranges = []
+        pos = offset
+        for off, buf, length in list(self._unwritten):
+            lo = max(offset, off)
+            hi = min(end, off + length)
+            if lo < hi:
+                out[lo - offset : hi - offset] = buf[lo - off : hi - off]
+            if pos < min(off, disk_end):
+                disk_ranges.append((pos, min(off, disk_end)))
+            pos = max(pos, off + length)
+        if pos < disk_end:
+            disk_ranges.append((pos, disk_end))
         for off, buf, length, _p in self._inflight:
             lo = max(offset, off)
             hi = min(end, off + length)
@@ -203,7 +280,8 @@ class BufferedWriter:
         if end > buf_off:
             lo = max(offset, buf_off)
             out[lo - offset :] = self._buf[lo - buf_off : end - buf_off]
-        if offset < disk_end:
-            await self.file.read_exact_at_into(memoryview(out)[: disk_end - offset], offset)
+        view = memoryview(out)
+        for lo, hi in disk_ranges:
+            await self.file.read_exact_at_into(view[lo - offset : hi - offset], lo)
         self._check()
         return bytes(out)

@@ -45,6 +45,11 @@ class EphemeralFile:
         return cls(ctx, path, vf)
 
     @property
+    def broken(self) -> BaseException | None:
+        """The error that made the file unusable (not a full disk: see BufferedWriter)."""
+        return self._writer.broken
+
+    @property
     def size(self) -> int:
         """Bytes appended so far."""
         return self._writer.offset

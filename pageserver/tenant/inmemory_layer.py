@@ -59,8 +59,6 @@ class InMemoryLayer:
         #: Reads in progress; the ephemeral file is deleted only once none is left.
         self.readers = 0
         self._no_readers: trio.Event | None = None
-        #: The error of a failed write; the layer is unusable after it (``check_usable``).
-        self.broken: BaseException | None = None
 
     @classmethod
     async def create(cls, ctx: IoContext, timeline_dir: str, seq: int, start_lsn: int) -> InMemoryLayer:
@@ -75,6 +73,16 @@ class InMemoryLayer:
     def size(self) -> int:
         """Bytes of values appended so far (what ``checkpoint_distance`` compares with)."""
         return self._file.size
+
+    @property
+    def broken(self) -> BaseException | None:
+        """The error that made the ephemeral file unusable (``check_usable``), or None.
+
+        A full disk does not: the append that failed is refused, what was appended before
+        stays (in memory until it can be written), and appends go on once there is space
+        (see :mod:`pageserver.io`'s buffered writer).
+        """
+        return self._file.broken
 
     @property
     def is_empty(self) -> bool:
@@ -97,11 +105,7 @@ class InMemoryLayer:
         self.check_usable()
         # One append for the whole batch: a single copy into the writer instead of an
         # await per record; offsets follow from the running sum of lengths.
-        try:
-            off = await self._file.append(b"".join([r[2] for r in records]))
-        except BaseException as e:
-            self.broken = e
-            raise
+        off = await self._file.append(b"".join([r[2] for r in records]))
         index = self.index
         pack = _pack_entry
         for key, lsn, value, will_init in records:
@@ -124,9 +128,10 @@ class InMemoryLayer:
     def check_usable(self) -> None:
         """Raise if an earlier write to the ephemeral file failed.
 
-        A failed append leaves a hole under offsets that were already handed out, so the
-        layer can neither take more records nor be flushed: its records (received, never
-        reported durable) are given up, and the timeline refuses writes until a restart.
+        Only an error the writer cannot recover from (not a full disk) does: the file's
+        state is then unknown, so the layer can neither take more records nor be flushed:
+        its records (received, never reported durable) are given up, and the timeline
+        refuses writes until a restart.
         """
         if self.broken is not None:
             raise OSError(
@@ -145,11 +150,7 @@ class InMemoryLayer:
         assert self.end_lsn is None
         assert end_lsn > self.max_lsn
         self.check_usable()
-        try:
-            await self._file.finish()
-        except BaseException as e:
-            self.broken = e
-            raise
+        await self._file.finish()  # after a full disk: raises, and may be called again
         self.end_lsn = end_lsn
 
     # -- reads ----------------------------------------------------------------------------

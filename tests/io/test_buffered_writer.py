@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pageserver import failpoints
 from pageserver.io import BufferedWriter, IoContext, VirtualFile
 
 BUF = 64 * 1024
@@ -111,3 +112,35 @@ async def test_buffer_size_minimum(io_ctx: IoContext, tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         BufferedWriter(vf, 4096)
     await vf.close()
+
+
+async def test_full_disk_keeps_appended_bytes_and_resumes(io_ctx: IoContext, tmp_path: Path) -> None:
+    """A write error the process survives (ENOSPC) fails the call that hit it; every byte
+    appended before stays readable (from memory), and once writes succeed again the file
+    holds the whole logical content, the failed buffers written again at their offsets."""
+    path = str(tmp_path / "bw")
+    vf = await io_ctx.create(path)
+    w = BufferedWriter(vf, BUF)
+    logical = bytearray()
+    a = bytes(range(256)) * 800  # 200 KiB: three full buffers written
+    assert await w.write(a) == 0
+    logical += a
+    failpoints.configure({"virtual-file-write": "return(28)"})
+    b = b"\x07" * (5 * BUF)
+    for _ in range(3):
+        with pytest.raises(OSError) as ei:
+            await w.write(b)
+        assert ei.value.errno == 28
+        assert w.broken is None  # not poisoned: a full disk is survivable
+    # Whatever part of the failed calls went in is part of the logical file; nothing
+    # before it was lost, and every byte reads back (from memory where not on disk).
+    logical += b"\x07" * (w.offset - len(logical))
+    assert await w.read_at(0, w.offset) == bytes(logical)
+    failpoints.clear()
+    c = b"after" * 30_000
+    off_c = await w.write(c)
+    assert off_c == len(logical)
+    logical += c
+    assert await w.finish() == len(logical)
+    with open(path, "rb") as f:
+        assert f.read() == bytes(logical)

@@ -8,7 +8,8 @@ import pytest
 import trio
 
 from pageserver import failpoints
-from pageserver.errors import PageserverError, ShuttingDown
+from pageserver.errors import ShuttingDown
+from tests.helpers.fs import fill, small_tmpfs
 from tests.helpers.tenant import TENANT, TIMELINE, config, image, key, manager
 
 
@@ -32,30 +33,37 @@ async def test_get_during_a_slow_freeze(engine_kind: str, tmp_path: Path) -> Non
         assert all(got[i] == bytes([i]) * 3000 for i in range(60))
 
 
-async def test_failed_write_breaks_timeline_cleanly(engine_kind: str, tmp_path: Path) -> None:
+async def test_full_disk_in_the_open_layer_is_survived_without_restart(
+    engine_kind: str, tmp_path: Path
+) -> None:
+    """Issue 11.4: ENOSPC in the ephemeral write rejects the call that hit it, keeps every
+    acknowledged record, and writes go on once there is space (it used to break the
+    timeline until a restart)."""
     async with manager(engine_kind, tmp_path) as mgr:
         await mgr.create_tenant(TENANT)
         await mgr.create_timeline(TENANT, TIMELINE, start_lsn=100)
         await mgr.put(TENANT, TIMELINE, [(key(1), 101, image(b"durable"))])
         assert await mgr.flush(TENANT, TIMELINE) == 101
-        await mgr.put(TENANT, TIMELINE, [(key(2), 102, image(b"lost"))])
+        await mgr.put(TENANT, TIMELINE, [(key(2), 102, image(b"acknowledged"))])
         failpoints.configure({"virtual-file-write": "return(28)"})  # the disk is full
         with pytest.raises(OSError):
             await mgr.flush(TENANT, TIMELINE)
-        failpoints.clear()
-        # Clear refusals, not assertion errors; durable data stays readable.
-        with pytest.raises(PageserverError, match="broken"):
-            await mgr.put(TENANT, TIMELINE, [(key(3), 103, image(b"x"))])
-        with pytest.raises(PageserverError, match="broken"):
-            await mgr.flush(TENANT, TIMELINE)
+        # Still full: a put that needs the disk is refused; reads see everything acknowledged.
+        with pytest.raises(OSError):
+            await mgr.put(TENANT, TIMELINE, [(key(3), 103, image(b"y" * 70_000))])
+        assert await mgr.get(TENANT, TIMELINE, key(2), 102) == b"acknowledged"
         assert await mgr.get(TENANT, TIMELINE, key(1), 101) == b"durable"
-    # Graceful stop completed; a restart starts from the durable state.
+        failpoints.clear()  # space is back
+        await mgr.put(TENANT, TIMELINE, [(key(3), 103, image(b"x"))])
+        assert await mgr.flush(TENANT, TIMELINE) == 103
+        assert await mgr.get(TENANT, TIMELINE, key(2), 103) == b"acknowledged"
+        assert await mgr.get(TENANT, TIMELINE, key(3), 103) == b"x"
+    # Graceful stop completed; a restart keeps everything.
     async with manager(engine_kind, tmp_path) as mgr:
         st = mgr.status()[0]["timelines"][0]
-        assert st["disk_consistent_lsn"] == st["last_record_lsn"] == 101
-        assert await mgr.get(TENANT, TIMELINE, key(2), 101) is None
-        await mgr.put(TENANT, TIMELINE, [(key(2), 102, image(b"again"))])
-        assert await mgr.flush(TENANT, TIMELINE) == 102
+        assert st["disk_consistent_lsn"] == st["last_record_lsn"] == 103
+        assert await mgr.get(TENANT, TIMELINE, key(2), 103) == b"acknowledged"
+        assert await mgr.get(TENANT, TIMELINE, key(1), 101) == b"durable"
 
 
 async def test_shutdown_not_blocked_by_backpressured_put(engine_kind: str, tmp_path: Path) -> None:
@@ -79,3 +87,44 @@ async def test_shutdown_not_blocked_by_backpressured_put(engine_kind: str, tmp_p
                 await mgr.shutdown(flush=False)
         failpoints.clear()
         assert outcome == ["shutting_down"]
+
+
+async def test_real_full_tmpfs_rejects_then_resumes(engine_kind: str) -> None:
+    """A real full file system (a 4 MiB tmpfs), not a failpoint: ingest until a put is
+    refused, free space, go on; every acknowledged record reads back, also after a
+    restart."""
+    with small_tmpfs("4m") as mnt:
+        data = mnt / "d"
+        model: dict[bytes, tuple[int, bytes]] = {}
+        async with manager(engine_kind, data) as mgr:
+            await mgr.create_tenant(TENANT)
+            await mgr.create_timeline(TENANT, TIMELINE, start_lsn=100)
+            filler = mnt / "filler"
+            fill(filler)
+            lsn = 101
+            refused = 0
+            for i in range(400):  # 400 x 3 KB is far more than the room left
+                value = bytes([i % 251]) * 3000
+                try:
+                    await mgr.put(TENANT, TIMELINE, [(key(i), lsn, image(value))])
+                except OSError as e:
+                    assert e.errno == 28, e
+                    refused += 1
+                    if refused >= 3:
+                        break
+                    continue
+                model[key(i)] = (lsn, value)
+                lsn += 1
+            assert refused >= 3, "the disk never filled"
+            for k, (at, value) in model.items():  # acknowledged: readable while full
+                assert await mgr.get(TENANT, TIMELINE, k, at) == value
+            filler.unlink()
+            for i in range(400, 420):
+                value = bytes([i % 251]) * 3000
+                await mgr.put(TENANT, TIMELINE, [(key(i), lsn, image(value))])
+                model[key(i)] = (lsn, value)
+                lsn += 1
+            assert await mgr.flush(TENANT, TIMELINE) == lsn - 1
+        async with manager(engine_kind, data) as mgr:
+            for k, (_at, value) in model.items():
+                assert await mgr.get(TENANT, TIMELINE, k, lsn - 1) == value
