@@ -1,0 +1,45 @@
+"""Run ``scripts/crashloop.py`` / ``scripts/faults.py`` as subprocesses and parse their JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+
+
+def run_script(name: str, *args: str, timeout: float = 300) -> dict[str, Any]:
+    """Run ``scripts/<name> ARGS --json``; returns the JSON object, with ``_returncode``."""
+    p = subprocess.run(
+        [sys.executable, str(SCRIPTS / name), *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=str(SCRIPTS.parent),
+    )
+    try:
+        result: dict[str, Any] = json.loads(p.stdout)
+    except ValueError:
+        pytest.fail(f"{name} {' '.join(args)} exited {p.returncode} without JSON:\n{p.stdout}\n{p.stderr[-5000:]}")
+    result["_returncode"] = p.returncode
+    result["_stderr"] = p.stderr[-3000:]
+    return result
+
+
+def skip_or_fail(reason: str) -> None:
+    """Where the machine refuses a mount: skip, but fail under CI (CI=true), whose machine
+    allows it."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"refused under CI=true, which must allow it: {reason}")
+    pytest.skip(reason)
+
+
+def describe_failures(result: dict[str, Any]) -> str:
+    lines = [f"{f.get('invariant')}: {str(f.get('detail'))[:1500]}" for f in result.get("failures", [])]
+    return "\n".join(lines) or "(no invariant failures)"

@@ -1,0 +1,50 @@
+"""Real faults (``scripts/faults.py --short``) on each io engine: a full tmpfs, a full
+loop-mounted ext4, and an ext4 shut down under the daemon (EIO).
+
+They need root and loop devices; where the machine refuses a mount the script reports
+``skipped``, and the test skips, except under ``CI=true`` where it fails.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.reliability._scripts import describe_failures, run_script, skip_or_fail
+
+
+def _run(engine_kind: str, kind: str) -> dict:  # type: ignore[type-arg]
+    r = run_script("faults.py", "--engine", engine_kind, "--kind", kind, "--short", "--seed", "7")
+    if r["skipped"]:
+        skip_or_fail(r["skipped"])
+    assert r["failures"] == [], describe_failures(r)
+    assert r["lost"] == 0
+    assert r["ok"] and r["_returncode"] == 0, r["_stderr"]
+    assert r["engine"] == engine_kind and r["rounds"] == 1
+    assert r["records_verified"] > 500
+    assert r["resumed_after_restart"] == 1
+    return r["round_results"][0]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("kind", ["enospc-tmpfs", "enospc-ext4"])
+def test_full_disk(engine_kind: str, kind: str) -> None:
+    rnd = _run(engine_kind, kind)
+    # The client saw the full disk as an error naming ENOSPC; the daemon survived it.
+    assert rnd["first_error"] is not None
+    assert rnd["error_mentions_enospc"], rnd["first_error"]
+    assert rnd["daemon_survived_enospc"]
+    # Reported, not asserted: whether writes resumed without a restart.
+    assert rnd["writes_resumed_without_restart"] in (True, False)
+    restart = rnd["restart"]
+    assert restart["dcl_after_restart"] >= rnd["dcl_reported_before_full"]
+    assert restart["dcl_after_resume"] > restart["dcl_after_restart"]
+
+
+def test_eio_aborts_and_keeps_durable(engine_kind: str) -> None:
+    rnd = _run(engine_kind, "eio-ext4")
+    assert rnd["at"] == "ingest"
+    assert rnd["daemon_aborted"], rnd
+    assert rnd["daemon_exit_status"] == -6
+    assert "fatal io error" in rnd["fatal_log_line"] and "errno=5" in rnd["fatal_log_line"]
+    restart = rnd["restart"]
+    assert restart["dcl_after_restart"] >= rnd["dcl_reported_before_shutdown"] > 0
+    assert restart["resumed"]
