@@ -121,6 +121,12 @@ def tenant_overrides_to_toml(overrides: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: SPEC section 2's default ``max_frame_bytes`` (the wire's decoders default to it too).
+DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
+#: The values of ``image_compression`` (the blob writer names them too: layers/blob_io).
+IMAGE_COMPRESSION_KINDS = ("disabled", "zstd")
+
+
 @dataclass(frozen=True)
 class PageserverConfig:
     listen_addr: str = "127.0.0.1:6400"
@@ -129,9 +135,9 @@ class PageserverConfig:
     virtual_file_io_engine: str = "auto"
     max_file_descriptors: int = 100
     no_sync: bool = False
-    max_frame_bytes: int = 16_777_216
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     auth_token: str | None = None
-    image_compression: str = "disabled"
+    image_compression: str = IMAGE_COMPRESSION_KINDS[0]
     tenant_config: TenantConfig = field(default_factory=TenantConfig)
 
 
@@ -185,7 +191,7 @@ def _check_value(name: str, kind: str, value: Any) -> Any:
             return normalize_engine_kind(value)
         except ValueError as e:
             raise ConfigError(f"config key {name!r}: {e}") from None
-    if kind == "compression" and value not in ("disabled", "zstd"):
+    if kind == "compression" and value not in IMAGE_COMPRESSION_KINDS:
         raise ConfigError(f"config key {name!r} must be 'disabled' or 'zstd', got {value!r}")
     return value
 

@@ -64,8 +64,7 @@ def child(args: argparse.Namespace) -> None:
                 await mgr.flush(tenant, timeline)
                 t_total = time.perf_counter() - t0
                 layers = mgr.status()[0]["timelines"][0]["layers"]
-        await ctx.aclose()
-        await engine.aclose()
+        await ctx.aclose()  # closes the engine too
         return {
             "records": count,
             "ingest_s": t_ingest,

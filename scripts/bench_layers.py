@@ -153,8 +153,7 @@ async def bench_engine(
                 os.unlink(raw)
             del keys
     finally:
-        await ctx.aclose()
-        await engine.aclose()
+        await ctx.aclose()  # closes the engine too
     return out
 
 

@@ -41,7 +41,6 @@ from pageserver.client import Client, ConnectionLost, PutBatch
 from pageserver.client.feed import FeedGenerator
 from pageserver.config import ENGINE_ENV_VAR, PageserverConfig
 from pageserver.io import (
-    TEMP_SUFFIX,
     FileStat,
     IoContext,
     IoEngine,
@@ -49,6 +48,7 @@ from pageserver.io import (
     create_engine,
     drive_to_completion,
 )
+from pageserver.layers.layer_name import try_parse_layer_name
 from pageserver.layers.value import Image, encode_value
 from pageserver.logging import configure_logging
 from pageserver.tenant.manager import TenantManager
@@ -211,13 +211,13 @@ class FlushResult:
 
 
 def _layer_bytes(timeline_dir: str) -> int:
-    """Bytes of the layer files in a timeline directory (not metadata/ephemeral/temp)."""
-    total = 0
-    for name in os.listdir(timeline_dir):
-        if name == "metadata" or name.startswith("ephemeral-") or name.endswith(TEMP_SUFFIX):
-            continue
-        total += os.path.getsize(os.path.join(timeline_dir, name))
-    return total
+    """Bytes of the layer files in a timeline directory (names that parse as layer names:
+    not metadata, ephemeral or temp files)."""
+    return sum(
+        os.path.getsize(os.path.join(timeline_dir, name))
+        for name in os.listdir(timeline_dir)
+        if try_parse_layer_name(name) is not None
+    )
 
 
 async def _flush_bench_async(
@@ -275,8 +275,7 @@ async def _flush_bench_async(
                 layers = int(mgr.status()[0]["timelines"][0]["layers"]["l0"])
             nursery.cancel_scope.cancel()
     finally:
-        await ctx.aclose()
-        await engine.aclose()
+        await ctx.aclose()  # closes the engine too
         shutil.rmtree(data_dir, ignore_errors=True)
     return FlushResult(kind, layer_bytes, seconds, layers, ticker.take(), idle)
 

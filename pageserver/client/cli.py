@@ -47,8 +47,7 @@ from pageserver.layers.batch import PutRecord
 from pageserver.layers.key import Key, Lsn, TenantId, TimelineId, lsn_str, parse_id_text
 from pageserver.layers.value import Image, TestRecord, encode_value
 
-# FeedGenerator: tests/helpers and tests/e2e still import it from here (its home is .feed).
-__all__ = ["FeedGenerator", "parse_config_pair", "parse_id", "parse_key", "parse_lsn", "register"]
+__all__ = ["parse_config_pair", "parse_id", "parse_key", "parse_lsn", "register"]
 
 
 class CliError(Exception):

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Final
 
 import zstandard
 
+from pageserver.config import IMAGE_COMPRESSION_KINDS
+
 if TYPE_CHECKING:
     from pageserver.io import BufferedWriter, VirtualFile
 
@@ -46,9 +48,10 @@ STAGING_BYTES: Final = 256 * 1024
 #: Neon's zstd encoder runs at the library default level.
 ZSTD_LEVEL: Final = 3
 
-COMPRESSION_DISABLED: Final = "disabled"
-COMPRESSION_ZSTD: Final = "zstd"
-COMPRESSION_KINDS: Final = (COMPRESSION_DISABLED, COMPRESSION_ZSTD)
+#: ``image_compression``'s values; their one home is the config (IMAGE_COMPRESSION_KINDS).
+COMPRESSION_KINDS: Final = IMAGE_COMPRESSION_KINDS
+COMPRESSION_DISABLED: Final = COMPRESSION_KINDS[0]
+COMPRESSION_ZSTD: Final = COMPRESSION_KINDS[1]
 
 _U32 = struct.Struct(">I")
 #: The one-byte headers, prebuilt: a header is encoded once per value written.

@@ -81,8 +81,7 @@ def _run(fn: Callable[[IoContext], Awaitable[int]]) -> int:
         try:
             return await fn(ctx)
         finally:
-            await ctx.aclose()
-            await engine.aclose()
+            await ctx.aclose()  # closes the engine too
 
     return trio.run(main)
 

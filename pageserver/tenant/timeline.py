@@ -32,7 +32,7 @@ import structlog
 import trio
 
 from pageserver import failpoints, metrics
-from pageserver.config import TenantConfig
+from pageserver.config import PageserverConfig, TenantConfig
 from pageserver.errors import (
     BadRequest,
     CorruptLayer,
@@ -119,7 +119,7 @@ class Timeline:
         #: One compaction at a time per timeline (the background loop and ``compact``).
         self._compaction_lock = trio.Lock()
         #: ``image_compression`` of the pageserver config (set by the tenant manager).
-        self.image_compression = "disabled"
+        self.image_compression = PageserverConfig.image_compression
         self._ephemeral_seq = 0
         #: Set (and replaced) whenever the flush task made progress or failed.
         self._progress = trio.Event()

@@ -15,6 +15,7 @@ from typing import Final, Literal
 
 import msgpack
 
+from pageserver.config import DEFAULT_MAX_FRAME_BYTES
 from pageserver.wire.errors import ErrorCode, ProtocolError
 
 __all__ = [
@@ -30,8 +31,6 @@ __all__ = [
 ]
 
 
-DEFAULT_MAX_FRAME_BYTES: Final = 16 * 1024 * 1024
-"""SPEC section 2's default ``max_frame_bytes``."""
 
 HEADER_LEN: Final = 4
 

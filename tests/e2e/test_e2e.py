@@ -20,7 +20,7 @@ import pytest
 import trio
 
 from pageserver.client import Client
-from pageserver.client.cli import FeedGenerator
+from pageserver.client.feed import FeedGenerator
 from tests.helpers.daemon import PAGESERVER, Daemon, FeedModel
 
 COUNT = 100_000

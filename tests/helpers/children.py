@@ -32,8 +32,7 @@ async def crashsafe_loop(path: str, first: int, last: int) -> None:
         content = bytes([version % 256]) * (100_000 + version)
         await ctx.crashsafe_overwrite(path, content)
         print(f"wrote {version}", flush=True)
-    await ctx.aclose()
-    await engine.aclose()
+    await ctx.aclose()  # closes the engine too
 
 
 async def fsync_once(path: str) -> None:

@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from pageserver.client.cli import FeedGenerator
+from pageserver.client.feed import FeedGenerator
 
 PAGESERVER = str(Path(sys.executable).with_name("pageserver"))
 

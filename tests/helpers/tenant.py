@@ -58,8 +58,7 @@ async def manager(
         async with TenantManager.open(ctx, data_dir, cfg, flush_on_exit=flush_on_exit) as mgr:
             yield mgr
     finally:
-        await ctx.aclose()
-        await engine.aclose()
+        await ctx.aclose()  # closes the engine too
 
 
 def leftover_files(names: Iterable[str]) -> list[str]:

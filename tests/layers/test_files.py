@@ -193,8 +193,7 @@ async def test_engines_write_byte_identical_layers(tmp_path: Path) -> None:
             ip = await write_image(ctx, str(d), images, 300, "disabled")
             zp = await write_image(ctx, str(d), images, 301, "zstd")
         finally:
-            await ctx.aclose()
-            await engine.aclose()
+            await ctx.aclose()  # closes the engine too
         blobs[kind] = (Path(dp).read_bytes(), Path(ip).read_bytes(), Path(zp).read_bytes())
     assert blobs[STD_FS] == blobs[TRIO_URING]
 

@@ -71,8 +71,7 @@ async def _start(
     ctx = IoContext(engine, max_file_descriptors=100, no_sync=True)
 
     async def close_engine() -> None:
-        await ctx.aclose()
-        await engine.aclose()
+        await ctx.aclose()  # closes the engine too
 
     stack.push_async_callback(close_engine)
     config = PageserverConfig(no_sync=True, max_frame_bytes=max_frame_bytes)
