@@ -61,7 +61,7 @@ import time
 from array import array
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1043,7 +1043,7 @@ class CrashLoop:
         await self.setup()
         for i in range(self.args.iterations):
             await self.iteration(i)
-            if self.args.progress and not self.args.json and (i + 1) % 25 == 0:
+            if self.args.progress and (i + 1) % 25 == 0:
                 self.progress_line(i + 1)
         await self.final_check()
         return self.summary()
@@ -1144,9 +1144,33 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def kill_children_on_signals(
+    daemons: Callable[[], Iterable[DaemonProc | None]],
+    root: str,
+    cleanup: Callable[[], None] | None = None,
+) -> None:
+    """On SIGTERM/SIGHUP, SIGKILL the daemon subprocesses first (and run ``cleanup``), so
+    an interrupted run never leaves a daemon (or a mount) behind, then exit (143/129)."""
+
+    def handler(signum: int, _frame: object) -> None:
+        for d in daemons():
+            if d is not None and d.alive():
+                assert d.proc is not None
+                d.proc.kill()
+                d.proc.wait()
+        if cleanup is not None:
+            cleanup()
+        print(f"interrupted by signal {signum}; work directory kept: {root}", file=sys.stderr)
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGHUP, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     loop = CrashLoop(args)
+    kill_children_on_signals(lambda: [loop.daemon], loop.root)
     try:
         summary = trio.run(loop.run)
     except BaseException:

@@ -63,6 +63,7 @@ from crashloop import (  # noqa: E402
     StartupFailed,
     Stream,
     future_layers,
+    kill_children_on_signals,
     leftover_files,
     log_problems,
     verify_reads,
@@ -654,11 +655,20 @@ class FaultRun:
         return self.result
 
 
+#: The rounds in progress (their daemons are killed on SIGTERM/SIGHUP).
+RUNNING: list[FaultRun] = []
+
+
 async def run_all(args: argparse.Namespace, root: str) -> dict[str, Any]:
     t0 = time.monotonic()
     rounds = []
     for index, params in enumerate(round_plan(args)):
-        rounds.append(await FaultRun(args, index, params, root).run())
+        fault_run = FaultRun(args, index, params, root)
+        RUNNING.append(fault_run)
+        try:
+            rounds.append(await fault_run.run())
+        finally:
+            RUNNING.remove(fault_run)
         if rounds[-1]["skipped"]:
             break
     skipped = rounds[-1]["skipped"]
@@ -758,6 +768,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     root = tempfile.mkdtemp(prefix="psf-", dir="/tmp")
+
+    def unmount_all() -> None:
+        for r in RUNNING:
+            r.mount.umount()
+
+    kill_children_on_signals(lambda: [r.daemon for r in RUNNING], root, unmount_all)
     try:
         result = trio.run(run_all, args, root)
     except BaseException:
