@@ -1,0 +1,54 @@
+"""Slow-loris peers against a real daemon, on both engines: the short form of
+``scripts/slowloris.py``.
+
+200 peers per scenario stall before and after ``hello`` (``auth_token`` is set): in a
+frame header (1-3 of its 4 bytes), in a frame body (a header announcing a
+``max_frame_bytes`` frame and 60 KiB of it: the costliest legal partial frame), or
+idle; then each sends one more byte and closes. A separate well-behaved client meanwhile
+asks ``status`` in a loop: every round trip must succeed and the p99 stay below 200 ms
+(generous: CI machines are noisy; the long run's report uses 50 ms), and afterwards a fresh
+client must be served and the daemon must stop on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ENGINE_KINDS, require_engine
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "slowloris.py"
+
+
+@pytest.mark.parametrize("engine", ENGINE_KINDS)
+def test_slowloris_short(engine: str) -> None:
+    require_engine(engine)
+    t0 = time.monotonic()
+    p = subprocess.run(
+        [sys.executable, str(SCRIPT), "--engine", engine, "--connections", "200",
+         "--duration", "2", "--phase", "all", "--auth", "--body-size", "max",
+         "--baseline", "0.5", "--settle", "0.5", "--p99-limit-ms", "200", "--json"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    elapsed = time.monotonic() - t0
+    assert p.stdout.strip(), f"slowloris printed nothing (exit {p.returncode}):\n{p.stderr}"
+    r = json.loads(p.stdout)
+    assert r["io_engine"] == engine
+    summary = "\n".join(
+        f"  {row['scenario']}: opened {row['opened']}, server closed {row['server_closed']}; "
+        f"hold {row['hold']['p99_ms']} ms p99 / {row['hold']['failures']} failed; "
+        f"close {row['one-more-byte-and-close']['p99_ms']} ms p99"
+        for row in r["scenarios"]
+    )
+    print(f"slowloris {engine}: {elapsed:.1f}s, overall {r['overall']}\n{summary}")
+    for row in r["scenarios"]:
+        assert row["connect_failed"] == 0 and row["hello_failed"] == 0, row
+    assert r["verdict"] == "PASS", f"{r['problems']}\n{summary}"
+    assert r["overall"]["failures"] == 0
+    assert r["overall"]["p99_ms"] < 200
+    assert r["serves_after"], r["serves_after_error"]
