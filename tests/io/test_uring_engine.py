@@ -439,7 +439,7 @@ async def test_thousands_of_cancellations_in_flight(tmp_path: Path) -> None:
 
 async def test_cancelled_open_leaks_no_fd(tmp_path: Path) -> None:
     rng = random.Random(99)
-    paths = []
+    paths: list[str] = []
     for i in range(16):
         p = tmp_path / f"o{i}"
         p.write_bytes(b"x")
@@ -464,8 +464,8 @@ async def test_cancelled_open_leaks_no_fd(tmp_path: Path) -> None:
     deadline = trio.current_time() + 10
     while drv.stats.cancel_in_flight < 200 and trio.current_time() < deadline:
         async with trio.open_nursery() as nursery:
-            for p in paths:
-                nursery.start_soon(opener, p)
+            for sp in paths:
+                nursery.start_soon(opener, sp)
             for _ in range(rng.randrange(0, 4)):
                 await trio.sleep(0)
             nursery.cancel_scope.cancel()

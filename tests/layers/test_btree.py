@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pageserver.layers.blob_io import PAGE_SZ
 from pageserver.layers.disk_btree import (
     MAX_VALUE,
-    PAGE_SZ,
     BtreeError,
     DiskBtreeBuilder,
     DiskBtreeReader,

@@ -91,7 +91,7 @@ async def test_delta_layer_round_trip(io_ctx: IoContext, entries: dict[tuple[Key
         async with await DeltaLayer.open(io_ctx, path) as layer:
             assert await layer.load_all() == rows
             # Reconstruct data for a few keys at a few LSNs against a model.
-            by_key: dict[bytes, list[tuple[int, bytes]]] = {}
+            by_key: dict[Key, list[tuple[int, bytes]]] = {}
             for k, lsn, raw in rows:
                 by_key.setdefault(k, []).append((lsn, raw))
             for k, versions in list(by_key.items())[:20]:

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pageserver.errors import InvalidId
 from pageserver.layers.blob_io import (
     BYTE_UNCOMPRESSED,
     BYTE_ZSTD,
@@ -22,7 +23,7 @@ from pageserver.layers.blob_io import (
     decompress,
     encode_blob_header,
 )
-from pageserver.layers.key import InvalidId, Key, Lsn, TenantId, TimelineId
+from pageserver.layers.key import Key, Lsn, TenantId, TimelineId
 from pageserver.layers.layer_name import (
     DeltaLayerName,
     ImageLayerName,

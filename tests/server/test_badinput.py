@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 import pytest
@@ -379,7 +379,7 @@ async def test_not_found_and_already_exists(h: Harness) -> None:
             ("compact", {"tenant_id": T, "timeline_id": "9" * 32}, "timeline_not_found"),
         ]:
             with pytest.raises(ServerError) as ei:
-                await c.request(op, **fields)
+                await c.request(op, **cast(dict[str, Any], fields))
             assert ei.value.code == code, (op, ei.value)
         assert "8" * 32 not in os.listdir(os.path.join(h.mgr.data_dir, "tenants"))
 

@@ -25,7 +25,7 @@ async def check_after_restart(engine_kind: str, data_dir: Path, reported: int) -
     """Every record at or below the restarted dcl is readable; nothing above it exists."""
     async with manager(engine_kind, data_dir, flush_on_exit=False) as mgr:
         st = mgr.status()[0]["timelines"][0]
-        dcl = st["disk_consistent_lsn"]
+        dcl: int = st["disk_consistent_lsn"]
         assert dcl >= reported, (dcl, reported)
         assert st["last_record_lsn"] == dcl
         # The newest value of each key at or below dcl (keys cycle with period 97).

@@ -53,22 +53,22 @@ async def test_model(engine_kind: str, tmp_path_factory: pytest.TempPathFactory,
             for _ in range(steps):
                 action = data.draw(st.sampled_from(["put", "put", "put", "flush", "get", "compact"]))
                 if action == "put":
-                    batch = []
+                    batch: list[tuple[bytes, int, bytes]] = []
                     for _r in range(data.draw(st.integers(1, 8))):
                         lsn += data.draw(st.integers(0, 3)) if batch else data.draw(st.integers(1, 3))
-                        k = key(data.draw(st.integers(0, nkeys - 1)))
+                        kb = key(data.draw(st.integers(0, nkeys - 1)))
                         kind = data.draw(st.sampled_from(["image", "append", "init"]))
-                        if kind == "image" or not model.history.get(k):
+                        if kind == "image" or not model.history.get(kb):
                             v = image(data.draw(st.binary(max_size=40)))
                         elif kind == "init":
                             v = trec(data.draw(st.text("ab", max_size=5)), clear=True, will_init=True)
                         else:
                             v = trec(data.draw(st.text("xyz", max_size=5)))
-                        batch.append((k, lsn, v))
+                        batch.append((kb, lsn, v))
                     res = await mgr.put(TENANT, TIMELINE, batch)
                     assert res.skipped == 0
-                    for k, lsn_, v in batch:
-                        model.put(k, lsn_, v)
+                    for kb, lsn_, v in batch:
+                        model.put(kb, lsn_, v)
                     assert res.last_record_lsn == lsn
                 elif action == "compact":
                     await mgr.compact(TENANT, TIMELINE)

@@ -151,7 +151,8 @@ def valid_requests(draw: st.DrawFn) -> tuple[dict[str, Any], Request]:
             ls = sorted(draw(st.lists(lsns, min_size=n, max_size=n)))
             recs = [(draw(keys), lsn, draw(valid_values)) for lsn in ls]
             base["records"] = [list(r) for r in recs]
-            exp = PutRequest(*ids, tuple(recs), id=rid)
+            # plain tuple as the expected value: a CheckedBatch compares equal to it
+            exp = PutRequest(*ids, tuple(recs), id=rid)  # type: ignore[arg-type]
         elif op == "flush":
             exp = FlushRequest(*ids, id=rid)
         else:

@@ -64,7 +64,8 @@ VALID: dict[str, tuple[dict[str, Any], Any]] = {
             "timeline_id": TL,
             "records": [[KEY, 5, img(b"page")], [KEY, 5, trec("x", 1, 1)]],
         },
-        PutRequest(T, TL, ((KEY, 5, img(b"page")), (KEY, 5, trec("x", 1, 1)))),
+        # plain tuple as the expected value: a CheckedBatch compares equal to it
+        PutRequest(T, TL, ((KEY, 5, img(b"page")), (KEY, 5, trec("x", 1, 1)))),  # type: ignore[arg-type]
     ),
     "get": (
         {"op": "get", "tenant_id": T, "timeline_id": TL, "key": KEY, "lsn": 7},
@@ -147,7 +148,7 @@ def test_optional_fields_default() -> None:
         {"op": "timeline_create", "tenant_id": T, "timeline_id": TL}
     ) == TimelineCreateRequest(T, TL, 0)
     r = parse({"op": "put", "tenant_id": T, "timeline_id": TL, "records": []})
-    assert r == PutRequest(T, TL, ())
+    assert r == PutRequest(T, TL, ())  # type: ignore[arg-type]  # plain () equals the parsed empty CheckedBatch
 
 
 def test_unknown_fields_ignored() -> None:
@@ -449,4 +450,5 @@ def test_timeline_create_start_lsn_limit_matches_the_manager() -> None:
     bad = parse_request(msgpack.packb({"op": "timeline_create", "tenant_id": tid, "timeline_id": tid, "start_lsn": 2**64 - 1}))
     assert isinstance(bad, ProtocolError) and bad.code == "bad_request" and "start_lsn" in bad.message
     ok = parse_request(msgpack.packb({"op": "timeline_create", "tenant_id": tid, "timeline_id": tid, "start_lsn": 2**64 - 2}))
+    assert isinstance(ok, TimelineCreateRequest), ok  # narrowing: only it has start_lsn
     assert not isinstance(ok, ProtocolError) and ok.start_lsn == 2**64 - 2
