@@ -83,8 +83,11 @@ class ShuttingDown(PageserverError):
     code = ErrorCode.SHUTTING_DOWN
 
 
-class CorruptLayer(PageserverError):
-    """A layer file failed validation at startup (stops startup, naming the file)."""
+class CorruptLayer(PageserverError, ValueError):
+    """A file the pageserver wrote is not what it should be: a layer file that fails
+    validation (stops startup) or a read (answers ``internal``), timeline metadata that
+    does not decode. The message starts with the file's path and says what is wrong; it
+    is what the client sees, never a Python repr."""
 
     code = ErrorCode.INTERNAL
 

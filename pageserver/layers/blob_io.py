@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Final
 
 import zstandard
 
-from pageserver.config import IMAGE_COMPRESSION_KINDS
+from pageserver.config import DEFAULT_MAX_FRAME_BYTES, IMAGE_COMPRESSION_KINDS
 
 if TYPE_CHECKING:
     from pageserver.io import BufferedWriter, VirtualFile
@@ -113,13 +113,38 @@ def compress_image(data: bytes | bytearray | memoryview) -> bytes | None:
     return compressed if len(compressed) < len(data) else None
 
 
-def decompress(data: bytes) -> bytes:
-    """Decompress a zstd frame; works for frames without a content-size field too."""
+#: The most a compressed blob may decompress to: the largest value a ``put`` can carry
+#: (a value travels inside one frame of at most ``max_frame_bytes``, default 16 MiB). A blob
+#: that declares or produces more is corruption: without the bound a 64 KiB zstd bomb made a
+#: read allocate gigabytes and stall the loop for seconds. (A daemon configured with a larger
+#: ``max_frame_bytes`` could store larger images than this reads back; it is not raised with
+#: the config because the layer tools read files without one.)
+MAX_DECOMPRESSED_BYTES: Final = DEFAULT_MAX_FRAME_BYTES
+#: Output chunk of the streamed decompression.
+_DECOMPRESS_CHUNK = 1 << 20
+
+
+def decompress(data: bytes, limit: int = MAX_DECOMPRESSED_BYTES) -> bytes:
+    """Decompress a zstd frame of at most ``limit`` bytes, streamed, never allocating more.
+
+    Works for frames without a content-size field too (Neon's streaming encoder writes
+    none): the output is read a chunk at a time and refused as soon as it passes ``limit``.
+    """
     try:
-        out: bytes = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+        declared = zstandard.frame_content_size(data)
+        if declared > limit:
+            raise BlobError(f"zstd blob declares {declared} bytes, more than any value ({limit})")
+        parts: list[bytes] = []
+        total = 0
+        with zstandard.ZstdDecompressor().stream_reader(data) as reader:
+            while chunk := reader.read(_DECOMPRESS_CHUNK):
+                total += len(chunk)
+                if total > limit:
+                    raise BlobError(f"zstd blob decompresses to more than any value ({limit} bytes)")
+                parts.append(chunk)
     except zstandard.ZstdError as e:
         raise BlobError(f"invalid zstd blob: {e}") from None
-    return out
+    return b"".join(parts)
 
 
 def check_compression(compression: str) -> bool:

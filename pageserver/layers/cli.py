@@ -19,7 +19,6 @@ import trio
 from pageserver.io import IoContext, tool_engine
 from pageserver.layers.common import LayerFileError, open_layer_file, run_cleanup
 from pageserver.layers.delta_layer import DeltaEntry, DeltaLayer
-from pageserver.layers.disk_btree import BtreeError
 from pageserver.layers.image_layer import ImageEntry, ImageLayer
 from pageserver.layers.key import lsn_str
 from pageserver.layers.layer_name import try_parse_layer_name
@@ -116,8 +115,8 @@ def cmd_dump(args: argparse.Namespace) -> int:
             entries: list[dict[str, Any]] = []
             while batch := await it.next_batch():
                 entries.extend(_entry(e, args.values) for e in batch)
-        except (BtreeError, ValueError, EOFError) as e:
-            return _refuse(f"{path}: corrupt layer: {e}")
+        except LayerFileError as e:  # the readers name the file and what is wrong
+            return _refuse(str(e))
         finally:
             await run_cleanup(vf.close)
         info = _summary_dict(path, summary, reader.file_size)

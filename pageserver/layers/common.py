@@ -15,10 +15,15 @@ the two writers import. This module keeps its name because the tenant layer impo
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable
+import struct
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import ClassVar, Final, Generic, Self, TypeVar
 
+import zstandard
+
+from pageserver.errors import CorruptLayer
 from pageserver.io import IoContext, VirtualFile, cleanup_shield
 from pageserver.layers.blob_io import PAGE_SZ, PagedReader
 from pageserver.layers.disk_btree import DiskBtreeReader
@@ -81,8 +86,30 @@ async def _read_first_page(vf: VirtualFile, size: int) -> bytes:
     return await vf.read_exact_at(min(size, PAGE_SZ), 0)
 
 
-class LayerFileError(ValueError):
-    """Not a (valid) layer file; the message says what is wrong."""
+class LayerFileError(CorruptLayer):
+    """Not a (valid) layer file; the message starts with the path and says what is wrong.
+
+    A :class:`~pageserver.errors.CorruptLayer`, so a read that finds one answers the
+    client with this message (code ``internal``) rather than a Python error's repr.
+    """
+
+
+#: What reading a damaged layer file can raise below the layer readers: parsing errors of
+#: our own (BtreeError, BlobError and SummaryError are ValueErrors), slicing and struct
+#: errors, a short read (EOFError), zstd's errors.
+_CORRUPTION_ERRORS = (ValueError, IndexError, struct.error, EOFError, OverflowError, zstandard.ZstdError)
+
+
+@contextmanager
+def reading_layer(path: str) -> Iterator[None]:
+    """Around a layer reader's public read: damage found below it becomes a
+    :class:`LayerFileError` naming ``path`` (the one place this translation happens)."""
+    try:
+        yield
+    except LayerFileError:
+        raise
+    except _CORRUPTION_ERRORS as e:
+        raise LayerFileError(f"{path}: corrupt layer file: {e}") from e
 
 
 def check_structure(path: str, size: int, first_page: bytes) -> Summary:

@@ -17,7 +17,13 @@ from typing import Final
 
 from pageserver.io import IoContext, cooperative_checkpoint
 from pageserver.layers.blob_io import PAGE_SZ, BlobWriter
-from pageserver.layers.common import DELTA_KEY_SIZE, BatchIterator, LayerInfo, OpenLayerFile
+from pageserver.layers.common import (
+    DELTA_KEY_SIZE,
+    BatchIterator,
+    LayerInfo,
+    OpenLayerFile,
+    reading_layer,
+)
 from pageserver.layers.key import KEY_SIZE, MAX_LSN, Key, Lsn, TenantId, TimelineId
 from pageserver.layers.layer_name import DeltaLayerName, layer_name_text
 from pageserver.layers.summary import DeltaSummary
@@ -219,6 +225,10 @@ class DeltaLayer(OpenLayerFile[DeltaSummary]):
         start, end = lsn_range
         if end <= start or end <= 0:
             return []
+        with reading_layer(self.path):
+            return await self._values(key, start, end)
+
+    async def _values(self, key: bytes, start: int, end: int) -> list[tuple[Lsn, bytes]]:
         refs: list[tuple[int, int]] = []
         it = self.index.iter(delta_key(key, end - 1), forward=False)
         done = False
@@ -273,6 +283,10 @@ class DeltaIndexIterator(BatchIterator[DeltaEntry]):
         self._with_values = with_values
 
     async def next_batch(self) -> list[DeltaEntry]:
+        with reading_layer(self._layer.path):
+            return await self._next_batch()
+
+    async def _next_batch(self) -> list[DeltaEntry]:
         batch = await self._it.next_batch()
         unpack = _LSN.unpack_from
         read_blob = self._layer._reader.read_blob

@@ -11,7 +11,7 @@ from typing import Final
 
 from pageserver.io import IoContext, cooperative_checkpoint
 from pageserver.layers.blob_io import COMPRESSION_DISABLED
-from pageserver.layers.common import BatchIterator, LayerInfo, OpenLayerFile
+from pageserver.layers.common import BatchIterator, LayerInfo, OpenLayerFile, reading_layer
 from pageserver.layers.key import KEY_SIZE, Key, Lsn, TenantId, TimelineId
 from pageserver.layers.layer_name import ImageLayerName, layer_name_text
 from pageserver.layers.summary import ImageSummary
@@ -94,10 +94,11 @@ class ImageLayer(OpenLayerFile[ImageSummary]):
 
     async def get(self, key: bytes) -> bytes | None:
         """The image of ``key``, or ``None`` if this layer has none."""
-        off = await self.index.get(bytes(key))
-        if off is None:
-            return None
-        return await self._reader.read_blob(off)
+        with reading_layer(self.path):
+            off = await self.index.get(bytes(key))
+            if off is None:
+                return None
+            return await self._reader.read_blob(off)
 
     def iter_index(self, start_key: bytes = Key.MIN) -> ImageIterator:
         """``(key, blob offset, b"")`` in key order, from ``start_key``."""
@@ -128,9 +129,10 @@ class ImageIterator(BatchIterator[ImageEntry]):
         self._with_values = with_values
 
     async def next_batch(self) -> list[ImageEntry]:
-        batch = await self._it.next_batch()
-        read_blob = self._layer._reader.read_blob
-        out: list[ImageEntry] = []
-        for k, off in batch:
-            out.append((Key(k), off, await read_blob(off) if self._with_values else b""))
-        return out
+        with reading_layer(self._layer.path):
+            batch = await self._it.next_batch()
+            read_blob = self._layer._reader.read_blob
+            out: list[ImageEntry] = []
+            for k, off in batch:
+                out.append((Key(k), off, await read_blob(off) if self._with_values else b""))
+            return out

@@ -7,8 +7,9 @@ least one more page); magic and format version; index start and root blocks insi
 file; the summary's kind, key range and LSN range equal the name's; optionally, the
 tenant and timeline ids are the directory's.
 
-The B-tree root page is read and parsed too: it is one page, and a file whose root is
-garbage would otherwise only fail on the first ``get``.
+The B-tree's internal nodes are walked once (:meth:`DiskBtreeReader.check`: levels, no
+node twice, children inside the file); leaves are not read. A file whose index is garbage
+or has a cycle would otherwise only fail on the first ``get`` (a cycle used to hang it).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from __future__ import annotations
 import os
 
 from pageserver.io import IoContext
-from pageserver.layers.common import LayerFileError, index_key_size, open_layer_file, run_cleanup
-from pageserver.layers.disk_btree import BtreeError, Node
+from pageserver.layers.blob_io import PAGE_SZ, BlobError
+from pageserver.layers.common import LayerFileError, open_index, open_layer_file, run_cleanup
+from pageserver.layers.disk_btree import BtreeError
 from pageserver.layers.key import TenantId, TimelineId
 from pageserver.layers.layer_name import DeltaLayerName, LayerName, LayerNameError, parse_layer_name
 from pageserver.layers.summary import DeltaSummary, ImageSummary, Summary
@@ -73,11 +75,10 @@ async def validate_layer_file(
             raise LayerFileError(
                 f"{path}: belongs to timeline {summary.timeline_id}, not {timeline_id}"
             )
-        root = await reader.read_page(summary.index_start_blk + summary.index_root_blk)
         try:
-            Node(root, index_key_size(summary))
-        except BtreeError as e:
-            raise LayerFileError(f"{path}: B-tree root: {e}") from None
+            await open_index(reader, summary).check(reader.file_size // PAGE_SZ)
+        except (BtreeError, BlobError) as e:
+            raise LayerFileError(f"{path}: B-tree index: {e}") from None
         return name, summary, reader.file_size
     finally:
         await run_cleanup(vf.close)

@@ -61,7 +61,7 @@ import os
 import socket
 import stat
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +69,7 @@ import structlog
 import trio
 
 from pageserver.addresses import Address, parse_address
+from pageserver.errors import PageserverError
 from pageserver.tenant.manager import TenantManager
 from pageserver.wire import (
     CLOSED,
@@ -117,7 +118,6 @@ STALL_TIMEOUT = 30.0
 #: Bad requests logged per connection before logging only every 1000th.
 BAD_REQUEST_LOG_LIMIT = 10
 
-_VALID_CODES = frozenset(c.value for c in ErrorCode)
 _PEER_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError)
 
 
@@ -297,7 +297,6 @@ class Server:
         max_frame_bytes: int,
         auth_token: str | None = None,
         max_buffered_bytes: int | None = None,
-        compact: Callable[[str, str], Any] | None = None,
         stall_timeout: float = STALL_TIMEOUT,
     ) -> None:
         self.mgr = mgr
@@ -314,7 +313,6 @@ class Server:
         # The shared read buffer of _read_into_decoder (not charged: it never holds bytes
         # across an await).
         self._read_view = memoryview(bytearray(BIG_CHUNK + CHUNK))
-        self._compact = compact
         self._conns: set[_Conn] = set()
         self._conn_ids = itertools.count(1)
         self._in_flight = 0
@@ -654,13 +652,15 @@ class Server:
         with structlog.contextvars.bound_contextvars(**ids):
             try:
                 fields = await self._handle(req)
-            except _NotImplementedYet as e:
-                return encode_error(req.id, ErrorCode.INTERNAL, str(e))
+            except PageserverError as e:
+                # A typed error: its code and its message, which is written for the client
+                # (a corrupt layer names its file); internal ones are logged as errors.
+                if e.code is ErrorCode.INTERNAL:
+                    log.error("request failed", code=e.code.value, message=str(e))
+                else:
+                    log.warning("request failed", code=e.code.value, message=str(e))
+                return encode_error(req.id, e.code, str(e)[:2000])
             except Exception as e:
-                code = getattr(e, "code", None)
-                if isinstance(code, str) and code in _VALID_CODES and code != "internal":
-                    log.warning("request failed", code=code, message=str(e))
-                    return encode_error(req.id, code, str(e))
                 log.error("request failed with an internal error", error=repr(e), exc_info=True)
                 return encode_error(req.id, ErrorCode.INTERNAL, f"internal error: {e!r}"[:500])
             try:
@@ -706,24 +706,8 @@ class Server:
         raise AssertionError(f"unhandled request type {type(req).__name__}")  # pragma: no cover
 
     async def _handle_compact(self, req: CompactRequest) -> dict[str, Any]:
-        compact = self._compact or getattr(self.mgr, "compact", None)
-        if compact is None:
-            # The compaction issue adds TenantManager.compact; until then say so plainly.
-            self.mgr.timeline(req.tenant_id, req.timeline_id)  # not-found errors still apply
-            raise _NotImplementedYet("compaction is not implemented yet")
-        result = await compact(req.tenant_id, req.timeline_id)
-        if isinstance(result, dict):
-            return result
-        return {
-            "layers_created": getattr(result, "layers_created", 0),
-            "layers_removed": getattr(result, "layers_removed", 0),
-        }
-
-
-class _NotImplementedYet(Exception):
-    """An op whose implementation has not landed; replied as ``internal`` with its message."""
-
-    code = "internal"
+        result = await self.mgr.compact(req.tenant_id, req.timeline_id)
+        return {"layers_created": result.layers_created, "layers_removed": result.layers_removed}
 
 
 def _peer_name(stream: trio.SocketStream) -> str:
