@@ -30,8 +30,12 @@ class ErrorCode(enum.StrEnum):
     TIMELINE_NOT_FOUND = "timeline_not_found"
     ALREADY_EXISTS = "already_exists"
     LSN_OUT_OF_ORDER = "lsn_out_of_order"
+    LSN_TOO_OLD = "lsn_too_old"
     REDO_UNSUPPORTED = "redo_unsupported"
     REDO_FAILED = "redo_failed"
+    NO_REMOTE_STORAGE = "no_remote_storage"
+    STALE_GENERATION = "stale_generation"
+    REMOTE_UNAVAILABLE = "remote_unavailable"
     SHUTTING_DOWN = "shutting_down"
     INTERNAL = "internal"
 
@@ -69,6 +73,31 @@ class AlreadyExists(PageserverError):
 
 class LsnOutOfOrder(PageserverError):
     code = ErrorCode.LSN_OUT_OF_ORDER
+
+
+class LsnTooOld(PageserverError):
+    """A read below the timeline's ``gc_cutoff_lsn`` (SPEC section 11)."""
+
+    code = ErrorCode.LSN_TOO_OLD
+
+
+class NoRemoteStorage(PageserverError):
+    """``tenant_attach`` on a pageserver without ``[remote_storage]`` (SPEC section 10)."""
+
+    code = ErrorCode.NO_REMOTE_STORAGE
+
+
+class StaleGeneration(PageserverError):
+    """A newer attachment of the tenant exists elsewhere: this pageserver stopped writing
+    and deleting for it (SPEC section 10)."""
+
+    code = ErrorCode.STALE_GENERATION
+
+
+class RemoteUnavailable(PageserverError):
+    """Object storage did not answer in time where a client waits on it; may be retried."""
+
+    code = ErrorCode.REMOTE_UNAVAILABLE
 
 
 class RedoUnsupported(PageserverError):

@@ -121,8 +121,12 @@ def test_ops_table_matches_spec() -> None:
         "timeline_not_found",
         "already_exists",
         "lsn_out_of_order",
+        "lsn_too_old",
         "redo_unsupported",
         "redo_failed",
+        "no_remote_storage",
+        "stale_generation",
+        "remote_unavailable",
         "shutting_down",
         "internal",
     }
