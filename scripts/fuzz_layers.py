@@ -44,7 +44,8 @@ Usage::
     .venv/bin/python scripts/fuzz_layers.py --iterations 2000 --seed 1
     .venv/bin/python scripts/fuzz_layers.py --iterations 300 --daemon --json
     .venv/bin/python scripts/fuzz_layers.py --kinds btree_cycle,zstd_bomb --iterations 20
-    .venv/bin/python scripts/fuzz_layers.py --atheris -- -max_total_time=600 -timeout=10
+    .venv/bin/python scripts/fuzz_layers.py --atheris -- -max_total_time=600 -timeout=10 \
+        -rss_limit_mb=2048          # libFuzzer options after --; crashes land in OUT/atheris/
 
 Most runs happen in children forked from this (single-threaded) process with the package
 already imported (``pageserver.cli.main`` called directly: the same code as the console
@@ -1104,6 +1105,11 @@ def classify_cli(res: RunResult, rss_limit_kib: int) -> tuple[str, str]:
     lines = [ln for ln in err.splitlines() if ln.strip()]
     last = lines[-1][:300] if lines else ""
     if res.timed_out:
+        if res.maxrss_kib > rss_limit_kib:
+            return (
+                BLOWUP,
+                f"peak RSS {res.maxrss_kib // 1024} MiB, no exit after {res.elapsed:.1f}s",
+            )
         return HANG, f"no exit after {res.elapsed:.1f}s"
     if "MemoryError" in err or res.sig == signal.SIGKILL:
         return BLOWUP, last or f"killed by signal {res.sig}"
@@ -1333,8 +1339,10 @@ def daemon_check_result(
         result["gets"] = []
         result["gets"] = trio.run(gets)
 
+        hung = any(q["outcome"] == "timeout" for q in result["gets"])
+
         async def alive() -> bool:
-            with trio.move_on_after(10):
+            with trio.move_on_after(3 if hung else 10):
                 try:
                     async with await Client.connect(f"unix:{sock}") as c:
                         await c.status()
@@ -1355,7 +1363,7 @@ def daemon_check_result(
         result["check_error"] = traceback.format_exc()[-3000:]
     finally:
         if proc is not None:
-            _stop_daemon(proc, result)
+            _stop_daemon(proc, result, 5.0)
         if "log" not in result:
             result["log"] = _read_text(log_path, 20000)
         shutil.rmtree(root, ignore_errors=True)
@@ -1431,8 +1439,8 @@ def cli_jobs(rec: Record, opts: Options, use_exec: bool) -> list[Job]:
     ls = ["layer", "ls", str(Path(rec.path).parent)]
     jobs = []
     for tool, argv in (("dump", dump), ("ls", ls)):
-        if use_exec:
-            jobs.append(Job((rec.id, tool, "exec"), opts.timeout, argv=[*opts.cmd, *argv]))
+        if use_exec:  # plus interpreter start-up, which a loaded machine can make slow
+            jobs.append(Job((rec.id, tool, "exec"), opts.timeout + 10, argv=[*opts.cmd, *argv]))
         else:
             jobs.append(Job((rec.id, tool, "fork"), opts.timeout, fn=_cli_main, args=(argv,)))
     return jobs
@@ -1708,13 +1716,17 @@ def run_atheris(opts: Options, seeds: list[Seed], argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    with atheris.instrument_imports():
-        import pageserver.cli  # noqa: F401
-        import pageserver.layers  # noqa: F401
+    # Coverage of the package only; build_parser() imports the subcommand modules.
+    with atheris.instrument_imports(include=["pageserver"]):
+        import pageserver.cli
+
+        pageserver.cli.build_parser()
     from pageserver.cli import main
 
     work = opts.out / "atheris"
     work.mkdir(parents=True, exist_ok=True)
+    if not any(a.startswith("-artifact_prefix=") for a in argv):
+        argv = [*argv, f"-artifact_prefix={work}/"]
     kinds = list(opts.kinds)
     devnull = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the fuzzer
 
@@ -1874,6 +1886,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.atheris:
         return run_atheris(opts, seeds, extra)
     preload_package()
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # the pool kills its children (and their daemons)
+
+    signal.signal(signal.SIGTERM, on_term)
     log(f"fuzz_layers: {opts.iterations} mutants, seed {seed}, {opts.jobs} jobs, "
         f"kinds {','.join(kinds)}")  # fmt: skip
     camp = Campaign(opts, seeds)
