@@ -816,11 +816,11 @@ def generate_seeds(out: Path, engine: str = "std-fs", cmd: list[str] | None = No
 
         # Three L0s (test records with 1- and 4-byte blob headers, images), merged into an
         # L1 plus an image layer (zstd: the values compress), then two more L0s on top.
-        feed(1500, 1500, 200, "test", 1)
-        feed(1500, 1500, 20, "test", 5000)
-        feed(1500, 1500, 300, "image", 10000)
+        feed(1000, 1000, 200, "test", 1)
+        feed(1000, 1000, 20, "test", 5000)
+        feed(1000, 1000, 300, "image", 10000)
         cli("compact", TENANT, TIMELINE)
-        feed(2000, 1500, 150, "test", 20000)
+        feed(1000, 1000, 150, "test", 20000)
         feed(60, 60, 40, "image", 30000)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -859,6 +859,7 @@ class RunResult:
     maxrss_kib: int
     stderr: str
     stdout: str
+    cpu: float = 0.0  # CPU seconds of the child
 
 
 @dataclass
@@ -866,12 +867,16 @@ class Job:
     """``fn(*args)`` in a forked child, or ``argv`` exec'd; stdout/stderr to files."""
 
     tag: Any
-    timeout: float
+    timeout: float  # wall-clock seconds
     fn: Callable[..., int] | None = None
     args: tuple[Any, ...] = ()
     argv: list[str] | None = None
     keep_stdout: bool = False
     env: dict[str, str] | None = None
+    #: CPU seconds (user + system) after which the child counts as hung. A loop burns
+    #: CPU; a run that is merely slow because the machine is loaded does not, so this is
+    #: the robust test, and the wall-clock ``timeout`` only catches a child that blocks.
+    cpu_timeout: float | None = None
 
 
 def _child_main(job: Job, mem_limit: int | None, out_path: str, err_path: str) -> None:
@@ -927,9 +932,23 @@ def _child_main(job: Job, mem_limit: int | None, out_path: str, err_path: str) -
         os._exit(rc & 0xFF)
 
 
+class _Stop:
+    """Set by SIGTERM/SIGINT: a flag the pool polls (an exception raised from a signal
+    handler can land inside ``fork``'s at-fork hooks and be swallowed there)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def set(self) -> None:
+        self.requested = True
+
+
+STOP = _Stop()
+
+
 class Pool:
     """Runs jobs in up to ``jobs`` children at a time. This process must stay
-    single-threaded (children are forked from it)."""
+    single-threaded (children are forked from it). Stops early once :data:`STOP` is set."""
 
     def __init__(self, jobs: int, mem_limit: int | None, tmp: Path) -> None:
         self.jobs = max(1, jobs)
@@ -938,6 +957,8 @@ class Pool:
         tmp.mkdir(parents=True, exist_ok=True)
         self._running: dict[int, tuple[Job, float, str, str]] = {}
         self._n = 0
+        self._tick = os.sysconf("SC_CLK_TCK")
+        self._cpu_checked = 0.0
 
     def _start(self, job: Job) -> None:
         self._n += 1
@@ -968,16 +989,25 @@ class Pool:
                 except OSError:
                     pass
         res = RunResult(
-            None if sig else rc, sig, timed_out, elapsed, rusage.ru_maxrss, stderr, stdout
-        )
+            None if sig else rc, sig, timed_out, elapsed, rusage.ru_maxrss, stderr, stdout,
+            rusage.ru_utime + rusage.ru_stime,
+        )  # fmt: skip
         return job, res
+
+    def _cpu_seconds(self, pid: int) -> float:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / self._tick  # utime, stime
 
     def run(self, jobs: Iterator[Job] | list[Job]) -> Iterator[tuple[Job, RunResult]]:
         """Yield ``(job, result)`` as they finish. ``jobs`` may be a lazy iterator."""
         it = iter(jobs)
         exhausted = False
         try:
-            while True:
+            while not STOP.requested:
                 while not exhausted and len(self._running) < self.jobs:
                     try:
                         job = next(it)
@@ -989,13 +1019,20 @@ class Pool:
                     return
                 done_any = False
                 now = time.monotonic()
+                check_cpu = now - self._cpu_checked > 0.05
+                if check_cpu:
+                    self._cpu_checked = now
                 for pid in list(self._running):
                     job, t0, _o, _e = self._running[pid]
                     wpid, status, rusage = os.wait4(pid, os.WNOHANG)
                     if wpid:
                         done_any = True
                         yield self._reap(pid, status, rusage, False)
-                    elif now - t0 > job.timeout:
+                    elif now - t0 > job.timeout or (
+                        check_cpu
+                        and job.cpu_timeout is not None
+                        and self._cpu_seconds(pid) > job.cpu_timeout
+                    ):
                         _kill_group(pid)
                         _wpid, status, rusage = os.wait4(pid, 0)
                         done_any = True
@@ -1105,12 +1142,10 @@ def classify_cli(res: RunResult, rss_limit_kib: int) -> tuple[str, str]:
     lines = [ln for ln in err.splitlines() if ln.strip()]
     last = lines[-1][:300] if lines else ""
     if res.timed_out:
+        spent = f"no exit after {res.elapsed:.1f}s ({res.cpu:.1f} CPU-s)"
         if res.maxrss_kib > rss_limit_kib:
-            return (
-                BLOWUP,
-                f"peak RSS {res.maxrss_kib // 1024} MiB, no exit after {res.elapsed:.1f}s",
-            )
-        return HANG, f"no exit after {res.elapsed:.1f}s"
+            return BLOWUP, f"peak RSS {res.maxrss_kib // 1024} MiB, {spent}"
+        return HANG, spent
     if "MemoryError" in err or res.sig == signal.SIGKILL:
         return BLOWUP, last or f"killed by signal {res.sig}"
     if "Traceback (most recent call last)" in err:
@@ -1439,10 +1474,16 @@ def cli_jobs(rec: Record, opts: Options, use_exec: bool) -> list[Job]:
     ls = ["layer", "ls", str(Path(rec.path).parent)]
     jobs = []
     for tool, argv in (("dump", dump), ("ls", ls)):
-        if use_exec:  # plus interpreter start-up, which a loaded machine can make slow
-            jobs.append(Job((rec.id, tool, "exec"), opts.timeout + 10, argv=[*opts.cmd, *argv]))
+        # Hung = ``--timeout`` CPU seconds (exec: plus interpreter start-up), or 20 times
+        # that in wall-clock time (a child blocked without spinning; a loaded machine can
+        # stretch a second of CPU a lot).
+        if use_exec:
+            cpu = opts.timeout + 1
+            jobs.append(Job((rec.id, tool, "exec"), 20 * cpu + 10, argv=[*opts.cmd, *argv],
+                            cpu_timeout=cpu))  # fmt: skip
         else:
-            jobs.append(Job((rec.id, tool, "fork"), opts.timeout, fn=_cli_main, args=(argv,)))
+            jobs.append(Job((rec.id, tool, "fork"), 20 * opts.timeout, fn=_cli_main,
+                            args=(argv,), cpu_timeout=opts.timeout))  # fmt: skip
     return jobs
 
 
@@ -1799,7 +1840,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         "--out", type=Path, default=None, help="output dir (default /tmp/fuzz-layers-<time>)"
     )
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="parallel children")
-    p.add_argument("--timeout", type=float, default=10.0, help="per CLI run, seconds")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="a CLI run is hung after this many CPU seconds (or 20x in wall time)",
+    )
     p.add_argument("--get-timeout", type=float, default=10.0, help="per daemon get, seconds")
     p.add_argument("--mem-limit-mib", type=int, default=1024, help="RLIMIT_AS of children")
     p.add_argument(
@@ -1888,15 +1934,15 @@ def main(argv: list[str] | None = None) -> int:
     preload_package()
 
     def on_term(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt  # the pool kills its children (and their daemons)
+        STOP.set()  # the pool stops, killing its children (and their daemons)
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
     log(f"fuzz_layers: {opts.iterations} mutants, seed {seed}, {opts.jobs} jobs, "
         f"kinds {','.join(kinds)}")  # fmt: skip
     camp = Campaign(opts, seeds)
-    try:
-        camp.run()
-    except KeyboardInterrupt:
+    camp.run()
+    if STOP.requested:
         log("fuzz_layers: interrupted; reporting what finished")
     rep = camp.report()
     (opts.out / "report.json").write_text(json.dumps(rep, indent=2))
