@@ -816,11 +816,12 @@ def generate_seeds(out: Path, engine: str = "std-fs", cmd: list[str] | None = No
 
         # Three L0s (test records with 1- and 4-byte blob headers, images), merged into an
         # L1 plus an image layer (zstd: the values compress), then two more L0s on top.
-        feed(1000, 1000, 200, "test", 1)
-        feed(1000, 1000, 20, "test", 5000)
-        feed(1000, 1000, 300, "image", 10000)
+        # 1500 keys: the image layer (one entry per key) needs two index levels too.
+        feed(1500, 1500, 200, "test", 1)
+        feed(1000, 1500, 20, "test", 5000)
+        feed(1500, 1500, 300, "image", 10000)
         cli("compact", TENANT, TIMELINE)
-        feed(1000, 1000, 150, "test", 20000)
+        feed(1000, 1500, 150, "test", 20000)
         feed(60, 60, 40, "image", 30000)
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -60,7 +60,10 @@ def seeds(fuzz_dir: Path) -> list[Any]:
     seeds = F.load_seeds(fuzz_dir / "seeds")
     kinds = {s.tag.split(":")[0] for s in seeds}
     assert {"L0", "L1", "image"} <= kinds, [s.tag for s in seeds]
-    assert any(s.internal_nodes() for s in seeds), "no seed with a multi-level B-tree"
+    for kind in ("delta", "image"):
+        assert any(s.kind == kind and s.internal_nodes() for s in seeds), (
+            f"no {kind} seed with a multi-level B-tree: {[s.tag for s in seeds]}"
+        )
     return seeds
 
 
