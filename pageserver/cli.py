@@ -1,9 +1,26 @@
-"""The ``pageserver`` command line."""
+"""The ``pageserver`` command line.
+
+:func:`main` is the one place that turns what can interrupt *any* command into one line on
+stderr and an exit status, never a traceback:
+
+* stdout closed by its reader (``pageserver layer dump FILE | head``): exit 1, silently
+  (stdout is pointed at ``/dev/null`` so that the interpreter's final flush cannot fail
+  again);
+* Ctrl-C (``KeyboardInterrupt``): ``pageserver: interrupted``, exit 130 (128 + SIGINT, as
+  shells report it);
+* an ``OSError`` nobody handled (a data dir that cannot be created, a permission denied):
+  ``pageserver: error: <what> (<path>)``, exit 1.
+
+All three are also recognised inside an exception group (a trio nursery wraps what its
+tasks raise). Commands handle their own expected errors (a refused connection, a bad file)
+with their own one-line messages.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -11,7 +28,12 @@ from pageserver.config import DEFAULT_DATA_DIR, ConfigError
 from pageserver.logging import configure_logging
 
 #: Modules that add their own subcommands with ``register(subparsers)``.
-_SUBCOMMAND_MODULES = ("pageserver.layers.cli", "pageserver.client.cli", "pageserver.bench.harness")
+_SUBCOMMAND_MODULES = (
+    "pageserver.layers.cli",
+    "pageserver.client.cli",
+    "pageserver.bench.harness",
+    "pageserver.testing.compare",
+)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -60,12 +82,78 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+def _silence_stdout() -> None:
+    """Point fd 1 at /dev/null: the reader is gone, and the interpreter's last flush of
+    ``sys.stdout`` must not raise (and print "Exception ignored ...") again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a real file (tests capture it): nothing will flush to a closed pipe
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+def _os_error_line(e: OSError) -> str:
+    what = e.strerror or str(e)
+    if e.filename is not None:
+        return f"{what} ({os.fsdecode(e.filename)})"
+    return what
+
+
+def _exit_status(exc: BaseException) -> int | None:
+    """The exit status for an exception that may end any command, or None (not ours)."""
+    leaves = _leaves(exc)
+    if any(isinstance(e, KeyboardInterrupt) for e in leaves):
+        _say("pageserver: interrupted")
+        return 130
+    if all(isinstance(e, BrokenPipeError) for e in leaves):
+        _silence_stdout()
+        return 1
+    if all(isinstance(e, OSError) for e in leaves):
+        first = leaves[0]
+        assert isinstance(first, OSError)
+        _say(f"pageserver: error: {_os_error_line(first)}")
+        return 1
+    return None
+
+
+def _say(line: str) -> None:
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (BrokenPipeError, ValueError):
+        pass  # stderr is gone too: the exit status says it
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    configure_logging(args.log_format)
-    func: Callable[[argparse.Namespace], int] = args.func
-    return func(args)
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        configure_logging(args.log_format)
+        func: Callable[[argparse.Namespace], int] = args.func
+        status = func(args)
+        sys.stdout.flush()  # here, where a closed pipe can still be handled
+        return status
+    except SystemExit:
+        # --help, usage errors: what argparse printed must reach a closed pipe quietly too
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _silence_stdout()
+        raise
+    except BaseException as e:
+        mapped = _exit_status(e)
+        if mapped is None:
+            raise
+        return mapped
 
 
 if __name__ == "__main__":  # pragma: no cover

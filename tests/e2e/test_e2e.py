@@ -5,6 +5,10 @@
   (exit 0), restart, read again;
 * ``feed`` while the daemon is SIGKILLed and restarted in the middle: the feed reconnects
   and resends, and after its final flush every record is readable.
+
+The daemons come from the pytest plugin users get (:mod:`pageserver.testing.plugin`):
+``pageserver_daemon`` runs each test once per engine, already started, and stops it at
+teardown; these tests stop and restart it themselves.
 """
 
 from __future__ import annotations
@@ -25,15 +29,6 @@ from tests.helpers.daemon import PAGESERVER, Daemon, FeedModel
 
 COUNT = 100_000
 KEYS = 2000
-
-
-@pytest.fixture
-def daemon(engine_kind: str) -> object:
-    d = Daemon(engine_kind)
-    try:
-        yield d
-    finally:
-        d.cleanup()
 
 
 async def _check_reads(addr: str, model: FeedModel, samples: list[tuple[int, int]]) -> None:
@@ -57,9 +52,8 @@ def _create(d: Daemon) -> tuple[str, str]:
     return t, tl
 
 
-async def test_feed_flush_read_restart(daemon: Daemon, engine_kind: str) -> None:
-    d = daemon
-    d.start()
+async def test_feed_flush_read_restart(pageserver_daemon: Daemon, pageserver_engine: str) -> None:
+    d, engine_kind = pageserver_daemon, pageserver_engine
     t, tl = _create(d)
     gen = FeedGenerator(
         count=COUNT, keys=KEYS, value_size=48, kind="test", start_lsn=100, records_per_lsn=4
@@ -123,10 +117,9 @@ async def test_feed_flush_read_restart(daemon: Daemon, engine_kind: str) -> None
     [("sigkill", 1), ("sigterm", 7)],
 )
 async def test_feed_survives_sigkill_and_restart(
-    daemon: Daemon, engine_kind: str, stop: str, per_lsn: int
+    pageserver_daemon: Daemon, stop: str, per_lsn: int
 ) -> None:
-    d = daemon
-    d.start()
+    d = pageserver_daemon
     t, tl = _create(d)
     gen = FeedGenerator(
         count=COUNT, keys=KEYS, value_size=64, kind="image", start_lsn=1, records_per_lsn=per_lsn
