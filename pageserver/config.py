@@ -128,6 +128,61 @@ IMAGE_COMPRESSION_KINDS = ("disabled", "zstd")
 
 
 @dataclass(frozen=True)
+class RemoteStorageConfig:
+    """``[remote_storage]`` (SPEC section 10): exactly one of ``local_path`` / ``bucket_name``.
+
+    Credentials for S3 come from ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` (and
+    ``AWS_SESSION_TOKEN``) in the environment, never from this file.
+    """
+
+    local_path: str | None = None
+    bucket_name: str | None = None
+    bucket_region: str = "us-east-1"
+    endpoint: str | None = None
+    prefix_in_bucket: str = ""
+    concurrency_limit: int = 100
+    #: seconds one request may take; past it the request is retried
+    timeout: float = 120.0
+
+
+_REMOTE_KINDS: dict[str, str] = {
+    "local_path": "str",
+    "bucket_name": "str",
+    "bucket_region": "str",
+    "endpoint": "str",
+    "prefix_in_bucket": "str",
+    "concurrency_limit": "pos_int",
+    "timeout": "duration",
+}
+
+
+def remote_storage_from_mapping(raw: Any) -> RemoteStorageConfig:
+    """Validate the ``[remote_storage]`` table (key names prefixed ``remote_storage.``)."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError("config key 'remote_storage' must be a table")
+    values = _validate(raw, _REMOTE_KINDS, "remote_storage.")
+    has_path = values.get("local_path") is not None
+    has_bucket = values.get("bucket_name") is not None
+    if has_path == has_bucket:
+        raise ConfigError(
+            "config key 'remote_storage' needs exactly one of 'local_path' and 'bucket_name'"
+        )
+    if has_path:
+        extra = sorted(k for k in values if k not in ("local_path", "concurrency_limit", "timeout"))
+        if extra:
+            raise ConfigError(
+                f"config key 'remote_storage.{extra[0]}' applies to S3 only, not to local_path"
+            )
+        if not values["local_path"]:
+            raise ConfigError("config key 'remote_storage.local_path' must not be empty")
+    elif len(values["bucket_name"]) < 3:
+        raise ConfigError("config key 'remote_storage.bucket_name' must have 3 characters or more")
+    if values.get("timeout", 1.0) <= 0:
+        raise ConfigError("config key 'remote_storage.timeout' must be positive")
+    return RemoteStorageConfig(**values)
+
+
+@dataclass(frozen=True)
 class PageserverConfig:
     listen_addr: str = "127.0.0.1:6400"
     metrics_addr: str = "127.0.0.1:9898"
@@ -138,6 +193,10 @@ class PageserverConfig:
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     auth_token: str | None = None
     image_compression: str = IMAGE_COMPRESSION_KINDS[0]
+    #: with remote storage: the bound on local layer bytes (SPEC section 10, eviction)
+    max_resident_layer_bytes: int | None = None
+    #: ``[remote_storage]``; None = a single-node pageserver
+    remote_storage: RemoteStorageConfig | None = None
     tenant_config: TenantConfig = field(default_factory=TenantConfig)
 
 
@@ -150,6 +209,7 @@ _TOP_KINDS: dict[str, str] = {
     "max_frame_bytes": "pos_int",
     "auth_token": "str",
     "image_compression": "compression",
+    "max_resident_layer_bytes": "pos_int",
 }
 
 
@@ -206,8 +266,10 @@ def _to_wire(obj: Any, kinds: Mapping[str, str]) -> dict[str, Any]:
 
 def config_from_mapping(data: Mapping[str, Any]) -> PageserverConfig:
     """Build a config from parsed TOML (tests use this directly)."""
-    top = {k: v for k, v in data.items() if k != "tenant_config"}
+    top = {k: v for k, v in data.items() if k not in ("tenant_config", "remote_storage")}
     values = _validate(top, _TOP_KINDS, "")
+    if "remote_storage" in data:
+        values["remote_storage"] = remote_storage_from_mapping(data["remote_storage"])
     tenant_raw = data.get("tenant_config", {})
     if not isinstance(tenant_raw, Mapping):
         raise ConfigError("config key 'tenant_config' must be a table")
@@ -247,6 +309,19 @@ no_sync = false
 max_frame_bytes = 16777216
 # auth_token = "secret"
 image_compression = "disabled"
+# With [remote_storage]: keep local layer files under this many bytes (evicting the
+# least recently read layers that are uploaded; they are downloaded again on demand).
+# max_resident_layer_bytes = 10737418240
+
+# Object storage for layers and indexes (SPEC section 10). Exactly one of local_path /
+# bucket_name. S3 credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
+# [remote_storage]
+# bucket_name = "pageserver"
+# bucket_region = "us-east-1"
+# endpoint = "http://127.0.0.1:8333"      # omit for AWS itself
+# prefix_in_bucket = ""
+# concurrency_limit = 100
+# timeout = "120s"
 
 [tenant_config]
 checkpoint_distance = 268435456

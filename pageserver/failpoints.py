@@ -41,6 +41,8 @@ KNOWN_POINTS = frozenset(
         "crashsafe-after-write",
         "crashsafe-after-rename",
         "flush-before-dcl-update",
+        "remote-before-index-upload",
+        "remote-before-delete",
     }
 )
 

@@ -64,3 +64,35 @@ DISK_CONSISTENT_LSN = Gauge(
     "disk_consistent_lsn per timeline",
     ["tenant_id", "timeline_id"],
 )
+
+# -- remote storage (SPEC section 10) ----------------------------------------------------------
+
+REMOTE_CONSISTENT_LSN = Gauge(
+    "pageserver_remote_consistent_lsn",
+    "disk_consistent_lsn of the last index uploaded, per timeline",
+    ["tenant_id", "timeline_id"],
+)
+REMOTE_UPLOAD_BYTES = Counter(
+    "pageserver_remote_upload_bytes_total", "Bytes of layer and index objects uploaded"
+)
+REMOTE_UPLOADS = Counter(
+    "pageserver_remote_uploads_total", "Objects uploaded, by kind", ["kind"]
+)
+REMOTE_DELETIONS = Counter("pageserver_remote_deletions_total", "Objects deleted remotely")
+REMOTE_DOWNLOAD_BYTES = Counter(
+    "pageserver_remote_download_bytes_total", "Bytes of layer files downloaded on demand"
+)
+REMOTE_DOWNLOAD_SECONDS = Histogram(
+    "pageserver_remote_download_seconds",
+    "Duration of one on-demand layer download (fetch, write, fsync, rename)",
+    buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+REMOTE_ERRORS = Counter(
+    "pageserver_remote_errors_total", "Failed object storage requests (each is retried)"
+)
+RESIDENT_LAYER_BYTES = Gauge(
+    "pageserver_resident_layer_bytes", "Bytes of layer files present on local disk"
+)
+LAYER_EVICTIONS = Counter(
+    "pageserver_layer_evictions_total", "Local layer copies deleted by eviction"
+)

@@ -124,6 +124,11 @@ _CLEAN: dict[str, str] = {
     "pageserver/wire/__init__.py": "from . import _framing\n",
     "pageserver/wire/_framing.py": "from pageserver.layers.batch import check\n",
     "pageserver/tenant/__init__.py": "",
+    "pageserver/remote/__init__.py": "",
+    "pageserver/remote/storage.py": """
+        from pageserver.io import IoEngine
+        from pageserver.layers import key
+    """,
     "pageserver/tenant/timeline.py": """
         from pageserver import config
         from pageserver.io import IoEngine
@@ -210,6 +215,7 @@ TARGET = {
     "server": "pageserver.server.server",
     "client": "pageserver.client._client",
     "tenant": "pageserver.tenant.timeline",
+    "remote": "pageserver.remote.storage",
     "layers": "pageserver.layers.key",
     "io": "pageserver.io",
     "config": "pageserver.config",
@@ -224,6 +230,7 @@ FORBIDDEN = [
     *[("layers", p) for p in ("tenant", "server", "wire", "client")],
     *[("io", p) for p in ("layers", "tenant", "server", "wire", "client", "config")],
     *[("tenant", p) for p in ("server", "wire", "client")],
+    *[("remote", p) for p in ("tenant", "server", "wire", "client")],
     ("server", "client"),
     *[("client", p) for p in ("server", "tenant", "io")],
     *[("config", p) for p in ("tenant", "layers", "wire")],

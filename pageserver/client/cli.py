@@ -31,7 +31,7 @@ from typing import Any
 
 import trio
 
-from pageserver.addresses import DEFAULT_ADDR, parse_address
+from pageserver.addresses import DEFAULT_ADDR
 from pageserver.client._client import Client, ConnectionLost, ServerError
 from pageserver.client.feed import (
     FeedError,
@@ -116,21 +116,9 @@ def _config_addr_and_token(data_dir: str) -> tuple[str | None, str | None]:
 
 
 def resolve_target(args: argparse.Namespace) -> tuple[str, str | None]:
-    """``--addr``/``--token`` with the data dir's config as the default.
-
-    :class:`CliError` for an address that does not parse, or a ``-D DIR`` given explicitly
-    that does not exist (rather than silently trying the default address).
-    """
-    if args.addr is None and args.data_dir != DEFAULT_DATA_DIR and not os.path.isdir(args.data_dir):
-        raise CliError(
-            f"data directory {args.data_dir} does not exist (--addr connects without one)"
-        )
+    """``--addr``/``--token`` with the data dir's config as the default."""
     cfg_addr, cfg_token = _config_addr_and_token(args.data_dir)
     addr = args.addr or cfg_addr or DEFAULT_ADDR
-    try:
-        parse_address(addr)
-    except ValueError as e:
-        raise CliError(str(e)) from None
     token = args.token if args.token is not None else os.environ.get("PAGESERVER_AUTH_TOKEN")
     if token is None:
         token = cfg_token
@@ -168,9 +156,9 @@ def _show_bytes(value: bytes, as_hex: bool) -> str:
 
 def _run(args: argparse.Namespace, body: Callable[[Client], Any]) -> int:
     """Connect, run ``body(client)`` under trio, map errors to a one-line message."""
+    addr, token = resolve_target(args)
 
     async def main() -> None:
-        addr, token = resolve_target(args)
         client = await Client.connect(addr, token)
         async with client:
             await body(client)
@@ -187,7 +175,9 @@ def _guard(fn: Callable[[], Any]) -> int:
     except (ConnectionLost, CliError, FeedError) as e:
         print(f"pageserver: error: {e}", file=sys.stderr)
         return 1
-    # Ctrl-C and a closed stdout are handled once for every command, in pageserver.cli.main.
+    except KeyboardInterrupt:
+        print("pageserver: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -213,6 +203,32 @@ def _cmd_tenant_config(args: argparse.Namespace) -> int:
         else:
             for k, v in sorted(r.get("config", {}).items()):
                 print(f"{k} = {v!r}")
+
+    return _run(args, body)
+
+
+def _cmd_tenant_attach(args: argparse.Namespace) -> int:
+    config = dict(args.config) if args.config else None
+
+    async def body(c: Client) -> None:
+        r = await c.request("tenant_attach", tenant_id=args.tenant_id, config=config)
+        if args.json:
+            _print_json({"tenant_id": args.tenant_id, **r})
+        else:
+            print(f"tenant {args.tenant_id} attached with generation {r.get('generation')}")
+            for tl in r.get("timelines", []):
+                print(f"  timeline {tl}")
+
+    return _run(args, body)
+
+
+def _cmd_tenant_detach(args: argparse.Namespace) -> int:
+    async def body(c: Client) -> None:
+        await c.request("tenant_detach", tenant_id=args.tenant_id)
+        if args.json:
+            _print_json({"tenant_id": args.tenant_id, "detached": True})
+        else:
+            print(f"tenant {args.tenant_id} detached")
 
     return _run(args, body)
 
@@ -342,18 +358,27 @@ def _cmd_status(args: argparse.Namespace) -> int:
         if not tenants:
             print("no tenants")
         for t in tenants:
-            print(f"tenant {t['tenant_id']}")
+            gen = t.get("generation")
+            print(f"tenant {t['tenant_id']}" + (f"  generation {gen}" if gen is not None else ""))
             tls = t.get("timelines", [])
             if not tls:
                 print("  no timelines")
             for tl in tls:
                 layers = tl.get("layers", {})
+                rcl = tl.get("remote_consistent_lsn")
+                remote = (
+                    f"  remote_consistent_lsn {lsn_str(rcl)}  "
+                    f"resident {layers.get('resident_bytes', 0)} B  "
+                    f"remote_only {layers.get('remote_only', 0)}"
+                    if rcl is not None or t.get("generation") is not None
+                    else ""
+                )
                 print(
                     f"  timeline {tl['timeline_id']}  "
                     f"last_record_lsn {lsn_str(tl['last_record_lsn'])}  "
                     f"disk_consistent_lsn {lsn_str(tl['disk_consistent_lsn'])}  "
                     f"layers l0={layers.get('l0', 0)} delta={layers.get('delta', 0)} "
-                    f"image={layers.get('image', 0)}"
+                    f"image={layers.get('image', 0)}{remote}"
                 )
 
     return _run(args, body)
@@ -384,10 +409,10 @@ def _cmd_compact(args: argparse.Namespace) -> int:
 
 
 def _cmd_feed(args: argparse.Namespace) -> int:
+    addr, token = resolve_target(args)
     show_progress = not args.no_progress and not args.json and sys.stderr.isatty()
 
     async def main() -> FeedStats:
-        addr, token = resolve_target(args)
         source: FeedSource
         if args.file:
             source = FileSource(args.file)
@@ -545,6 +570,33 @@ def register(subparsers: Any) -> None:
         help="a tenant config override (repeatable)",
     )
     p.set_defaults(func=_cmd_tenant_config)
+    p = tsub.add_parser(
+        "attach",
+        parents=[common],
+        help="attach a tenant from remote storage",
+        description="Attach TENANT from [remote_storage]: claim its next generation, load "
+        "each timeline's newest index and serve reads at once (layers are downloaded on "
+        "demand). Ingest continues from the index's disk_consistent_lsn. Prints the "
+        "generation and the timelines.",
+    )
+    _tenant_arg(p)
+    p.add_argument(
+        "--config",
+        metavar="KEY=VALUE",
+        type=parse_config_pair,
+        action="append",
+        help="a tenant config override (repeatable)",
+    )
+    p.set_defaults(func=_cmd_tenant_attach)
+    p = tsub.add_parser(
+        "detach",
+        parents=[common],
+        help="detach a tenant (after its uploads finished)",
+        description="Flush TENANT, wait until every pending upload reached remote storage, "
+        "then stop serving it and remove its local copy.",
+    )
+    _tenant_arg(p)
+    p.set_defaults(func=_cmd_tenant_detach)
 
     timeline = subparsers.add_parser(
         "timeline", help="create timelines", description="Timeline commands."

@@ -87,8 +87,10 @@ from pageserver.wire import (
     Request,
     ServerConnection,
     StatusRequest,
+    TenantAttachRequest,
     TenantConfigRequest,
     TenantCreateRequest,
+    TenantDetachRequest,
     TimelineCreateRequest,
     encode_error,
     encode_reply,
@@ -703,6 +705,12 @@ class Server:
             return {"last_record_lsn": req.start_lsn, "disk_consistent_lsn": req.start_lsn}
         if isinstance(req, CompactRequest):
             return await self._handle_compact(req)
+        if isinstance(req, TenantAttachRequest):
+            generation, timelines = await mgr.attach_tenant(req.tenant_id, req.config)
+            return {"generation": generation, "timelines": timelines}
+        if isinstance(req, TenantDetachRequest):
+            await mgr.detach_tenant(req.tenant_id)
+            return None
         raise AssertionError(f"unhandled request type {type(req).__name__}")  # pragma: no cover
 
     async def _handle_compact(self, req: CompactRequest) -> dict[str, Any]:

@@ -13,7 +13,8 @@ highest (capped at ``cont``); on a tie prefer an image layer, which ends the sea
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import time
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 
 import trio
@@ -34,6 +35,17 @@ class HistoricLayer:
     #: Reads using this layer right now (on the loop); removal waits for them.
     readers: int = 0
     _unused: trio.Event | None = field(default=None, repr=False)
+    #: With remote storage: whether the local file exists (False: remote only, downloaded
+    #: on demand). Changed only under :meth:`residency_lock` (download, eviction).
+    resident: bool = True
+    #: ``time.monotonic()`` of the last read that used this layer (eviction order).
+    last_read: float = 0.0
+    _residency: trio.Lock | None = field(default=None, repr=False)
+
+    def residency_lock(self) -> trio.Lock:
+        if self._residency is None:
+            self._residency = trio.Lock()
+        return self._residency
 
     @property
     def is_delta(self) -> bool:
@@ -94,6 +106,29 @@ class HistoricLayer:
 class LayerMap:
     def __init__(self) -> None:
         self.layers: list[HistoricLayer] = []
+        #: With remote storage: fetches a non-resident layer's file (set by the tenant).
+        self.downloader: Callable[[HistoricLayer], Awaitable[None]] | None = None
+
+    async def make_resident(self, layer: HistoricLayer) -> None:
+        """Make sure ``layer``'s file is local (download it once, however many reads wait).
+
+        The caller counts itself in ``layer.readers`` first, so eviction leaves it alone.
+        """
+        layer.last_read = time.monotonic()
+        if layer.resident:
+            return
+        async with layer.residency_lock():
+            if layer.resident:
+                return
+            if self.downloader is None:
+                raise FileNotFoundError(f"{layer.path}: layer is not resident and there is no remote storage")
+            await self.downloader(layer)
+            layer.resident = True
+
+    def residency(self) -> tuple[int, int]:
+        """``(bytes of resident layer files, count of remote-only layers)``."""
+        resident = sum(lay.file_size for lay in self.layers if lay.resident)
+        return resident, sum(1 for lay in self.layers if not lay.resident)
 
     def add(self, layer: HistoricLayer) -> None:
         self.layers.append(layer)

@@ -16,7 +16,9 @@ one to the wire error codes.
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import shutil
 import tomllib
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -27,6 +29,7 @@ from typing import Any
 import structlog
 import trio
 
+from pageserver import metrics
 from pageserver.config import (
     ConfigError,
     PageserverConfig,
@@ -38,6 +41,9 @@ from pageserver.errors import (
     AlreadyExists,
     BadRequest,
     InvalidId,
+    NoRemoteStorage,
+    PageserverError,
+    RemoteUnavailable,
     ShuttingDown,
     TenantNotFound,
     TimelineNotFound,
@@ -45,14 +51,30 @@ from pageserver.errors import (
 from pageserver.io import IoContext
 from pageserver.layers.batch import check_start_lsn
 from pageserver.layers.key import TenantId, TimelineId
+from pageserver.remote.generation import claim_generation, claim_owner, list_claims
+from pageserver.remote.index import IndexPart, timelines_prefix
+from pageserver.remote.s3 import open_remote_storage
+from pageserver.remote.storage import RemoteStorage, retrying
+from pageserver.remote.timeline_client import (
+    RemoteTimelineClient,
+    TenantRemote,
+    load_newest_index,
+)
 from pageserver.tenant.compaction import CompactionResult
-from pageserver.tenant.metadata import METADATA_FILE
+from pageserver.tenant.metadata import METADATA_FILE, write_metadata
+from pageserver.tenant.remote_timeline import evict_to_limit, reconcile
 from pageserver.tenant.timeline import History, PutResult, Timeline
 
 log = structlog.get_logger("pageserver.tenant")
 
 
 CONFIG_FILE = "config-v1"
+#: With remote storage: the tenant's generation on this pageserver (JSON, crash-safe).
+GENERATION_FILE = "generation"
+#: With remote storage: this data directory's identity, written in its generation claims.
+NODE_ID_FILE = "node_id"
+#: How long startup retries the object store before giving up on it.
+STARTUP_REMOTE_ATTEMPTS_TIMEOUTS = 3
 CONFIG_HEADER = (
     "# This file contains a specific per-tenant's config.\n"
     "#  It is read in case of pageserver restart.\n"
@@ -86,6 +108,8 @@ class Tenant:
         self.config = defaults.with_overrides(tenant_overrides_to_toml(overrides))
         self.timelines: dict[TimelineId, Timeline] = {}
         self.lock = trio.Lock()
+        #: With remote storage: the attachment (generation, staleness, the store).
+        self.remote: TenantRemote | None = None
 
     def get_config(self) -> TenantConfig:
         return self.config
@@ -111,6 +135,13 @@ class TenantManager:
         self.flush_failed = False
         self._nursery: trio.Nursery | None = None
         self._create_lock = trio.Lock()
+        #: ``[remote_storage]``: the object store (None: a single-node pageserver).
+        self.remote_storage: RemoteStorage | None = (
+            open_remote_storage(config.remote_storage) if config.remote_storage is not None else None
+        )
+        self.node_id = ""
+        self._task_scopes: dict[tuple[TenantId, TimelineId], trio.CancelScope] = {}
+        self._evict_wakeup = trio.Event()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -136,6 +167,8 @@ class TenantManager:
             for tenant in mgr.tenants.values():
                 for tl in tenant.timelines.values():
                     mgr._start_background(tl)
+            if mgr.remote_storage is not None and config.max_resident_layer_bytes is not None:
+                nursery.start_soon(mgr._eviction_loop, config.max_resident_layer_bytes)
             try:
                 yield mgr
             finally:
@@ -150,11 +183,23 @@ class TenantManager:
     def _start_background(self, tl: Timeline) -> None:
         tl.image_compression = self.config.image_compression
         if self._nursery is not None:
-            self._nursery.start_soon(tl.flush_loop)
-            self._nursery.start_soon(tl.compaction_loop)
+            scope = trio.CancelScope()
+            self._task_scopes[(tl.tenant_id, tl.timeline_id)] = scope
+            self._nursery.start_soon(self._background, tl, scope)
+
+    async def _background(self, tl: Timeline, scope: trio.CancelScope) -> None:
+        """A timeline's tasks: flush, compaction, uploads (cancelled by a detach)."""
+        with scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(tl.flush_loop)
+                nursery.start_soon(tl.compaction_loop)
+                if tl.remote is not None:
+                    nursery.start_soon(tl.remote.run)
 
     async def load(self) -> None:
         self.tenants_dir.mkdir(parents=True, exist_ok=True)
+        if self.remote_storage is not None:
+            self.node_id = await self._node_id()
         for entry in sorted(os.listdir(self.tenants_dir)):
             tpath = self.tenants_dir / entry
             try:
@@ -169,6 +214,8 @@ class TenantManager:
                 continue
             overrides = await self._read_tenant_config(str(cfg_path))
             tenant = Tenant(tenant_id, str(tpath), self.config.tenant_config, overrides)
+            if self.remote_storage is not None and not await self._reattach(tenant):
+                continue
             tl_dir = Path(tenant.timelines_dir)
             tl_dir.mkdir(exist_ok=True)
             for tl_entry in sorted(os.listdir(tl_dir)):
@@ -182,9 +229,12 @@ class TenantManager:
                     log.warning("removing timeline directory without metadata", timeline_id=tl_entry)
                     shutil.rmtree(path)
                     continue
-                tenant.timelines[timeline_id] = await Timeline.load(
+                tl = await Timeline.load(
                     self.ctx, tenant_id, timeline_id, str(path), tenant.get_config
                 )
+                if tenant.remote is not None:
+                    await self._connect_remote(tenant, tl, startup=True)
+                tenant.timelines[timeline_id] = tl
             self.tenants[tenant_id] = tenant
         log.info(
             "tenants loaded",
@@ -222,6 +272,17 @@ class TenantManager:
             for tenant in self.tenants.values():
                 for tl in tenant.timelines.values():
                     nursery.start_soon(stop, tl)
+        if flush and self.remote_storage is not None:
+            # A graceful stop waits for the upload queues (bounded: the store may be down).
+            deadline = trio.current_time() + max(self.remote_storage.timeout, 1.0)
+            for tenant in self.tenants.values():
+                for tl in tenant.timelines.values():
+                    if tl.remote is not None and not await tl.remote.wait_drained(deadline):
+                        tl.log.warning(
+                            "uploads still pending at shutdown; the next start uploads them",
+                            disk_consistent_lsn=tl.disk_consistent_lsn,
+                            remote_consistent_lsn=tl.remote.remote_consistent_lsn,
+                        )
 
     # -- tenants and timelines ------------------------------------------------------------------
 
@@ -238,6 +299,8 @@ class TenantManager:
 
     def timeline(self, tenant_id: str, timeline_id: str) -> Timeline:
         tenant = self.tenant(tenant_id)
+        if tenant.remote is not None:
+            tenant.remote.check_not_stale()
         tlid = parse_timeline_id(timeline_id)
         tl = tenant.timelines.get(tlid)
         if tl is None:
@@ -262,13 +325,20 @@ class TenantManager:
         async with self._create_lock:
             if tid in self.tenants:
                 raise AlreadyExists(f"tenant {tid} already exists")
+            remote = None
+            if self.remote_storage is not None:
+                remote = await self._claim_new(tid, must_be_new=True)
             path = self.tenants_dir / str(tid)
             if path.exists():  # a half-created leftover not loaded at startup
                 shutil.rmtree(path)
             (path / "timelines").mkdir(parents=True)
+            if remote is not None:
+                await self._write_generation(str(path), remote.generation)
             await self._write_tenant_config(str(path), values)
             await self.ctx.fsync_dir(str(self.tenants_dir), force=True)
-            self.tenants[tid] = Tenant(tid, str(path), self.config.tenant_config, values)
+            tenant = Tenant(tid, str(path), self.config.tenant_config, values)
+            tenant.remote = remote
+            self.tenants[tid] = tenant
         log.info("tenant created", tenant_id=str(tid), overrides=tenant_overrides_to_toml(values))
 
     async def set_tenant_config(self, tenant_id: str, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -289,6 +359,8 @@ class TenantManager:
         tenant = self.tenant(tenant_id)
         tlid = parse_timeline_id(timeline_id)
         check_start_lsn(start_lsn)
+        if tenant.remote is not None:
+            tenant.remote.check_not_stale()
         async with tenant.lock:
             if tlid in tenant.timelines:
                 raise AlreadyExists(f"timeline {tlid} already exists in tenant {tenant.tenant_id}")
@@ -298,6 +370,8 @@ class TenantManager:
             tl = await Timeline.create(
                 self.ctx, tenant.tenant_id, tlid, path, tenant.get_config, start_lsn
             )
+            if tenant.remote is not None:
+                await self._connect_remote(tenant, tl, index=None)
             tenant.timelines[tlid] = tl
         self._start_background(tl)
         tl.log.info("timeline created", start_lsn=start_lsn)
@@ -329,9 +403,240 @@ class TenantManager:
         return [
             {
                 "tenant_id": str(t.tenant_id),
+                "generation": t.remote.generation if t.remote is not None else None,
                 "timelines": [
                     t.timelines[tl].status() for tl in sorted(t.timelines, key=str)
                 ],
             }
             for t in tenants
         ]
+
+    # -- remote storage (SPEC section 10) --------------------------------------------------------
+
+    def _require_remote(self) -> RemoteStorage:
+        if self.remote_storage is None:
+            raise NoRemoteStorage("this pageserver has no [remote_storage]")
+        return self.remote_storage
+
+    def _startup_deadline(self) -> float:
+        storage = self._require_remote()
+        return trio.current_time() + STARTUP_REMOTE_ATTEMPTS_TIMEOUTS * max(storage.timeout, 1.0)
+
+    async def _node_id(self) -> str:
+        """This data directory's identity (created once), written in generation claims."""
+        path = self.data_dir / NODE_ID_FILE
+        if path.exists():
+            return path.read_text().strip()
+        node = secrets.token_hex(16)
+        await self.ctx.crashsafe_overwrite(str(path), (node + "\n").encode())
+        return node
+
+    async def _write_generation(self, tenant_path: str, generation: int) -> None:
+        body = json.dumps({"generation": generation}).encode() + b"\n"
+        await self.ctx.crashsafe_overwrite(os.path.join(tenant_path, GENERATION_FILE), body)
+
+    def _read_generation(self, tenant_path: str) -> int | None:
+        try:
+            with open(os.path.join(tenant_path, GENERATION_FILE), "rb") as f:
+                gen = json.loads(f.read()).get("generation")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return gen if isinstance(gen, int) and not isinstance(gen, bool) else None
+
+    async def _claim_new(self, tid: TenantId, *, must_be_new: bool) -> TenantRemote:
+        """Claim the next generation of ``tid`` (a client waits: ``remote_unavailable``)."""
+        storage = self._require_remote()
+        deadline = trio.current_time() + max(storage.timeout, 1.0)
+        if must_be_new and await list_claims(storage, str(tid), deadline=deadline):
+            raise AlreadyExists(
+                f"tenant {tid} exists in remote storage; use tenant_attach to attach it"
+            )
+        gen = await claim_generation(storage, str(tid), self.node_id, deadline=deadline)
+        log.info("claimed generation", tenant_id=str(tid), generation=gen)
+        return TenantRemote(storage, str(tid), gen, self.node_id)
+
+    async def _reattach(self, tenant: Tenant) -> bool:
+        """Startup: claim a new generation for a tenant held here, unless another
+        pageserver claimed a newer one than ours (then drop the local copy: False)."""
+        storage = self._require_remote()
+        tid = str(tenant.tenant_id)
+        deadline = self._startup_deadline()
+        ours = self._read_generation(tenant.path)
+        claims = await list_claims(storage, tid, deadline=deadline)
+        newest = claims[-1] if claims else 0
+        if ours is not None and newest > ours:
+            owner = await claim_owner(storage, tid, newest, deadline=deadline)
+            if owner != self.node_id:
+                log.warning(
+                    "tenant was attached elsewhere with a newer generation; dropping the local copy",
+                    tenant_id=tid, our_generation=ours, newer_generation=newest,
+                )  # fmt: skip
+                shutil.rmtree(tenant.path)
+                return False
+        gen = await claim_generation(storage, tid, self.node_id, deadline=deadline)
+        await self._write_generation(tenant.path, gen)
+        tenant.remote = TenantRemote(storage, tid, gen, self.node_id)
+        log.info("claimed generation", tenant_id=tid, generation=gen, previous=ours)
+        return True
+
+    async def _connect_remote(
+        self,
+        tenant: Tenant,
+        tl: Timeline,
+        *,
+        startup: bool = False,
+        index: IndexPart | None = None,
+    ) -> None:
+        """Give ``tl`` its upload queue; at startup (or attach, with ``index``) reconcile
+        the local layers with the newest remote index first."""
+        remote = tenant.remote
+        assert remote is not None
+        if startup:
+            found = await load_newest_index(
+                remote.storage, remote.tenant_id, str(tl.timeline_id), remote.generation,
+                deadline=self._startup_deadline(),
+            )  # fmt: skip
+            index = found[1] if found is not None else None
+        client = RemoteTimelineClient(
+            remote, str(tl.timeline_id), self.ctx, start_lsn=tl.start_lsn, remote_index=index
+        )
+        client.on_index_uploaded = self._poke_eviction
+        await reconcile(self.ctx, tl.dir, tl.layer_map, client, index)
+        inner = tl.layer_map.downloader
+        assert inner is not None
+
+        async def download_then_evict(layer: Any) -> None:
+            await inner(layer)
+            self._poke_eviction()
+
+        tl.layer_map.downloader = download_then_evict
+        if index is not None and index.disk_consistent_lsn > tl.disk_consistent_lsn:
+            dcl = index.disk_consistent_lsn
+            await write_metadata(self.ctx, tl.dir, dcl, tl.start_lsn)
+            tl.disk_consistent_lsn = tl.last_record_lsn = dcl
+            tl.next_layer_start = dcl + 1
+        tl.remote = client
+        client.schedule_index_upload(tl.disk_consistent_lsn)
+        tl._update_gauges()
+
+    async def attach_tenant(
+        self, tenant_id: str, overrides: Mapping[str, Any] | None = None
+    ) -> tuple[int, list[str]]:
+        """``tenant_attach``: claim a generation, load each timeline's newest index not above
+        it, serve reads at once (layers are downloaded on demand)."""
+        self._check_running()
+        storage = self._require_remote()
+        tid = parse_tenant_id(tenant_id)
+        values = self._validate_overrides(overrides)
+        async with self._create_lock:
+            held = self.tenants.get(tid)
+            if held is not None:
+                if held.remote is not None and not held.remote.stale:
+                    return held.remote.generation, sorted(str(t) for t in held.timelines)
+                raise AlreadyExists(f"tenant {tid} is held here with a stale generation; detach it first")
+            remote = await self._claim_new(tid, must_be_new=False)
+            deadline = remote.client_deadline()
+            names = await retrying(
+                "list timelines", lambda: storage.list_dirs(timelines_prefix(str(tid))), deadline=deadline
+            )
+            indexes: dict[TimelineId, IndexPart] = {}
+            for name in names:
+                try:
+                    tlid = TimelineId.parse(name)
+                except InvalidId:
+                    continue
+                found = await load_newest_index(
+                    storage, str(tid), str(tlid), remote.generation, deadline=deadline
+                )
+                if found is None:
+                    log.warning("remote timeline without an index; skipped", tenant_id=str(tid), timeline_id=str(tlid))
+                    continue
+                indexes[tlid] = found[1]
+            path = self.tenants_dir / str(tid)
+            if path.exists():
+                shutil.rmtree(path)
+            (path / "timelines").mkdir(parents=True)
+            await self._write_generation(str(path), remote.generation)
+            await self._write_tenant_config(str(path), values)
+            tenant = Tenant(tid, str(path), self.config.tenant_config, values)
+            tenant.remote = remote
+            for tlid, index in sorted(indexes.items(), key=lambda kv: str(kv[0])):
+                tl_path = os.path.join(tenant.timelines_dir, str(tlid))
+                os.mkdir(tl_path)
+                await write_metadata(self.ctx, tl_path, index.disk_consistent_lsn, index.initdb_lsn)
+                tl = await Timeline.load(self.ctx, tid, tlid, tl_path, tenant.get_config)
+                await self._connect_remote(tenant, tl, index=index)
+                tenant.timelines[tlid] = tl
+            await self.ctx.fsync_dir(tenant.timelines_dir, force=True)
+            await self.ctx.fsync_dir(str(self.tenants_dir), force=True)
+            self.tenants[tid] = tenant
+            for tl in tenant.timelines.values():
+                self._start_background(tl)
+        log.info(
+            "tenant attached", tenant_id=str(tid), generation=remote.generation,
+            timelines=len(tenant.timelines),
+        )  # fmt: skip
+        return remote.generation, sorted(str(t) for t in tenant.timelines)
+
+    async def detach_tenant(self, tenant_id: str) -> None:
+        """``tenant_detach``: flush, wait for every pending upload, stop, remove the local copy."""
+        self._check_running()
+        storage = self._require_remote()
+        tenant = self.tenant(tenant_id)
+        async with self._create_lock:
+            if self.tenants.get(tenant.tenant_id) is not tenant:
+                raise TenantNotFound(f"tenant {tenant.tenant_id} not found")
+            remote = tenant.remote
+            live = remote is not None and not remote.stale
+            deadline = trio.current_time() + max(storage.timeout, 1.0) * 3
+            if live:
+                for tl in tenant.timelines.values():
+                    await tl.flush()
+                await self._wait_uploads(tenant, deadline)
+            for tl in tenant.timelines.values():
+                await tl.shutdown(flush=live)
+            if live:
+                await self._wait_uploads(tenant, deadline)
+            for tlid, tl in tenant.timelines.items():
+                scope = self._task_scopes.pop((tenant.tenant_id, tlid), None)
+                if scope is not None:
+                    scope.cancel()
+                with trio.CancelScope(shield=True):
+                    await tl.close_files()
+            del self.tenants[tenant.tenant_id]
+            shutil.rmtree(tenant.path, ignore_errors=True)
+            await self.ctx.fsync_dir(str(self.tenants_dir), force=True)
+        log.info("tenant detached", tenant_id=str(tenant.tenant_id))
+
+    async def _wait_uploads(self, tenant: Tenant, deadline: float) -> None:
+        for tl in tenant.timelines.values():
+            if tl.remote is not None and not await tl.remote.wait_drained(deadline):
+                if tenant.remote is not None:
+                    tenant.remote.check_not_stale()
+                raise RemoteUnavailable(
+                    f"timeline {tl.timeline_id}: uploads did not finish in time; retry the detach"
+                )
+
+    def _poke_eviction(self) -> None:
+        self._evict_wakeup.set()
+
+    async def _eviction_loop(self, limit: int) -> None:
+        """Keep resident layer bytes at or under ``max_resident_layer_bytes``."""
+        while True:
+            with trio.move_on_after(1.0):
+                await self._evict_wakeup.wait()
+            self._evict_wakeup = trio.Event()
+            candidates = [
+                (hl, tl.remote)
+                for tenant in list(self.tenants.values())
+                for tl in list(tenant.timelines.values())
+                if tl.remote is not None
+                for hl in list(tl.layer_map.layers)
+            ]
+            total = sum(hl.file_size for hl, _ in candidates if hl.resident)
+            if total > limit:
+                try:
+                    total = await evict_to_limit(self.ctx, candidates, total, limit)
+                except (OSError, PageserverError) as e:
+                    log.error("eviction failed", error=repr(e))
+            metrics.RESIDENT_LAYER_BYTES.set(total)

@@ -10,6 +10,9 @@ the LSNs still missing, and looks at:
 2. the historic layers the layer map picks for the key below ``cont``
    (:meth:`LayerMap.search`), until none is left.
 
+A historic layer that is not resident (remote storage: evicted, or attached and not read
+yet) is downloaded on demand before it is read (:meth:`LayerMap.make_resident`).
+
 The timeline's ``get``/``get_history`` walk both parts; compaction's image creation walks
 a private snapshot of the historic layers only. Both call :func:`reconstruct`.
 
@@ -108,6 +111,9 @@ async def reconstruct(
         if track:
             hl.readers += 1
         try:
+            # Remote storage: a layer known only from the index is downloaded first (once
+            # for all reads waiting on it); counted above, so eviction leaves it alone.
+            await layer_map.make_resident(hl)
             if hl.is_delta:
                 delta = await hl.delta(ctx)
                 values = await delta.get_values_reconstruct_data(key, (hl.lsn_start, cont))

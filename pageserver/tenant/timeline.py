@@ -27,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 import trio
@@ -46,7 +47,7 @@ from pageserver.io import TEMP_SUFFIX, IoContext, cleanup_shield
 from pageserver.layers.batch import check_put_batch
 from pageserver.layers.common import LayerFileError, LayerInfo
 from pageserver.layers.key import KEY_SIZE, TenantId, TimelineId
-from pageserver.layers.layer_name import try_parse_layer_name
+from pageserver.layers.layer_name import LayerName, try_parse_layer_name
 from pageserver.layers.validate import validate_layer_file
 from pageserver.layers.value import (
     BadValue as ValueDecodeError,
@@ -55,6 +56,7 @@ from pageserver.layers.value import RedoError
 from pageserver.layers.value import (
     RedoUnsupported as ValueRedoUnsupported,
 )
+from pageserver.remote.index import bare_name
 from pageserver.tenant.compaction import (
     CompactionResult,
     create_image_layer,
@@ -69,6 +71,10 @@ from pageserver.tenant.inmemory_layer import InMemoryLayer
 from pageserver.tenant.layer_map import HistoricLayer, LayerMap
 from pageserver.tenant.metadata import METADATA_FILE, read_metadata, write_metadata
 from pageserver.tenant.read_path import Reconstruction, reconstruct
+from pageserver.tenant.remote_timeline import adopt_generation, pin, unpin
+
+if TYPE_CHECKING:
+    from pageserver.remote.timeline_client import RemoteTimelineClient
 
 log = structlog.get_logger("pageserver.timeline")
 
@@ -128,6 +134,8 @@ class Timeline:
         #: Shutdown has begun: no new puts, backpressure waits give up.
         self._stopping = False
         self._closed = False
+        #: With remote storage: the upload queue and downloads (set by the tenant manager).
+        self.remote: RemoteTimelineClient | None = None
         self.log = log.bind(tenant_id=str(tenant_id), timeline_id=str(timeline_id))
         labels = {"tenant_id": str(tenant_id), "timeline_id": str(timeline_id)}
         self._m_last_record = metrics.LAST_RECORD_LSN.labels(**labels)
@@ -372,10 +380,15 @@ class Timeline:
         assert layer.end_lsn is not None
         t0 = time.perf_counter()
         info = await self.ctx.run_job(self._flush_job, layer)
+        name, path = info.name, info.path
+        if self.remote is not None:
+            name, path = await adopt_generation(
+                self.ctx, self.dir, name, path, self.remote.generation
+            )
         # The layer and the metadata naming its end are durable: publish both at once
         # (no await between), so a reader sees the records either in the frozen layer or
         # in the new delta layer.
-        self.layer_map.add(HistoricLayer(info.name, info.path, info.file_size))
+        self.layer_map.add(HistoricLayer(name, path, info.file_size))
         self.frozen.popleft()
         new_dcl = layer.end_lsn - 1
         self.disk_consistent_lsn = new_dcl
@@ -384,6 +397,9 @@ class Timeline:
         metrics.FLUSH_BYTES.inc(info.file_size)
         self._m_dcl.set(new_dcl)
         self._update_gauges()
+        if self.remote is not None:
+            self.remote.schedule_layer_upload(_bare(name), path, info.file_size)
+            self.remote.schedule_index_upload(new_dcl)
         self.log.info(
             "flushed layer",
             layer=str(info.name),
@@ -414,30 +430,40 @@ class Timeline:
                 key=lambda lay: lay.lsn_start,
             )
             if len(l0) >= max(2, conf.compaction_threshold):
-                infos = await self.ctx.run_job(
-                    merge_l0_layers, self.ctx, self.dir, self.tenant_id, self.timeline_id,
-                    [lay.path for lay in l0], conf.checkpoint_distance,
-                )  # fmt: skip
+                pinned = await self._pin_resident(l0)
+                try:
+                    infos = await self.ctx.run_job(
+                        merge_l0_layers, self.ctx, self.dir, self.tenant_id, self.timeline_id,
+                        [lay.path for lay in l0], conf.checkpoint_distance,
+                    )  # fmt: skip
+                    new_layers = [await self._adopt(info) for info in infos]
+                finally:
+                    unpin(pinned)
                 # Publish in one step (no await): readers see the old or the new layers.
-                for info in infos:
-                    self.layer_map.add(HistoricLayer(info.name, info.path, info.file_size))
+                for hl in new_layers:
+                    self.layer_map.add(hl)
                 for layer in l0:
                     self.layer_map.remove(layer)
+                self._schedule_remote(new_layers, l0)
                 await remove_layers(self.ctx, self.dir, l0)
                 created += len(infos)
                 removed += len(l0)
             lsn = self.disk_consistent_lsn
             if lsn > last_image and generations >= conf.image_creation_threshold:
-                copies = [
-                    private_copy(lay) for lay in self.layer_map.layers if lay.lsn_start <= lsn
-                ]
-                image_info: LayerInfo | None = await self.ctx.run_job(
-                    create_image_layer, self.ctx, self.dir, self.tenant_id, self.timeline_id,
-                    copies, lsn, self.image_compression,
-                )  # fmt: skip
-                if image_info is not None:
-                    info = image_info
-                    self.layer_map.add(HistoricLayer(info.name, info.path, info.file_size))
+                below = [lay for lay in self.layer_map.layers if lay.lsn_start <= lsn]
+                pinned = await self._pin_resident(below)
+                try:
+                    copies = [private_copy(lay) for lay in below]
+                    image_info: LayerInfo | None = await self.ctx.run_job(
+                        create_image_layer, self.ctx, self.dir, self.tenant_id, self.timeline_id,
+                        copies, lsn, self.image_compression,
+                    )  # fmt: skip
+                    image_layer = await self._adopt(image_info) if image_info is not None else None
+                finally:
+                    unpin(pinned)
+                if image_layer is not None:
+                    self.layer_map.add(image_layer)
+                    self._schedule_remote([image_layer], [])
                     created += 1
             if created or removed:
                 self._update_gauges()
@@ -446,6 +472,37 @@ class Timeline:
                     io_engine=self.ctx.engine_kind,
                 )  # fmt: skip
             return CompactionResult(created, removed)
+
+    async def _pin_resident(self, layers: list[HistoricLayer]) -> list[HistoricLayer]:
+        """Count compaction as a reader of ``layers`` and download the non-resident ones."""
+        pinned = pin(layers)
+        try:
+            for hl in pinned:
+                await self.layer_map.make_resident(hl)
+        except BaseException:
+            unpin(pinned)
+            raise
+        return pinned
+
+    async def _adopt(self, info: LayerInfo) -> HistoricLayer:
+        """A new layer file as a layer-map entry (renamed to our generation's local name)."""
+        name, path = info.name, info.path
+        if self.remote is not None:
+            name, path = await adopt_generation(
+                self.ctx, self.dir, name, path, self.remote.generation
+            )
+        return HistoricLayer(name, path, info.file_size)
+
+    def _schedule_remote(self, added: list[HistoricLayer], removed: list[HistoricLayer]) -> None:
+        """Compaction changed the layer map: upload the new layers, then an index without
+        the removed ones, then delete those (the upload queue's ordering)."""
+        if self.remote is None:
+            return
+        for hl in added:
+            self.remote.schedule_layer_upload(_bare(hl.name), hl.path, hl.file_size)
+        for hl in removed:
+            self.remote.schedule_layer_removal(_bare(hl.name))
+        self.remote.schedule_index_upload(self.disk_consistent_lsn)
 
     async def compaction_loop(self) -> None:
         """Compact every ``compaction_period`` (runs in the manager's nursery)."""
@@ -528,10 +585,23 @@ class Timeline:
         return History(found.image, found.image_lsn, found.records[::-1])
 
     def status(self) -> dict[str, object]:
+        resident_bytes, remote_only = self.layer_map.residency()
         return {
             "timeline_id": str(self.timeline_id),
             "last_record_lsn": self.last_record_lsn,
             "disk_consistent_lsn": self.disk_consistent_lsn,
-            "layers": self.layer_map.counts(),
+            "remote_consistent_lsn": (
+                self.remote.remote_consistent_lsn if self.remote is not None else None
+            ),
+            "layers": {
+                **self.layer_map.counts(),
+                "resident_bytes": resident_bytes,
+                "remote_only": remote_only,
+            },
         }
+
+
+def _bare(name: LayerName) -> str:
+    """The layer's name without generation suffix (the remote index's key)."""
+    return bare_name(name)
 

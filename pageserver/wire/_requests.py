@@ -45,8 +45,10 @@ __all__ = [
     "PutRequest",
     "Request",
     "StatusRequest",
+    "TenantAttachRequest",
     "TenantConfigRequest",
     "TenantCreateRequest",
+    "TenantDetachRequest",
     "TimelineCreateRequest",
     "check_put_batch",
     "parse_envelope",
@@ -104,6 +106,19 @@ class TenantConfigRequest(_RequestBase):
     op: ClassVar[str] = "tenant_config"
     tenant_id: str
     config: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class TenantAttachRequest(_RequestBase):
+    op: ClassVar[str] = "tenant_attach"
+    tenant_id: str
+    config: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TenantDetachRequest(_RequestBase):
+    op: ClassVar[str] = "tenant_detach"
+    tenant_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +188,8 @@ Request: TypeAlias = (
     | FlushRequest
     | CompactRequest
     | StatusRequest
+    | TenantAttachRequest
+    | TenantDetachRequest
 )
 
 
@@ -272,6 +289,15 @@ def _p_tenant_config(m: Mapping[object, object], rid: Id) -> Request:
     return TenantConfigRequest(t, c, id=rid)
 
 
+def _p_tenant_attach(m: Mapping[object, object], rid: Id) -> Request:
+    t = _req_id(m, "tenant_id")
+    return TenantAttachRequest(t, _config(m, "config", optional=True), id=rid)
+
+
+def _p_tenant_detach(m: Mapping[object, object], rid: Id) -> Request:
+    return TenantDetachRequest(_req_id(m, "tenant_id"), id=rid)
+
+
 def _p_timeline_create(m: Mapping[object, object], rid: Id) -> Request:
     t = _req_id(m, "tenant_id")
     tl = _req_id(m, "timeline_id")
@@ -329,6 +355,8 @@ _PARSERS: Final[dict[str, Callable[[Mapping[object, object], Id], Request]]] = {
     "flush": _p_flush,
     "compact": _p_compact,
     "status": _p_status,
+    "tenant_attach": _p_tenant_attach,
+    "tenant_detach": _p_tenant_detach,
 }
 
 OPS: Final = frozenset(_PARSERS)

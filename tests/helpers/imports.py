@@ -68,11 +68,11 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 #: The rooms: subpackages that hold one stage of the data flow each.
-ROOMS: Final = ("wire", "server", "client", "tenant", "layers", "io")
+ROOMS: Final = ("wire", "server", "client", "tenant", "remote", "layers", "io")
 #: Shared top-level modules every part may import; they import only each other.
 LEAVES: Final = ("errors", "logging", "metrics", "failpoints", "addresses")
 #: Programs: they may import anything, and nothing but another entry point imports them.
-ENTRY_POINTS: Final = ("cli", "daemon", "bench", "testing")
+ENTRY_POINTS: Final = ("cli", "daemon", "bench")
 #: The package's own ``__init__``: importable by all, imports nothing of the package.
 ROOT: Final = "__init__"
 #: Every part the table knows, in the order of the table.
@@ -90,7 +90,9 @@ MAY_IMPORT: Final[Mapping[str, frozenset[str]]] = {
     # speaks the wire protocol; no server, tenant or files of its own
     "client": _LEAF_SET | {"config", "layers", "wire"},
     # no server, wire, client
-    "tenant": _LEAF_SET | {"config", "io", "layers"},
+    "tenant": _LEAF_SET | {"config", "io", "layers", "remote"},
+    # object storage, indexes, uploads, downloads: no tenant, server, wire, client
+    "remote": _LEAF_SET | {"config", "io", "layers"},
     # no tenant, server, wire, client
     "layers": _LEAF_SET | {"config", "io"},
     # the foundation: no layers, tenant, server, wire, client (nor config, which imports io)
@@ -106,9 +108,6 @@ MAY_IMPORT: Final[Mapping[str, frozenset[str]]] = {
     "cli": _EVERYTHING,
     "daemon": _EVERYTHING,
     "bench": _EVERYTHING,
-    # the pytest plugin and compare-engines: any room, but it runs the daemon (and the CLI)
-    # as subprocesses, so it needs none of the other programs
-    "testing": _EVERYTHING - {"cli", "daemon", "bench"},
     ROOT: frozenset(),
 }
 

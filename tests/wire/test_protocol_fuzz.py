@@ -31,8 +31,10 @@ from pageserver.wire import (
     RequestEvent,
     ServerConnection,
     StatusRequest,
+    TenantAttachRequest,
     TenantConfigRequest,
     TenantCreateRequest,
+    TenantDetachRequest,
     TimelineCreateRequest,
     check_put_batch,
     encode_frame,
@@ -127,13 +129,18 @@ def valid_requests(draw: st.DrawFn) -> tuple[dict[str, Any], Request]:
         tid = draw(st.none() | hex_ids)
         base["tenant_id"] = tid
         exp = StatusRequest(None if tid is None else tid.lower(), id=rid)
-    elif op in ("tenant_create", "tenant_config"):
+    elif op in ("tenant_create", "tenant_config", "tenant_attach"):
         config = draw(st.dictionaries(st.text(max_size=10), scalars, max_size=4))
         base |= {"tenant_id": t, "config": config}
         if op == "tenant_create":
             exp = TenantCreateRequest(t.lower(), config, id=rid)
+        elif op == "tenant_attach":
+            exp = TenantAttachRequest(t.lower(), config, id=rid)
         else:
             exp = TenantConfigRequest(t.lower(), config, id=rid)
+    elif op == "tenant_detach":
+        base["tenant_id"] = t
+        exp = TenantDetachRequest(t.lower(), id=rid)
     else:
         base |= {"tenant_id": t, "timeline_id": tl}
         ids = (t.lower(), tl.lower())

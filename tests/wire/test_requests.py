@@ -21,8 +21,10 @@ from pageserver.wire import (
     PutRequest,
     Request,
     StatusRequest,
+    TenantAttachRequest,
     TenantConfigRequest,
     TenantCreateRequest,
+    TenantDetachRequest,
     TimelineCreateRequest,
     check_put_batch,
     encode_error,
@@ -78,6 +80,11 @@ VALID: dict[str, tuple[dict[str, Any], Any]] = {
     "flush": ({"op": "flush", "tenant_id": T, "timeline_id": TL}, FlushRequest(T, TL)),
     "compact": ({"op": "compact", "tenant_id": T, "timeline_id": TL}, CompactRequest(T, TL)),
     "status": ({"op": "status", "tenant_id": T}, StatusRequest(T)),
+    "tenant_attach": (
+        {"op": "tenant_attach", "tenant_id": T, "config": {"compaction_threshold": 4}},
+        TenantAttachRequest(T, {"compaction_threshold": 4}),
+    ),
+    "tenant_detach": ({"op": "tenant_detach", "tenant_id": T}, TenantDetachRequest(T)),
 }
 
 # Fields whose absence is an error, per op.
@@ -92,6 +99,8 @@ REQUIRED: dict[str, list[str]] = {
     "flush": ["tenant_id", "timeline_id"],
     "compact": ["tenant_id", "timeline_id"],
     "status": [],
+    "tenant_attach": ["tenant_id"],
+    "tenant_detach": ["tenant_id"],
 }
 
 # Wrong-typed values per field name (every one must be bad_request naming the field).

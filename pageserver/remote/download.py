@@ -1,0 +1,79 @@
+"""Downloading a layer file on demand, and reading one for upload (SPEC section 10).
+
+Both move *layer files*, so both go through VirtualFile and the configured io engine, as a
+layer-writing job (``ctx.run_job``: one worker thread under std-fs, io_uring submissions
+on the loop under trio-uring). Only the network request runs in the backend's thread.
+
+A download: fetch the object (its size must equal the index's ``file_size``, else nothing
+is written), write ``<final>.<n>.___temp`` (O_EXCL), fsync it, check its size again,
+rename it to the final name without replacing, fsync the directory. Any failure removes
+the temp file, so a failed or short download never leaves a file under a final name (and
+startup removes ``*.___temp`` leftovers of a crash).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+from pageserver.errors import PageserverError
+from pageserver.io import TEMP_SUFFIX, IoContext, cleanup_shield, cooperative_checkpoint
+
+#: Bytes per write (and per read) of a layer transfer.
+CHUNK = 1 << 20
+
+_temp_seq = itertools.count()
+
+
+class DownloadSizeMismatch(PageserverError):
+    """An object whose size differs from the index's ``file_size`` (nothing is written)."""
+
+
+async def write_downloaded_layer(ctx: IoContext, final_path: str, data: bytes, file_size: int) -> None:
+    """The job: ``data`` to a temp file, fsync, size check, rename to ``final_path``."""
+    if len(data) != file_size:
+        raise DownloadSizeMismatch(
+            f"{os.path.basename(final_path)}: downloaded {len(data)} bytes, index says {file_size}"
+        )
+    tmp = f"{final_path}.{next(_temp_seq):x}{TEMP_SUFFIX}"
+    vf = await ctx.create_new(tmp)
+    renamed = False
+    try:
+        view = memoryview(data)
+        for off in range(0, len(view), CHUNK):
+            await vf.write_all_at(view[off : off + CHUNK], off)
+            await cooperative_checkpoint()
+        await vf.sync_all()
+        size = (await vf.metadata()).size
+        if size != file_size:
+            raise DownloadSizeMismatch(
+                f"{os.path.basename(final_path)}: wrote {size} bytes, index says {file_size}"
+            )
+        await vf.close()
+        await ctx.rename_noreplace(tmp, final_path)
+        renamed = True
+        await ctx.fsync_dir(os.path.dirname(final_path))
+    finally:
+        if not renamed:
+            with cleanup_shield():
+                await vf.close()
+                try:
+                    await ctx.unlink(tmp)
+                except FileNotFoundError:
+                    pass
+
+
+async def read_layer_file(ctx: IoContext, path: str) -> bytes:
+    """The job: a whole local layer file, for an upload."""
+    vf = await ctx.open(path)
+    try:
+        size = (await vf.metadata()).size
+        buf = bytearray(size)
+        for off in range(0, size, CHUNK):
+            n = min(CHUNK, size - off)
+            buf[off : off + n] = await vf.read_exact_at(n, off)
+            await cooperative_checkpoint()
+        return bytes(buf)
+    finally:
+        with cleanup_shield():
+            await vf.close()
