@@ -744,6 +744,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kind", choices=KINDS, required=True)
     p.add_argument("--short", action="store_true", help="the quick form the tests run")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (logs) even after a clean run")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--at", action="append", choices=EIO_POINTS, help="eio-ext4: only these shutdown points (repeatable)")
     p.add_argument("--size-mib", type=int, default=None, help="file system size (default 64, --short 32)")
@@ -779,7 +780,7 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException:
         print(f"faults: aborted; work directory kept: {root}", file=sys.stderr)
         raise
-    if result["ok"]:
+    if result["ok"] and not args.keep:
         shutil.rmtree(root, ignore_errors=True)
     else:
         result["work_dir"] = root
