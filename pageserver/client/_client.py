@@ -25,7 +25,7 @@ from typing import Any
 import trio
 
 from pageserver.addresses import Address, parse_address
-from pageserver.layers.batch import PutRecord
+from pageserver.layers.batch import PutColumns, PutRecord
 from pageserver.wire import (
     CLOSED,
     NEED_DATA,
@@ -61,9 +61,14 @@ async def _open_stream(addr: Address) -> trio.SocketStream:
 
 @dataclass(frozen=True, slots=True)
 class PutBatch:
-    """One ``put`` request's records and an opaque tag handed back with its reply."""
+    """One ``put`` request's records and an opaque tag handed back with its reply.
 
-    records: Sequence[PutRecord]
+    The records go out in the columnar form (SPEC section 5), encoded when the batch is
+    sent; a caller that builds batches ahead of time (benchmarks) may give
+    :class:`~pageserver.layers.batch.PutColumns` already encoded.
+    """
+
+    records: Sequence[PutRecord] | PutColumns
     tag: object = None
 
 
@@ -164,11 +169,13 @@ class Client:
         return self.check(reply)
 
     async def put(
-        self, tenant_id: str, timeline_id: str, records: Sequence[PutRecord]
+        self, tenant_id: str, timeline_id: str, records: Sequence[PutRecord] | PutColumns
     ) -> dict[str, Any]:
+        """One ``put``, sent in the columnar form."""
         return await self.request(
-            "put", tenant_id=tenant_id, timeline_id=timeline_id, records=list(records)
-        )
+            "put", tenant_id=tenant_id, timeline_id=timeline_id,
+            **PutColumns.from_records(records).wire_fields(),
+        )  # fmt: skip
 
     async def get(self, tenant_id: str, timeline_id: str, key: bytes, lsn: int) -> bytes | None:
         fields = await self.request(
@@ -236,7 +243,7 @@ class Client:
                     "put",
                     tenant_id=tenant_id,
                     timeline_id=timeline_id,
-                    records=batch.records,
+                    **PutColumns.from_records(batch.records).wire_fields(),
                 )
                 pending.append((rid, batch))
                 wakeup.set()

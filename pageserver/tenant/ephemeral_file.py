@@ -54,7 +54,7 @@ class EphemeralFile:
         """Bytes appended so far."""
         return self._writer.offset
 
-    async def append(self, data: bytes) -> int:
+    async def append(self, data: bytes | bytearray | memoryview) -> int:
         """Append ``data``; the offset it starts at."""
         return await self._writer.write(data)
 

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator
 import trio
 
 from pageserver.io import IoContext, cooperative_checkpoint
+from pageserver.layers.batch import CheckedBatch
 from pageserver.layers.common import LayerInfo
 from pageserver.layers.delta_layer import DeltaLayerWriter
 from pageserver.layers.key import KEY_SIZE, Key, TenantId, TimelineId
@@ -94,8 +95,8 @@ class InMemoryLayer:
 
     # -- writes (open layer only, under the timeline's write lock) ------------------------
 
-    async def put_batch(self, records: list[tuple[bytes, int, bytes, bool]]) -> None:
-        """Append ``(key, lsn, encoded value, will_init)`` records, LSN-ordered.
+    async def put_batch(self, batch: CheckedBatch) -> None:
+        """Append a checked, LSN-ordered batch (its values are one contiguous buffer).
 
         All values are appended first; the index is updated only after every append
         succeeded, so a failing write leaves the index (and so every read) unchanged. The
@@ -104,14 +105,16 @@ class InMemoryLayer:
         assert self.end_lsn is None, "put into a frozen layer"
         self.check_usable()
         # One append for the whole batch: a single copy into the writer instead of an
-        # await per record; offsets follow from the running sum of lengths.
-        off = await self._file.append(b"".join([r[2] for r in records]))
+        # await per record; offsets follow from the batch's value offsets.
+        base = await self._file.append(batch.value_buffer())
+        offs = (batch.starts - batch.starts[0] + base).tolist()
+        lens = (batch.ends - batch.starts).tolist()
+        lsns = batch.lsns.tolist()
         index = self.index
         pack = _pack_entry
-        for key, lsn, value, will_init in records:
-            n = len(value)
+        for i, (lsn, off, n, will_init) in enumerate(zip(lsns, offs, lens, batch.will_init.tolist(), strict=True)):
+            key = batch.key(i)
             entry = pack(lsn, off, n, will_init)
-            off += n
             entries = index.get(key)
             if entries is None:
                 index[key] = bytearray(entry)

@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import structlog
 import trio
 
@@ -44,9 +45,9 @@ from pageserver.errors import (
     ShuttingDown,
 )
 from pageserver.io import TEMP_SUFFIX, IoContext, cleanup_shield
-from pageserver.layers.batch import check_put_batch
+from pageserver.layers.batch import CheckedBatch, check_put_batch
 from pageserver.layers.common import LayerFileError, LayerInfo
-from pageserver.layers.key import KEY_SIZE, TenantId, TimelineId
+from pageserver.layers.key import KEY_SIZE, MAX_LSN, TenantId, TimelineId
 from pageserver.layers.layer_name import LayerName, try_parse_layer_name
 from pageserver.layers.validate import validate_layer_file
 from pageserver.layers.value import (
@@ -208,7 +209,12 @@ class Timeline:
 
     async def put(self, records: Sequence[tuple[bytes, int, bytes]]) -> PutResult:
         """Check the whole batch (once: a ``CheckedBatch`` from the wire is not checked
-        again), then apply it (SPEC section 5 ``put`` rules)."""
+        again), then apply it (SPEC section 5 ``put`` rules).
+
+        Column-wise: the batch's LSNs are non-decreasing, so the records at or below
+        ``disk_consistent_lsn`` (skipped) are a prefix, and the first record after it
+        decides whether the rest may be placed (every later one is at least as high).
+        """
         batch = check_put_batch(records)
         async with self._write_lock:
             self._check_running()
@@ -216,62 +222,55 @@ class Timeline:
             dcl = self.disk_consistent_lsn
             last = self.last_record_lsn
             floor = self.open_layer.start_lsn if self.open_layer is not None else self.next_layer_start
-            accepted: list[tuple[bytes, int, bytes, bool]] = []
-            skipped = 0
-            for (key, lsn, value), will_init in zip(batch, batch.will_init, strict=True):
-                if lsn <= dcl:
-                    skipped += 1
-                elif lsn >= last and lsn >= floor:
-                    accepted.append((key, lsn, value, will_init))
-                    last = lsn
-                else:
+            skipped = int(np.searchsorted(batch.lsns, np.uint64(dcl), side="right"))
+            accepted = batch.slice(skipped, len(batch))
+            if len(accepted):
+                first = int(accepted.lsns[0])
+                if first < last or first < floor:
                     raise LsnOutOfOrder(
-                        f"lsn {lsn} is below the last record lsn {self.last_record_lsn} "
+                        f"lsn {first} is below the last record lsn {self.last_record_lsn} "
                         f"or the open layer's start {floor} (disk_consistent_lsn {dcl})"
                     )
-            if accepted:
                 # Shielded: a batch is applied whole or (on an I/O error) the timeline is
                 # broken, never left half-applied because the caller went away.
                 with trio.CancelScope(shield=True):
                     await self._apply(accepted)
-                nbytes = sum(len(r[2]) for r in accepted)
                 metrics.INGEST_RECORDS.inc(len(accepted))
-                metrics.INGEST_BYTES.inc(nbytes)
+                metrics.INGEST_BYTES.inc(accepted.value_bytes)
                 self._m_last_record.set(self.last_record_lsn)
             return PutResult(self.last_record_lsn, self.disk_consistent_lsn, skipped)
 
-    async def _apply(self, records: list[tuple[bytes, int, bytes, bool]]) -> None:
+    async def _apply(self, batch: CheckedBatch) -> None:
         conf = self._conf()
         distance = conf.checkpoint_distance
         timeout = conf.checkpoint_timeout
         now = time.monotonic()
         start = 0
-        n = len(records)
+        n = len(batch)
+        lsns, starts = batch.lsns, batch.starts
         while start < n:
             layer = await self._writable_layer()
-            # Find how far this layer may take the batch: a roll happens only at an LSN
-            # boundary, once the LSN distance or the layer's size reaches the threshold.
-            end = start
-            size = layer.size
-            prev_lsn = layer.max_lsn
-            while end < n:
-                lsn = records[end][1]
-                if (
-                    lsn != prev_lsn
-                    and (prev_lsn >= 0 or end > start)
-                    and (
-                        lsn - layer.start_lsn >= distance
-                        or size >= distance
-                        or now - layer.created_at >= timeout
-                    )
-                ):
-                    break
-                size += len(records[end][2])
-                prev_lsn = lsn
-                end += 1
+            # How far this layer may take the batch: a roll happens only at an LSN
+            # boundary (an LSN above the one before it, or above the layer's last when the
+            # layer is not empty), once the LSN distance or the layer's size reaches the
+            # threshold; the size counts the values of the records before the boundary.
+            lsn = lsns[start:]
+            prev = np.empty_like(lsn)
+            prev[0] = np.uint64(layer.max_lsn) if layer.max_lsn >= 0 else lsn[0]
+            prev[1:] = lsn[:-1]
+            boundary = lsn != prev
+            if now - layer.created_at < timeout:
+                over = np.zeros(len(lsn), np.bool_)
+                if layer.start_lsn + distance <= MAX_LSN:
+                    over |= lsn >= np.uint64(layer.start_lsn + distance)
+                size_before = layer.size + (starts[start:] - starts[start])
+                over |= size_before >= min(distance, 1 << 62)
+                boundary &= over
+            cut = int(np.argmax(boundary)) if boundary.any() else len(lsn)
+            end = start + cut
             if end > start:
-                await layer.put_batch(records[start:end])
-                self.last_record_lsn = records[end - 1][1]
+                await layer.put_batch(batch.slice(start, end))
+                self.last_record_lsn = int(lsns[end - 1])
             if end < n:
                 await self._freeze_open_layer()
             start = end

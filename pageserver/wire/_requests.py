@@ -30,8 +30,9 @@ import msgpack
 from pageserver.errors import PageserverError
 from pageserver.errors import short_repr as _short
 from pageserver.errors import type_name as _type_name
-from pageserver.layers.batch import CheckedBatch, PutRecord, check_start_lsn
+from pageserver.layers.batch import PUT_COLUMNS, CheckedBatch, PutRecord, check_start_lsn
 from pageserver.layers.batch import check_put_batch as _check_batch
+from pageserver.layers.batch import check_put_columns as _check_columns
 from pageserver.layers.key import KEY_SIZE, MAX_LSN, parse_id_text
 from pageserver.wire.errors import ErrorCode, Id, ProtocolError
 
@@ -131,7 +132,8 @@ class TimelineCreateRequest(_RequestBase):
 
 @dataclass(frozen=True, slots=True)
 class PutRequest(_RequestBase):
-    """A validated ``put``: ``records`` passed the one batch check (a ``CheckedBatch``)."""
+    """A validated ``put``: ``records`` passed the one batch check (a ``CheckedBatch``,
+    columnar whichever form the request had)."""
 
     op: ClassVar[str] = "put"
     tenant_id: str
@@ -310,11 +312,27 @@ def _p_timeline_create(m: Mapping[object, object], rid: Id) -> Request:
 
 
 def _p_put(m: Mapping[object, object], rid: Id) -> Request:
+    """Either form of SPEC section 5: ``records``, or the ``keys``/``lsns``/``values``/
+    ``value_ends`` columns (never both); each checked by the one batch check."""
     t = _req_id(m, "tenant_id")
     tl = _req_id(m, "timeline_id")
-    records = _required(m, "records")
+    columns = [m.get(name) for name in PUT_COLUMNS]
     try:
-        checked = _check_batch(records)
+        if any(c is not None for c in columns):
+            if m.get("records") is not None:
+                raise _bad(
+                    "records",
+                    "and the columnar fields (keys, lsns, values, value_ends) are exclusive:"
+                    " send one form",
+                )
+            checked = _check_columns(*columns)
+        else:
+            records = m.get("records")
+            if records is None:
+                raise _bad(
+                    "records", "is required (or the columnar keys, lsns, values, value_ends)"
+                )
+            checked = _check_batch(records)
     except PageserverError as e:
         raise _Reject(e.code, str(e)) from None
     return PutRequest(t, tl, checked, id=rid)
