@@ -107,7 +107,7 @@ class IndexPart:
                 latest_gc_cutoff_lsn=int(Lsn.parse(meta.get("latest_gc_cutoff_lsn", "0/0"))),
                 layers=layers,
             )
-        except (ValueError, KeyError, TypeError, LayerNameError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError, LayerNameError) as e:
             raise IndexDecodeError(f"{what}: invalid index: {e}") from None
 
 
