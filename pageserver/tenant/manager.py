@@ -142,6 +142,7 @@ class TenantManager:
         self.node_id = ""
         self._task_scopes: dict[tuple[TenantId, TimelineId], trio.CancelScope] = {}
         self._evict_wakeup = trio.Event()
+        self._evict_lock = trio.Lock()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -506,6 +507,10 @@ class TenantManager:
         assert inner is not None
 
         async def download_then_evict(layer: Any) -> None:
+            limit = self.config.max_resident_layer_bytes
+            if limit is not None:
+                # Make room first, so the download does not take us over the limit.
+                await self._evict_down_to(max(0, limit - layer.file_size))
             await inner(layer)
             self._poke_eviction()
 
@@ -621,11 +626,18 @@ class TenantManager:
         self._evict_wakeup.set()
 
     async def _eviction_loop(self, limit: int) -> None:
-        """Keep resident layer bytes at or under ``max_resident_layer_bytes``."""
+        """Keep resident layer bytes at or under ``max_resident_layer_bytes``: a pass every
+        second, after each uploaded index and after each download (and a download makes
+        room for itself first)."""
         while True:
             with trio.move_on_after(1.0):
                 await self._evict_wakeup.wait()
             self._evict_wakeup = trio.Event()
+            await self._evict_down_to(limit)
+
+    async def _evict_down_to(self, target: int) -> int:
+        """One eviction pass (one at a time); returns the resident layer bytes after it."""
+        async with self._evict_lock:
             candidates = [
                 (hl, tl.remote)
                 for tenant in list(self.tenants.values())
@@ -634,9 +646,10 @@ class TenantManager:
                 for hl in list(tl.layer_map.layers)
             ]
             total = sum(hl.file_size for hl, _ in candidates if hl.resident)
-            if total > limit:
+            if total > target:
                 try:
-                    total = await evict_to_limit(self.ctx, candidates, total, limit)
+                    total = await evict_to_limit(self.ctx, candidates, total, target)
                 except (OSError, PageserverError) as e:
                     log.error("eviction failed", error=repr(e))
             metrics.RESIDENT_LAYER_BYTES.set(total)
+            return total
