@@ -60,7 +60,13 @@ async def adopt_generation(
     new_name = local_name(bare_name(name), generation)
     new_path = os.path.join(timeline_dir, str(new_name))
     if new_path != path:
-        await ctx.rename_noreplace(path, new_path)
+        try:
+            await ctx.rename_noreplace(path, new_path)
+        except OSError as e:
+            # The file is durable under its old name, and the caller has already adopted
+            # it (metadata): keep that name; the next load renames it.
+            log.warning("could not rename layer to its generation's name", layer=path, error=repr(e))
+            return name, path
         await ctx.fsync_dir(timeline_dir)
     return new_name, new_path
 

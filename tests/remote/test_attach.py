@@ -122,3 +122,41 @@ async def test_lose_the_disk_attach_elsewhere(
     assert attach_s < 5.0
     assert f"{prefix}index_part.json-00000002" in listing(remote_conf, seaweed)
     _ = dataclasses
+
+
+async def test_concurrent_reads_of_a_missing_layer_download_it_once(
+    engine_kind: str, tmp_path: Path, monkeypatch: object
+) -> None:
+    from pageserver.remote.timeline_client import RemoteTimelineClient
+
+    remote = RemoteStorageConfig(local_path=str(tmp_path / "remote"), timeout=5.0)
+    cfg = rconfig(remote)
+    rng = random.Random(5)
+    model = Model()
+    async with manager(engine_kind, tmp_path / "a", cfg) as a:
+        await a.create_tenant(TENANT)
+        await a.create_timeline(TENANT, TIMELINE)
+        await ingest(a, model, 1, 30, rng)
+        dcl = await a.flush(TENANT, TIMELINE)
+        await wait_remote(a, dcl)
+    calls: list[str] = []
+    real = RemoteTimelineClient.download_layer
+
+    async def counting(self: RemoteTimelineClient, name: str, final_path: str) -> None:
+        calls.append(name)
+        await real(self, name, final_path)
+
+    monkeypatch.setattr(RemoteTimelineClient, "download_layer", counting)  # type: ignore[attr-defined]
+    async with manager(engine_kind, tmp_path / "b", cfg) as b:
+        await b.attach_tenant(TENANT)
+        k = next(iter(model.history))
+        results: list[bytes | None] = []
+
+        async def read() -> None:
+            results.append(await b.get(TENANT, TIMELINE, k, dcl))
+
+        async with trio.open_nursery() as n:
+            for _ in range(20):
+                n.start_soon(read)
+        assert results == [model.get(k, dcl)] * 20
+        assert len(calls) == len(set(calls)) >= 1
