@@ -33,6 +33,7 @@ ENV_VAR = "PAGESERVER_FAILPOINTS"
 #: so that a typo in a test does not silently test nothing.
 KNOWN_POINTS = frozenset(
     {
+        "virtual-file-open",
         "virtual-file-write",
         "virtual-file-fsync",
         "layer-before-rename",

@@ -54,6 +54,13 @@ T = TypeVar("T")
 #: such an error can report success for data that never reached the disk ("fsyncgate"),
 #: so the only safe reaction is to stop the process and recover from durable state.
 FATAL_ERRNOS = frozenset({errno.EIO, errno.EROFS, errno.EACCES})
+#: The same for an open that may write (a new layer, the ephemeral file, a crash-safe
+#: temp): EIO or EROFS there means the file system stopped taking writes (an ext4 that shut
+#: down answers every open so). Going on would only make every put and flush fail, and a
+#: flush retry for ever; abort and recover from durable state, as for a failed write.
+#: (EACCES is a configuration problem, not an unknown state: it propagates.)
+FATAL_OPEN_ERRNOS = frozenset({errno.EIO, errno.EROFS})
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT
 
 _REOPEN_STRIP = os.O_CREAT | os.O_EXCL | os.O_TRUNC
 
@@ -182,11 +189,12 @@ class SlotTable:
             reopen = vf._opened_once
             flags = vf._flags & ~_REOPEN_STRIP if reopen else vf._flags
             t0 = time.perf_counter()
+            await failpoints.failpoint("virtual-file-open")
             fd = await self.engine.open(vf.path, flags, vf._mode)
             op = "open-after-replace" if reopen else "open"
             metrics.OP_SECONDS[op].observe(time.perf_counter() - t0)
             metrics.VIRTUAL_FILE_OPEN_SLOTS.inc()
-        except BaseException:
+        except BaseException as e:
             with self._lock:
                 if slot.owner is vf:
                     slot.owner = None
@@ -195,6 +203,8 @@ class SlotTable:
                 slot.pins = 0
                 slot.recently_used = False
                 self._notify_locked()
+            if isinstance(e, OSError) and e.errno in FATAL_OPEN_ERRNOS and vf._flags & _WRITE_FLAGS:
+                fatal_io_error("open", vf.path, e)
             raise
         with self._lock:
             slot.fd = fd

@@ -53,6 +53,17 @@ async def fsync_once(path: str) -> None:
     print("fsync returned", flush=True)
 
 
+async def open_once(path: str, mode: str) -> None:
+    """Open ``path`` for writing (``rw``: create) or reading (``ro``) through VirtualFile."""
+    ctx = IoContext(create_engine(_engine_kind()), no_sync=True)
+    try:
+        vf = await (ctx.create(path) if mode == "rw" else ctx.open(path))
+        await vf.close()
+        print("opened", flush=True)
+    finally:
+        await ctx.aclose()
+
+
 def ingest_value(lsn: int) -> bytes:
     """Deterministic record payload for LSN ``lsn`` (the crash tests model it)."""
     from pageserver.layers.value import Image, encode_value
@@ -111,6 +122,8 @@ def main() -> None:
         trio.run(ingest, sys.argv[2], int(sys.argv[3]), sys.argv[4:] == ["compact"])
     elif mode == "fsync":
         trio.run(fsync_once, sys.argv[2])
+    elif mode == "open":
+        trio.run(open_once, sys.argv[2], sys.argv[3])
     else:
         raise SystemExit(f"unknown mode {mode}")
 
