@@ -15,8 +15,11 @@ import struct
 from collections.abc import Iterable
 from typing import Final
 
+import numpy as np
+import numpy.typing as npt
+
 from pageserver.io import IoContext, cooperative_checkpoint
-from pageserver.layers.blob_io import PAGE_SZ, BlobWriter
+from pageserver.layers.blob_io import PAGE_SZ, BlobWriter, pack_blobs
 from pageserver.layers.common import (
     DELTA_KEY_SIZE,
     BatchIterator,
@@ -35,6 +38,9 @@ _LSN = struct.Struct(">Q")
 #: buffered writer, also after ``blob_io.STAGING_BYTES``); also where the job yields under
 #: trio-uring, where it runs on the loop.
 STAGING_ENTRIES: Final = 2048
+#: Value bytes per chunk of :meth:`DeltaLayerWriter.put_sorted` (one packed block, one
+#: B-tree extend, one step on the loop under trio-uring).
+SORTED_CHUNK_BYTES: Final = 1 << 20
 _NEW, _OPEN, _CLOSED = 0, 1, 2
 
 
@@ -167,6 +173,75 @@ class DeltaLayerWriter(LayerWriter):
             for key, lsn, value in entries:
                 if stage(key, lsn, value, None):
                     await self._flush_staging()
+        except BaseException:
+            await self._file.abandon()
+            self._state = _CLOSED
+            raise
+
+    async def put_sorted(
+        self,
+        keys: npt.NDArray[np.bytes_],
+        lsns: npt.NDArray[np.uint64],
+        data: bytes | bytearray | memoryview,
+        offs: npt.NDArray[np.int64],
+        lens: npt.NDArray[np.int64],
+        will_init: npt.NDArray[np.bool_],
+    ) -> None:
+        """Append entries given as columns, in strictly increasing (key, lsn) order: key
+        ``i`` (``S18``), LSN ``i``, value ``data[offs[i]:offs[i] + lens[i]]`` (encoded).
+
+        The flush's path: the same file as :meth:`put_value` per entry, built with array
+        operations a chunk of about :data:`SORTED_CHUNK_BYTES` at a time (blobs packed by
+        :func:`~pageserver.layers.blob_io.pack_blobs`, the B-tree fed by
+        :meth:`~pageserver.layers.disk_btree.DiskBtreeBuilder.extend_sorted`), yielding
+        between chunks under trio-uring.
+        """
+        n = len(lsns)
+        try:
+            if self._state != _OPEN:
+                await self._open_staging()
+            if not n:
+                return
+            blobs = self._blobs
+            assert blobs is not None
+            if blobs.compresses:
+                view = memoryview(data)
+                stage = self._stage
+                for i, (lsn, off, ln, w) in enumerate(
+                    zip(lsns.tolist(), offs.tolist(), lens.tolist(), will_init.tolist(), strict=True)
+                ):
+                    if stage(keys[i : i + 1].tobytes(), lsn, bytes(view[off : off + ln]), w):
+                        await self._flush_staging()
+                return
+            dks = np.empty(n, np.dtype([("k", f"S{KEY_SIZE}"), ("l", ">u8")]))
+            dks["k"] = keys
+            dks["l"] = lsns
+            dk2d = dks.view(np.uint8).reshape(n, DELTA_KEY_SIZE)
+            flat = dk2d.view(f"S{DELTA_KEY_SIZE}").ravel()
+            if int(lsns.min()) < self.lsn_start:
+                raise ValueError(f"lsn {int(lsns.min())} below the layer's start {self.lsn_start}")
+            up = flat[1:] > flat[:-1]
+            if dk2d[0].tobytes() <= self._last_dk or not up.all():
+                i = 0 if dk2d[0].tobytes() <= self._last_dk else int(np.argmin(up)) + 1
+                raise ValueError(
+                    f"(key, lsn) ({keys[i : i + 1].tobytes().hex()}, {int(lsns[i])}) is not above "
+                    "the previous one (or below the layer's key start)"
+                )
+            await self._flush_staging()  # values staged one by one before go first
+            ends = np.cumsum(lens)
+            start = 0
+            while start < n:
+                done = int(ends[start - 1]) if start else 0
+                end = max(start + 1, int(ends.searchsorted(done + SORTED_CHUNK_BYTES, "right")))
+                packed, rel = pack_blobs(data, offs[start:end], lens[start:end])
+                base = await blobs.write_packed(packed)
+                refs = ((rel + base).astype(np.uint64) << np.uint64(1)) | will_init[start:end]
+                self._tree.extend_sorted(dk2d[start:end], refs)
+                await cooperative_checkpoint()
+                start = end
+            self._last_dk = dk2d[n - 1].tobytes()
+            self._max_lsn = max(self._max_lsn, int(lsns.max()))
+            self.num_entries += n
         except BaseException:
             await self._file.abandon()
             self._state = _CLOSED

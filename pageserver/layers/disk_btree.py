@@ -29,6 +29,9 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
+import numpy as np
+import numpy.typing as npt
+
 from pageserver.layers.blob_io import PAGE_SZ
 
 VALUE_SZ: Final = 5
@@ -193,6 +196,56 @@ class DiskBtreeBuilder:
             leaf.n = n
             self._last_key = last
             self.num_entries += count
+
+    def extend_sorted(self, keys: npt.NDArray[np.uint8], values: npt.NDArray[np.uint64]) -> None:
+        """Append many entries given as arrays: ``keys`` is ``(n, key_len)`` bytes, strictly
+        increasing, ``values`` one ``uint64`` each. Same pages as :meth:`append` in a loop.
+
+        The leaf's fast path (room left, the key carries the leaf's prefix) holds for a
+        whole *range* of sorted keys at a time: up to the leaf's capacity and, once the
+        leaf has a prefix, up to the last key with that prefix (one binary search). That
+        range is appended with two ``bytearray +=``; the one entry after it takes the
+        per-entry slow path (compress, or write the node), exactly as :meth:`append`
+        would. So the Python work is per node, not per entry.
+        """
+        n = len(values)
+        kl = self.key_len
+        if keys.shape != (n, kl):
+            raise ValueError(f"keys must be an array of shape ({n}, {kl})")
+        if not n:
+            return
+        flat = np.ascontiguousarray(keys).view(f"S{kl}").ravel()
+        first = keys[0].tobytes()
+        if (
+            first <= self._last_key
+            or (n > 1 and not bool((flat[1:] > flat[:-1]).all()))
+            or int(values.max()) > MAX_VALUE
+        ):
+            # Not sorted, or a value too large: the per-entry path finds and names it.
+            self.extend([keys[i].tobytes() for i in range(n)], values.tolist())
+            return
+        val5 = values.astype(">u8").view(np.uint8).reshape(n, 8)[:, 8 - VALUE_SZ :]
+        i = 0
+        while i < n:
+            leaf = self._stack[-1]
+            if leaf.n == 0:
+                j = i + 1
+            else:
+                j = min(n, i + max(0, leaf.cap - leaf.n))
+                if leaf.plen and j > i:
+                    upper = leaf.prefix + b"\xff" * (kl - leaf.plen)
+                    j = min(j, int(flat.searchsorted(upper, "right")))
+            if j > i:
+                leaf.keys += keys[i:j].tobytes()
+                leaf.vals += val5[i:j].tobytes()
+                leaf.n += j - i
+                i = j
+                if i == n:
+                    break
+            self._append_internal(keys[i].tobytes(), val5[i].tobytes())
+            i += 1
+        self._last_key = keys[n - 1].tobytes()
+        self.num_entries += n
 
     def _append_internal(self, key: bytes, val5: bytes) -> None:
         last = self._stack[-1]

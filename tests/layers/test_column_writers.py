@@ -1,0 +1,123 @@
+"""The flush's array paths write exactly what the per-entry paths write:
+``DiskBtreeBuilder.extend_sorted`` vs ``append`` (page for page) and ``pack_blobs`` vs
+``BlobWriter.stage_blob`` (byte for byte)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pageserver.layers.blob_io import BlobError, pack_blobs
+from pageserver.layers.disk_btree import BtreeError, DiskBtreeBuilder
+
+
+def _stage_ref(values: list[bytes]) -> tuple[bytes, list[int]]:
+    out = bytearray()
+    starts = []
+    for v in values:
+        starts.append(len(out))
+        n = len(v)
+        out += bytes([n]) if n < 128 else (n | 0x80 << 24).to_bytes(4, "big")
+        out += v
+    return bytes(out), starts
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.binary(max_size=20), st.binary(min_size=120, max_size=300)), max_size=60), st.randoms())
+def test_pack_blobs_matches_the_per_blob_encoding(values: list[bytes], rnd: object) -> None:
+    # Values scattered in a buffer, in another order than they are packed.
+    order = list(range(len(values)))
+    rnd.shuffle(order)  # type: ignore[attr-defined]
+    buf = bytearray(b"#" * 7)
+    offs = [0] * len(values)
+    for i in order:
+        offs[i] = len(buf)
+        buf += values[i] + b"!"
+    packed, starts = pack_blobs(bytes(buf), np.array(offs, np.int64), np.array([len(v) for v in values], np.int64))
+    ref, ref_starts = _stage_ref(values)
+    assert packed.tobytes() == ref
+    assert starts.tolist() == ref_starts
+
+
+def test_pack_blobs_many_equal_lengths_and_a_few_others() -> None:
+    rng = np.random.default_rng(3)
+    values = [bytes(rng.integers(0, 256, 112, dtype=np.uint8)) for _ in range(500)]
+    values += [b"x" * 200, b"", b"y" * 127, b"z" * 128] * 3
+    offs, buf = [], bytearray()
+    for v in values:
+        offs.append(len(buf))
+        buf += v
+    packed, starts = pack_blobs(buf, np.array(offs, np.int64), np.array([len(v) for v in values], np.int64))
+    assert (packed.tobytes(), starts.tolist()) == _stage_ref(values)
+    with pytest.raises(BlobError):
+        pack_blobs(b"", np.zeros(1, np.int64), np.array([1 << 28], np.int64))
+
+
+def _pages_by_append(keys: list[bytes], values: list[int], kl: int) -> tuple[list[bytes], int]:
+    b = DiskBtreeBuilder(kl)
+    for k, v in zip(keys, values, strict=True):
+        b.append(k, v)
+    root = b.finish()
+    return b.pages, root
+
+
+keys_26 = st.lists(
+    st.tuples(st.integers(0, 3), st.integers(0, 40), st.integers(0, 2**32 - 1), st.integers(0, 2**16)),
+    min_size=1,
+    max_size=3000,
+    unique=True,
+).map(
+    lambda xs: sorted(
+        bytes(8) + a.to_bytes(2, "big") + bytes(6) + b.to_bytes(2, "big") + c.to_bytes(4, "big") + d.to_bytes(4, "big")
+        for a, b, c, d in xs
+    )
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(keys_26, st.integers(1, 5), st.data())
+def test_extend_sorted_builds_the_same_pages(keys: list[bytes], chunks: int, data: st.DataObject) -> None:
+    values = [(i * 2654435761) % (1 << 39) for i in range(len(keys))]
+    ref_pages, ref_root = _pages_by_append(keys, values, 26)
+    b = DiskBtreeBuilder(26)
+    # In a few chunks, some entries appended one by one in between: the bulk path picks
+    # up any leaf state.
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(keys)), max_size=chunks)))
+    pos = 0
+    for cut in [*cuts, len(keys)]:
+        if cut > pos:
+            arr = np.frombuffer(b"".join(keys[pos:cut]), np.uint8).reshape(-1, 26)
+            b.extend_sorted(arr, np.array(values[pos:cut], np.uint64))
+            pos = cut
+        if pos < len(keys) and data.draw(st.booleans()):
+            b.append(keys[pos], values[pos])
+            pos += 1
+    root = b.finish()
+    assert b.pages == ref_pages and root == ref_root
+    assert b.num_entries == len(keys)
+
+
+def test_extend_sorted_dense_keys_fill_many_levels() -> None:
+    keys = [bytes(10) + i.to_bytes(8, "big") + bytes(8) for i in range(60_000)]
+    values = list(range(60_000))
+    ref = _pages_by_append(keys, values, 26)
+    b = DiskBtreeBuilder(26)
+    b.extend_sorted(np.frombuffer(b"".join(keys), np.uint8).reshape(-1, 26), np.array(values, np.uint64))
+    root = b.finish()
+    assert (b.pages, root) == ref
+    assert len(b.pages) > 100
+
+
+def test_extend_sorted_refuses_what_append_refuses() -> None:
+    b = DiskBtreeBuilder(4)
+    b.append(b"\x00\x00\x00\x05", 1)
+    with pytest.raises(BtreeError, match="unsorted"):
+        b.extend_sorted(np.frombuffer(b"\x00\x00\x00\x04", np.uint8).reshape(1, 4), np.array([2], np.uint64))
+    b = DiskBtreeBuilder(4)
+    with pytest.raises(BtreeError, match="unsorted"):
+        b.extend_sorted(np.frombuffer(b"\x00\x00\x00\x02\x00\x00\x00\x01", np.uint8).reshape(2, 4), np.array([1, 2], np.uint64))
+    b = DiskBtreeBuilder(4)
+    with pytest.raises(BtreeError, match="does not fit"):
+        b.extend_sorted(np.frombuffer(b"\x00\x00\x00\x02", np.uint8).reshape(1, 4), np.array([1 << 40], np.uint64))
