@@ -7,7 +7,8 @@ stderr and an exit status, never a traceback:
   (stdout is pointed at ``/dev/null`` so that the interpreter's final flush cannot fail
   again);
 * Ctrl-C (``KeyboardInterrupt``): ``pageserver: interrupted``, exit 130 (128 + SIGINT, as
-  shells report it);
+  shells report it); output still buffered for a pipe is dropped, so that the exit cannot
+  block on a reader that stopped reading;
 * an ``OSError`` nobody handled (a data dir that cannot be created, a permission denied):
   ``pageserver: error: <what> (<path>)``, exit 1.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import stat
 import sys
 from collections.abc import Callable, Sequence
 
@@ -102,6 +104,13 @@ def _silence_stdout() -> None:
         os.close(devnull)
 
 
+def _stdout_is_a_pipe() -> bool:
+    try:
+        return stat.S_ISFIFO(os.fstat(sys.stdout.fileno()).st_mode)
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
 def _os_error_line(e: OSError) -> str:
     what = e.strerror or str(e)
     if e.filename is not None:
@@ -114,6 +123,10 @@ def _exit_status(exc: BaseException) -> int | None:
     leaves = _leaves(exc)
     if any(isinstance(e, KeyboardInterrupt) for e in leaves):
         _say("pageserver: interrupted")
+        if _stdout_is_a_pipe():
+            # What is still buffered would be flushed at exit into a pipe that may be full
+            # (the reader stopped reading: that is often why Ctrl-C was pressed): drop it.
+            _silence_stdout()
         return 130
     if all(isinstance(e, BrokenPipeError) for e in leaves):
         _silence_stdout()

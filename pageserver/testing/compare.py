@@ -497,12 +497,17 @@ def print_report(v: Verdict, workload: Workload, *, max_differences: int = 10) -
     from rich import box
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     # a pipe or file gets 100 columns (rich's default of 80 wraps the verdicts)
     console = Console(file=sys.stdout, highlight=False, width=None if sys.stdout.isatty() else 100)
     a, b = v.a, v.b
     ok, bad = "[green]identical[/]", "[bold red]DIFFERENT[/]"
-    console.print(f"compare-engines: {a.engine} vs {b.engine}: {workload.describe()}")
+    console.print(
+        f"compare-engines: {a.engine} vs {b.engine}: {workload.describe()}",
+        markup=False,
+        soft_wrap=True,
+    )
     checks = Table(box=box.SIMPLE_HEAVY)
     checks.add_column("check")
     checks.add_column(a.engine, justify="right")
@@ -564,16 +569,21 @@ def print_report(v: Verdict, workload: Workload, *, max_differences: int = 10) -
         timings.add_row(f"{label} ({unit})", _fmt(xa, unit), _fmt(xb, unit), ratio)
     console.print(timings)
 
+    # Verdict lines are never wrapped: scripts and people grep them for the file and offset.
     if v.identical:
-        console.print(f"[bold green]IDENTICAL[/]: {a.engine} and {b.engine} agree")
+        console.print(f"[bold green]IDENTICAL[/]: {a.engine} and {b.engine} agree", soft_wrap=True)
         return
     console.print(
-        f"[bold red]DIFFERENT[/]: {len(v.differences)} difference(s); first: {v.differences[0]}"
+        Text.assemble(
+            ("DIFFERENT", "bold red"),
+            f": {len(v.differences)} difference(s); first: {v.differences[0]}",
+        ),
+        soft_wrap=True,
     )
     for d in v.differences[:max_differences]:
-        console.print(f"  {d}")
+        console.print(Text(f"  {d}"), soft_wrap=True)
     if len(v.differences) > max_differences:
-        console.print(f"  ... and {len(v.differences) - max_differences} more")
+        console.print(f"  ... and {len(v.differences) - max_differences} more", soft_wrap=True)
 
 
 # ---------------------------------------------------------------------------------------------

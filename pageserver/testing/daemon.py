@@ -30,6 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
+from pageserver.client import ConnectionLost
 from pageserver.config import CONFIG_FILE_NAME, ENGINE_ENV_VAR
 from pageserver.io import TRIO_URING, normalize_engine_kind, uring_refusal_reason
 from pageserver.layers.layer_name import try_parse_layer_name
@@ -261,6 +262,7 @@ class Daemon:
                 env=env,
             )
         deadline = time.monotonic() + timeout
+        last_error: Exception | None = None
         while True:
             rc = self.proc.poll()
             if rc is not None:
@@ -269,20 +271,25 @@ class Daemon:
                 if "cannot listen on" in log_text and not self._fixed_listen:
                     raise _BindRace
                 raise DaemonError(f"daemon ({self.engine}) exited {rc} at start:\n{log_text}")
-            if self._accepts():
-                break
             if time.monotonic() >= deadline:
                 self.kill()
-                raise DaemonError(f"daemon ({self.engine}) did not start:\n{self.log()}")
+                raise DaemonError(
+                    f"daemon ({self.engine}) did not answer within {timeout:g}s"
+                    f"{f' ({last_error})' if last_error else ''}:\n{self.log()}"
+                )
+            if self._accepts():
+                # Whoever accepts may not be our daemon (a TCP port taken meanwhile): only
+                # a hello reply counts, and the exit check above catches a failed bind.
+                try:
+                    with self.client(timeout=min(2.0, max(0.1, deadline - time.monotonic()))) as c:
+                        reported = c.server_info.get("io_engine")
+                    break
+                except ConnectionLost as e:
+                    last_error = e
+                except Exception as e:  # e.g. ServerError unauthorized: a wrong token
+                    self.kill()
+                    raise DaemonError(f"daemon ({self.engine}) refused hello: {e}") from e
             time.sleep(0.02)
-        try:
-            with self.client(timeout=max(1.0, deadline - time.monotonic())) as c:
-                reported = c.server_info.get("io_engine")
-        except Exception as e:
-            self.kill()
-            raise DaemonError(
-                f"daemon ({self.engine}) did not answer hello: {e}\n{self.log()}"
-            ) from e
         if reported != self.engine:
             self.kill()
             raise DaemonError(
