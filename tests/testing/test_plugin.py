@@ -26,6 +26,7 @@ from pageserver.testing import plugin as plugin_module
 from pageserver.testing import require_engine_reason
 
 URING_REASON = require_engine_reason("trio-uring")
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run_project(
@@ -125,13 +126,23 @@ USER_TESTS = """
 """
 
 
+def readme_example() -> str:
+    """The example test of README's section "Testing your changes on both engines"."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Testing your changes on both engines") :]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
 def test_a_project_outside_the_tree_runs_its_test_on_both_engines(tmp_path: Path) -> None:
-    assert not (tmp_path / "conftest.py").exists()
-    assert not str(tmp_path).startswith(str(Path(__file__).resolve().parents[2]))
-    p = run_project(tmp_path, USER_TESTS)
+    assert not str(tmp_path).startswith(str(REPO))
+    # one test file: ours plus the README's example, which must keep working as written
+    p = run_project(tmp_path, textwrap.dedent(USER_TESTS) + "\n\n" + readme_example())
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["report.xml", "test_user.py", "tmp"]
     got = outcomes(tmp_path)
     uring = "PASSED" if URING_REASON is None else "SKIPPED"
     assert got == {
+        "test_user.py::test_roundtrip[std-fs]": "PASSED",
+        "test_user.py::test_roundtrip[trio-uring]": uring,
         "test_user.py::test_plugin_comes_from_the_installed_package": "PASSED",
         "test_user.py::test_put_flush_get[std-fs]": "PASSED",
         "test_user.py::test_put_flush_get[trio-uring]": uring,
