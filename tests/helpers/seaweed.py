@@ -102,7 +102,12 @@ class SeaweedFS:
             if self.proc.poll() is not None:
                 raise AssertionError(f"SeaweedFS exited {self.proc.returncode}:\n{self.log()}")
             try:
-                self.client().head_bucket(Bucket=self.bucket)
+                # Ready = an object can be written and read back (the bucket answering
+                # comes a little before the volume server takes writes).
+                c = self.client()
+                c.put_object(Bucket=self.bucket, Key="ready-probe", Body=b"ok")
+                assert c.get_object(Bucket=self.bucket, Key="ready-probe")["Body"].read() == b"ok"
+                c.delete_object(Bucket=self.bucket, Key="ready-probe")
                 return
             except Exception as e:  # noqa: BLE001 - not up yet
                 last = e
