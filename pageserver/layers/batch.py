@@ -352,8 +352,8 @@ def _check_order(lsns: U64Array, message: Callable[[int, int, int], str]) -> Non
 def _rows(buf: npt.NDArray[np.uint8], at: I64Array, width: int) -> npt.NDArray[np.uint8]:
     """``width`` bytes of ``buf`` at each offset of ``at`` (one row copy per offset, not a
     gather per byte). Every ``at + width`` must be within ``buf``."""
-    win = np.lib.stride_tricks.as_strided(buf, shape=(len(buf) - width + 1, width), strides=(1, 1))
-    return win[at]
+    win = np.ndarray((len(buf) - width + 1,), f"V{width}", buf, strides=(1,))
+    return win[at].view(np.uint8).reshape(len(at), width)
 
 
 def _check_values(
@@ -391,6 +391,9 @@ def _check_values(
             good = (flag <= 1) & (plen == (lens[idx] - 17).astype(np.uint64))
             ok[idx[good]] = True
             will_init[idx[good]] = flag[good] == 1
+        tr = np.flatnonzero((tag == 1) & (words[:, 1] == 8) & (clens >= 19))
+        if len(tr):
+            _check_test_records(buf, starts, lens, cand[tr], ok, will_init)
     if not ok.all():
         validate = validate_value
         for i in np.flatnonzero(~ok).tolist():
@@ -400,6 +403,51 @@ def _check_values(
                 raise BadValue(f"{name(i)}: {why}")
             will_init[i] = value_will_init(v)
     return will_init
+
+
+def _check_test_records(
+    buf: npt.NDArray[np.uint8],
+    starts: I64Array,
+    lens: I64Array,
+    idx: npt.NDArray[np.intp],
+    ok: BoolArray,
+    will_init: BoolArray,
+) -> None:
+    """Settle the Test records ``idx`` (tags read, at least 19 bytes) that are plainly
+    valid: ``u64 len, append, u8 clear, u8 will_init, u8 option [, u64 len, only_if]``
+    filling the value exactly, bools 0/1, ``will_init`` only with ``clear``, and no byte
+    above 0x7F in the value (so both strings are valid UTF-8). Anything else is left to
+    the per-value validator (a non-ASCII string may still be valid; it says why if not)."""
+    s = starts[idx]
+    n = lens[idx].astype(np.uint64)
+    la = _rows(buf, s + 8, 8).view(">u8")[:, 0].astype(np.uint64)
+    fits = la <= n - np.uint64(19)  # 16 + append + 3 bytes, no overflow for a huge len
+    if not fits.any():
+        return
+    idx, s, n, la = idx[fits], s[fits], n[fits], la[fits]
+    e = s + 16 + la.astype(np.int64)  # clear, will_init, option tag
+    clear, wi, opt = buf[e], buf[e + 1], buf[e + 2]
+    used = e + 3 - s
+    exact = (opt == 0) & (used == n.astype(np.int64))
+    with_only_if = np.flatnonzero((opt == 1) & (used.astype(np.uint64) + np.uint64(8) <= n))
+    if len(with_only_if):
+        j = with_only_if
+        lo = _rows(buf, e[j] + 3, 8).view(">u8")[:, 0].astype(np.uint64)
+        rest = n[j] - (used[j] + 8).astype(np.uint64)
+        exact[j] = lo == rest
+    good = exact & (clear <= 1) & (wi <= 1) & ~((wi == 1) & (clear == 0))
+    if not good.any():
+        return
+    # No byte >= 0x80 in the value: the largest byte of each value, in one pass
+    # (``reduceat`` over [start, end) pairs; the last end may be the buffer's end).
+    bounds = np.empty(2 * len(s), np.int64)
+    bounds[0::2] = s
+    bounds[1::2] = s + n.astype(np.int64)
+    if bounds[-1] == len(buf):
+        bounds = bounds[:-1]
+    good &= np.maximum.reduceat(buf, bounds)[0::2] < 0x80
+    ok[idx[good]] = True
+    will_init[idx[good]] = wi[good] == 1
 
 
 def check_start_lsn(value: object) -> int:

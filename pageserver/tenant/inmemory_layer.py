@@ -397,7 +397,7 @@ class InMemoryLayer:
         )
         async with writer:
             for part in self.sorted_entries():
-                await writer.put_sorted(part.keys, part.lsns, data, part.offs, part.lens, part.will_init)
+                await writer.put_sorted(part.keys, part.lsns, data.data, part.offs, part.lens, part.will_init)
                 await cooperative_checkpoint()
             info = await writer.finish(Key.MAX)
         return info

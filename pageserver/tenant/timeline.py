@@ -79,6 +79,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("pageserver.timeline")
 
+#: Records of one step of a ``put`` (one append and index update, then a checkpoint).
+PUT_STEP_RECORDS = 16384
+
 #: Frozen layers allowed to wait for the flush task before ``put`` waits. One (the layer
 #: being flushed) keeps ingest memory at about one open layer's index plus one flush.
 MAX_FROZEN_LAYERS = 1
@@ -268,11 +271,22 @@ class Timeline:
                 boundary &= over
             cut = int(np.argmax(boundary)) if boundary.any() else len(lsn)
             end = start + cut
+            # A large batch goes in steps of about PUT_STEP_RECORDS, cut at LSN
+            # boundaries (as if the client had sent smaller batches), so that one request
+            # is not one long step of the event loop.
+            roll = end < n
+            if cut > PUT_STEP_RECORDS:
+                step = lsn[PUT_STEP_RECORDS:cut] != lsn[PUT_STEP_RECORDS - 1 : cut - 1]
+                if step.any():
+                    end = start + PUT_STEP_RECORDS + int(np.argmax(step))
+                    roll = False
             if end > start:
                 await layer.put_batch(batch.slice(start, end))
                 self.last_record_lsn = int(lsns[end - 1])
-            if end < n:
+            if roll:
                 await self._freeze_open_layer()
+            elif end < n:
+                await trio.lowlevel.checkpoint()
             start = end
 
     async def _writable_layer(self) -> InMemoryLayer:

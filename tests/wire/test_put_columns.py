@@ -259,6 +259,7 @@ values = st.one_of(
     st.binary(max_size=40).map(img),
     st.builds(lambda w, r: pg(r, w), st.integers(0, 2), st.binary(max_size=20)),
     st.builds(_enc_test, st.text(max_size=6), st.booleans(), st.booleans(), st.none() | st.text(max_size=4)),
+    st.builds(lambda a, o: trec(a, 1, 1, o), st.text(max_size=6), st.none() | st.text(max_size=4)),
     st.binary(max_size=30),
 )
 
@@ -286,3 +287,45 @@ def test_both_forms_give_the_same_result(records: list[tuple[bytes, int, bytes]]
         assert ra.lsns.tolist() == rb.lsns.tolist() == [r[1] for r in records]
     else:
         assert a[1] is not None and a[1] == b[1], (by_records, by_columns)
+
+
+# --- the vectorised value check agrees with the per-value validator -------------------
+
+
+@st.composite
+def mutated_values(draw: st.DrawFn) -> bytes:
+    """A valid encoding (any kind, non-ASCII strings too), then maybe damaged: a byte
+    changed, cut short, or bytes appended."""
+    v = bytearray(draw(values))
+    how = draw(st.sampled_from(["keep", "flip", "cut", "grow"]))
+    if how == "flip" and v:
+        v[draw(st.integers(0, len(v) - 1))] = draw(st.sampled_from([0, 1, 2, 8, 0x7F, 0x80, 0xFF]))
+    elif how == "cut" and v:
+        del v[draw(st.integers(0, len(v) - 1)) :]
+    elif how == "grow":
+        v += draw(st.binary(min_size=1, max_size=3))
+    return bytes(v)
+
+
+@settings(deadline=None, max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(mutated_values(), min_size=1, max_size=16))
+def test_vectorised_check_agrees_with_the_validator(vals: list[bytes]) -> None:
+    from pageserver.errors import BadValue
+    from pageserver.layers.batch import check_put_batch
+    from pageserver.layers.value import value_will_init
+    from pageserver.layers.value_check import validate_value
+
+    verdicts = [validate_value(v) for v in vals]
+    recs = [(KEY, 1, v) for v in vals]
+    first_bad = next((i for i, why in enumerate(verdicts) if why is not None), None)
+    for check, name in (
+        (lambda: check_put_batch(recs), "records[{}].value"),
+        (lambda: check_put_columns(**cols(recs)), "values[{}]"),
+    ):
+        if first_bad is None:
+            b = check()
+            assert b.will_init.tolist() == [value_will_init(v) for v in vals]
+        else:
+            with pytest.raises(BadValue) as ei:
+                check()
+            assert str(ei.value) == f"{name.format(first_bad)}: {verdicts[first_bad]}"
