@@ -49,8 +49,10 @@ Usage::
 
 Most runs happen in children forked from this (single-threaded) process with the package
 already imported (``pageserver.cli.main`` called directly: the same code as the console
-script, minus interpreter start-up); every ``--exec-every``-th mutant runs the real
-``pageserver`` executable instead, so what the installed command prints is checked too.
+script, minus interpreter start-up); one mutant in ``--exec-every`` (at random) runs the
+real ``pageserver`` executable instead, so what the installed command prints is checked
+too. A run counts as hung after ``--timeout`` CPU seconds, so a loaded machine does not
+turn slow runs into false hangs.
 """
 
 from __future__ import annotations
@@ -1532,10 +1534,20 @@ class Campaign:
         self.saved_counts: Counter[tuple[str, str]] = Counter()
         self.saved_total = 0
         self.rng = random.Random(opts.seed)
+        self.picker = random.Random(opts.seed ^ 0x5EED)
         self.work = opts.out / "work"
         self.bad_dir = opts.out / "bad"
         self.not_applicable: Counter[str] = Counter()
         self.started = time.monotonic()
+
+    def sample(self) -> tuple[bool, bool]:
+        """(run the real executable?, also a daemon?) for the next mutant: at random, at
+        rates 1/--exec-every and 1/--daemon-every (a modulus would pick the same few kinds
+        out of the kinds' round robin)."""
+        opts = self.opts
+        use_exec = opts.exec_every > 0 and self.picker.random() * opts.exec_every < 1
+        daemon = opts.daemon and self.picker.random() * max(1, opts.daemon_every) < 1
+        return use_exec, daemon
 
     def mutants(self) -> Iterator[Mutant]:
         kinds = list(self.opts.kinds)
@@ -1563,9 +1575,9 @@ class Campaign:
             path = write_mutant(m, self.work / f"m{rid}")
             rec = Record(rid, m.kind, m.variant, m.seed.name, m.seed.tag, m.detail, str(path),
                          m.seed.name, _queries(m, opts.daemon_gets, self.rng))  # fmt: skip
-            use_exec = opts.exec_every > 0 and rid % opts.exec_every == 0
+            use_exec, with_daemon = self.sample()
             jobs = cli_jobs(rec, opts, use_exec)
-            if opts.daemon and rid % max(1, opts.daemon_every) == 0:
+            if with_daemon:
                 jobs.append(daemon_job(rec, opts))
             rec.pending = len(jobs)
             self.records[rid] = rec
@@ -1725,9 +1737,9 @@ def run_manifest(manifest: Path, opts: Options) -> dict[str, Any]:
                          item.get("seed_tag", ""), item.get("detail", {}), item["path"],
                          Path(item["path"]).name,
                          [(q[0], q[1]) for q in item.get("queries", [])])  # fmt: skip
-            use_exec = opts.exec_every > 0 and n % opts.exec_every == 0
+            use_exec, with_daemon = camp.sample()
             js = cli_jobs(rec, opts, use_exec)
-            if opts.daemon and rec.queries and n % max(1, opts.daemon_every) == 0:
+            if with_daemon and rec.queries:
                 js.append(daemon_job(rec, opts))
             rec.pending = len(js)
             camp.records[n] = rec
@@ -1834,7 +1846,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         type=int,
         default=1,
         metavar="N",
-        help="with --daemon: only every N-th mutant (a daemon start costs ~1 s)",
+        help="with --daemon: one mutant in N at random (a daemon start costs ~1 s)",
     )
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
     p.add_argument(
@@ -1857,7 +1869,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         type=int,
         default=25,
         metavar="N",
-        help="every N-th mutant runs the real executable instead of a fork (0: never)",
+        help="one mutant in N at random runs the real executable, not a fork (0: never)",
     )
     p.add_argument(
         "--kinds",
