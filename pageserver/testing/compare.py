@@ -39,7 +39,7 @@ from typing import Any
 
 import trio
 
-from pageserver.client import Client
+from pageserver.client import Client, ConnectionLost, ServerError
 from pageserver.client.cli import parse_config_pair, parse_lsn
 from pageserver.client.feed import FeedError, FeedGenerator, FeedSource, FileSource, run_feed
 from pageserver.io import STD_FS, TRIO_URING
@@ -265,23 +265,27 @@ def run_engine(
         config=workload.server_config,
     )
     timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    daemon.start()
-    timings["start_s"] = time.perf_counter() - t0
     try:
-        t_feed, status, compaction, reads, records = trio.run(_drive, daemon, workload, keys, lsns)
-    except BaseException:
-        daemon.kill()
-        raise
-    timings.update(t_feed)
-    t0 = time.perf_counter()
-    result = daemon.terminate(stop_timeout)
-    timings["stop_s"] = time.perf_counter() - t0
-    if not result.clean:
-        raise CompareError(
-            f"{engine}: the daemon did not stop cleanly (exit {result.returncode}, "
-            f"killed={result.killed}):\n{daemon.log()}"
-        )
+        t0 = time.perf_counter()
+        daemon.start()
+        timings["start_s"] = time.perf_counter() - t0
+        try:
+            t_run, status, compaction, reads, records = trio.run(
+                _drive, daemon, workload, keys, lsns
+            )
+        except (ConnectionLost, ServerError, FeedError) as e:
+            raise CompareError(f"{engine}: {e} (daemon log: {daemon.log_path})") from None
+        timings.update(t_run)
+        t0 = time.perf_counter()
+        result = daemon.terminate(stop_timeout)
+        timings["stop_s"] = time.perf_counter() - t0
+        if not result.clean:
+            raise CompareError(
+                f"{engine}: the daemon {result.describe(stop_timeout)} "
+                f"(daemon log: {daemon.log_path})"
+            )
+    finally:
+        daemon.cleanup()  # kills it if still running; the data under root stays
     timings["records_per_s"] = records / timings["feed_s"] if timings["feed_s"] else 0.0
     tl_dir = daemon.timeline_path(COMPARE_TENANT, COMPARE_TIMELINE)
     files = {
@@ -419,6 +423,11 @@ def compare_engines(
 ) -> Verdict:
     """Run ``workload`` on each engine (data under ``root/<engine>``) and compare the runs."""
     for engine in engines:
+        if (root / engine).exists():
+            raise CompareError(
+                f"{root / engine} exists (a previous run?): remove it or use another --dir"
+            )
+    for engine in engines:
         reason = require_engine_reason(engine)
         if reason is not None:
             raise CompareError(f"{engine} cannot run on this machine: {reason}")
@@ -428,7 +437,12 @@ def compare_engines(
         try:
             run = run_engine(engine, workload, root / engine)
         except DaemonError as e:
-            raise CompareError(f"{engine}: {e}") from None
+            # one line: what happened, and the daemon's last words (its log stays)
+            lines = [line for line in str(e).splitlines() if line.strip()]
+            last = f": {lines[-1].strip()}" if len(lines) > 1 else ""
+            raise CompareError(
+                f"{engine}: {lines[0].rstrip(':')}{last} (logs in {root / engine})"
+            ) from None
         for hook in AFTER_RUN_HOOKS:
             hook(run)
         runs.append(run)
@@ -633,17 +647,20 @@ def _workload(args: argparse.Namespace) -> Workload:
 
 
 @contextmanager
-def _work_dir(args: argparse.Namespace) -> Iterator[Path]:
+def _work_dir(args: argparse.Namespace) -> Iterator[tuple[Path, list[bool]]]:
+    """The directory for the data dirs, and a flag to set when it may be removed (a
+    temporary directory is kept after a difference or an error, for a look at the files)."""
     if args.dir:
         path = Path(args.dir)
         path.mkdir(parents=True, exist_ok=True)
-        yield path
+        yield path, []
         return
     path = Path(tempfile.mkdtemp(prefix="compare-engines-"))
+    removable: list[bool] = []
     try:
-        yield path
+        yield path, removable
     finally:
-        if not args.keep:
+        if (removable or not any(path.iterdir())) and not args.keep:
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -654,9 +671,11 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     try:
         workload = _workload(args)
-        with _work_dir(args) as root:
+        with _work_dir(args) as (root, removable):
             verdict = compare_engines(workload, root, progress=note)
-            if args.keep or args.dir:
+            if verdict.identical and not args.keep and not args.dir:
+                removable.append(True)
+            else:
                 note(f"data dirs kept under {root}")
     except (CompareError, FeedError) as e:
         print(f"pageserver compare-engines: error: {e}", file=sys.stderr)

@@ -98,11 +98,23 @@ class StopResult:
     returncode: int
     #: SIGTERM did not stop it within the timeout, so it was SIGKILLed
     killed: bool
+    #: it had exited (crashed?) before :meth:`Daemon.terminate` was called
+    exited_before: bool = False
 
     @property
     def clean(self) -> bool:
         """Stopped by SIGTERM alone, with exit status 0 (a graceful stop)."""
-        return self.returncode == 0 and not self.killed
+        return self.returncode == 0 and not self.killed and not self.exited_before
+
+    def describe(self, timeout: float) -> str:
+        """What went wrong, for a message (``"stopped cleanly"`` if nothing)."""
+        if self.exited_before:
+            return f"had already exited (status {self.returncode}) before teardown"
+        if self.killed:
+            return f"did not stop within {timeout:g}s of SIGTERM and was SIGKILLed"
+        if self.returncode != 0:
+            return f"exited {self.returncode} on SIGTERM"
+        return "stopped cleanly"
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,7 +328,8 @@ class Daemon:
             raise DaemonError("the daemon is not running")
         proc = self.proc
         killed = False
-        if proc.poll() is None:
+        exited_before = proc.poll() is not None
+        if not exited_before:
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout)
@@ -325,7 +338,7 @@ class Daemon:
                 proc.wait()
                 killed = True
         self.proc = None
-        return StopResult(proc.returncode, killed)
+        return StopResult(proc.returncode, killed, exited_before)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
         """Send ``sig`` and return the exit status; :class:`DaemonError` (after a SIGKILL)

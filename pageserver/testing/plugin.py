@@ -128,12 +128,9 @@ def pageserver_daemon_factory(
             result = daemon.terminate(stop_timeout)
             daemon.cleanup()
             if check_stop and not result.clean:
-                how = (
-                    f"did not stop within {stop_timeout:g}s of SIGTERM and was SIGKILLed"
-                    if result.killed
-                    else f"exited {result.returncode} on SIGTERM"
+                problems.append(
+                    f"pageserver daemon ({daemon.engine}) {result.describe(stop_timeout)}"
                 )
-                problems.append(f"pageserver daemon ({daemon.engine}) {how}")
         if problems:
             pytest.fail("; ".join(problems) + " (its log is in the report)", pytrace=False)
 

@@ -34,7 +34,7 @@ from tests.helpers.daemon import PAGESERVER
 #: below, with a closed stdout; run in tests/e2e; bench in tests/bench).
 NOT_HERE = {("run",), ("bench",), ("compare-engines",)}
 #: Options some commands need to be quick or valid.
-EXTRA = {
+EXTRA: dict[tuple[str, ...], list[str]] = {
     ("feed",): ["--count", "50", "--no-progress", "--retry-timeout", "0.2"],
 }
 #: The commands whose output is known to reach stdout against the live daemon (a closed

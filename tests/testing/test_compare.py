@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tempfile
 from pathlib import Path
 
 import msgpack
@@ -223,8 +224,9 @@ def test_sampled_keys_and_lsns_of_a_generator_workload() -> None:
 
 
 def test_a_kernel_refusing_io_uring_is_one_line_and_exit_1(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     monkeypatch.setattr(
         compare,
         "require_engine_reason",
@@ -237,6 +239,24 @@ def test_a_kernel_refusing_io_uring_is_one_line_and_exit_1(
         "pageserver compare-engines: error: trio-uring cannot run on this machine: "
         "io_uring_setup: EPERM (simulated)\n"
     )
+    assert list(tmp_path.iterdir()) == []  # nothing ran: no work directory left behind
+
+
+def test_a_daemon_that_cannot_start_is_one_line_and_its_log_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    argv = ["compare-engines", "--count", "10", "--server-config", "max_file_descriptors=0"]
+    assert cli.main(argv) == 1
+    out, err = capsys.readouterr()
+    [work] = tmp_path.iterdir()
+    assert out == "" and err == (
+        "compare-engines: running the workload on std-fs\n"
+        "pageserver compare-engines: error: std-fs: daemon (std-fs) exited 1 at start: "
+        "pageserver: config key 'max_file_descriptors' must be positive, got 0 "
+        f"(logs in {work / 'std-fs'})\n"
+    )
+    assert "max_file_descriptors" in (work / "std-fs" / "daemon-1.log").read_text()
 
 
 def test_a_missing_file_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
@@ -244,3 +264,15 @@ def test_a_missing_file_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str
     out, err = capsys.readouterr()
     assert err.startswith("pageserver compare-engines: error: cannot read /nonexistent/records")
     assert err.count("\n") == 1 and out == ""
+
+
+def test_a_dir_holding_a_previous_run_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "trio-uring").mkdir()
+    assert cli.main(["compare-engines", "--dir", str(tmp_path), "--count", "10"]) == 1
+    out, err = capsys.readouterr()
+    assert err == (
+        f"pageserver compare-engines: error: {tmp_path / 'trio-uring'} exists (a previous "
+        "run?): remove it or use another --dir\n"
+    )

@@ -174,6 +174,12 @@ FAILING_TESTS = """
 
 
     @std_fs
+    def test_daemon_crashes(pageserver_daemon):
+        os.kill(pageserver_daemon.proc.pid, signal.SIGKILL)
+        pageserver_daemon.proc.wait()
+
+
+    @std_fs
     @pytest.mark.pageserver(
         transport="tcp", metrics=False, tenant_config={"checkpoint_distance": 123456}
     )
@@ -200,6 +206,7 @@ def test_failures_carry_the_daemon_log_and_teardown_escalates(tmp_path: Path) ->
     assert got == {
         "test_user.py::test_fails[std-fs]": "FAILED",
         "test_user.py::test_daemon_ignores_sigterm[std-fs]": "ERROR",
+        "test_user.py::test_daemon_crashes[std-fs]": "ERROR",
         "test_user.py::test_marker_options[std-fs]": "PASSED",
         "test_user.py::test_factory_two_daemons": "PASSED",
     }, p.stdout + p.stderr
@@ -213,6 +220,8 @@ def test_failures_carry_the_daemon_log_and_teardown_escalates(tmp_path: Path) ->
     stuck = out[out.index("ERROR at teardown of test_daemon_ignores_sigterm[std-fs]") :]
     assert "did not stop within 1s of SIGTERM and was SIGKILLed" in stuck
     assert "pageserver daemon log (std-fs, teardown)" in stuck
+    crashed = out[out.index("ERROR at teardown of test_daemon_crashes[std-fs]") :]
+    assert "pageserver daemon (std-fs) had already exited (status -9) before teardown" in crashed
     # Nothing is left running.
     ps = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
     assert ps.stdout == ""
