@@ -60,8 +60,6 @@ __all__ = [
 
 #: The daemons a test started (the report hook attaches their logs when it fails).
 _DAEMONS = pytest.StashKey[list[Daemon]]()
-#: Options of the ``pageserver`` marker that are the fixture's, not the Daemon's.
-_TEARDOWN_OPTIONS = ("stop_timeout", "check_stop")
 
 
 def pytest_configure(config: pytest.Config) -> None:
