@@ -32,14 +32,19 @@ DOC = REPO / "docs" / "ARCHITECTURE.md"
 
 def test_the_package_keeps_the_layout_rules() -> None:
     violations = check_package(REPO, "pageserver")
+    # A cycle closed by a function-level import is still a cycle between modules (the two
+    # the issue measured, engine <-> uring engine and timeline <-> compaction, were such):
+    # it fails too, listed apart because the cure is the same but the symptom differs.
     deferred = deferred_cycle_imports(REPO, "pageserver")
-    if deferred:  # not a failure; shown with -s, and in the failure message below
-        print("function-level imports that would close a cycle:\n" + format_violations(deferred))
-    if violations:
+    if violations or deferred:
         pytest.fail(
             f"{len(violations)} layout violation(s) (rules: docs/ARCHITECTURE.md):\n"
             + format_violations(violations)
-            + ("\n\nfor information:\n" + format_violations(deferred) if deferred else ""),
+            + (
+                "\n\nfunction-level imports that close a cycle:\n" + format_violations(deferred)
+                if deferred
+                else ""
+            ),
             pytrace=False,
         )
 

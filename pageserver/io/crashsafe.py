@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 #: The suffix of every file written before its rename into place (Neon's ``.___temp``):
 #: crash-safe overwrites, layer files being written, the daemon's own config. Startup
 #: removes leftovers by this suffix. The one definition; everyone imports it from ``pageserver.io``.
+#: It lives here, in the foundation, and not with the layer names: io may not import layers
+#: (docs/ARCHITECTURE.md), and the crash-safe overwrite, below layers, needs it too.
 TEMP_SUFFIX = ".___temp"
 
 

@@ -17,8 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pageserver import failpoints
-from pageserver.io import IoContext, create_engine
-from pageserver.io.engine import STD_FS, TRIO_URING
+from pageserver.io import STD_FS, TRIO_URING, IoContext, create_engine
 from pageserver.layers.common import LayerFileError
 from pageserver.layers.delta_layer import DeltaLayer, DeltaLayerWriter
 from pageserver.layers.image_layer import ImageLayer, ImageLayerWriter
