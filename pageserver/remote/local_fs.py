@@ -34,6 +34,7 @@ class LocalPathStorage(RemoteStorage):
         self.root = os.path.abspath(root)
         self.description = self.root
         self.timeout = timeout
+        self.concurrency_limit = concurrency_limit
         self._limiter = trio.CapacityLimiter(concurrency_limit)
         os.makedirs(self.root, exist_ok=True)
 

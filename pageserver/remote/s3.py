@@ -82,6 +82,7 @@ class S3Storage(RemoteStorage):
             client_options=client,  # type: ignore[arg-type]
             retry_config={"max_retries": 0, "retry_timeout": timedelta(seconds=conf.timeout)},
         )
+        self.concurrency_limit = conf.concurrency_limit
         self._limiter = trio.CapacityLimiter(conf.concurrency_limit)
 
     def _k(self, key: str) -> str:

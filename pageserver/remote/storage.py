@@ -62,6 +62,17 @@ class RemoteStorage(ABC):
     description: str = ""
     #: seconds one request may take (the config's ``timeout``)
     timeout: float = 120.0
+    #: requests in flight (the config's ``concurrency_limit``)
+    concurrency_limit: int = 100
+    _upload_slots: trio.CapacityLimiter | None = None
+
+    def upload_slots(self) -> trio.CapacityLimiter:
+        """Layer uploads in progress at once, process-wide: an upload holds its whole
+        layer file in memory, so this bounds that memory (at most 8 layers, or
+        ``concurrency_limit`` if lower)."""
+        if self._upload_slots is None:
+            self._upload_slots = trio.CapacityLimiter(min(8, self.concurrency_limit))
+        return self._upload_slots
 
     @abstractmethod
     async def put(self, key: str, data: bytes) -> None: ...

@@ -16,8 +16,9 @@ The scheduled state is a *projected index*: the layers the next index will name 
 ``disk_consistent_lsn``. One background task (:meth:`run`) turns it into uploads, in rounds:
 
 1. take a snapshot: the projected index, the layers not uploaded yet, the deletions due;
-2. upload those layers in parallel (at most ``concurrency_limit`` requests in flight, the
-   backend's limiter), each retried with back-off for ever;
+2. upload those layers in parallel (at most 8 at once per process, each holding its file
+   in memory; at most ``concurrency_limit`` requests in flight), each retried with
+   back-off for ever;
 3. check no newer generation was claimed, then upload the snapshot's index: every layer it
    names is now in the bucket (uploaded in step 2 or named by an earlier index);
 4. check the generation again, then delete the removed layers' objects: the index just
@@ -303,11 +304,14 @@ class RemoteTimelineClient:
         async def attempt() -> None:
             if self.tenant.stale:
                 return
-            data = await self.ctx.run_job(read_layer_file, self.ctx, up.path)
-            if len(data) != up.meta.file_size:
-                raise PageserverError(f"{up.path}: {len(data)} bytes, expected {up.meta.file_size}")
-            await self.storage.put(key, data)
-            metrics.REMOTE_UPLOAD_BYTES.inc(len(data))
+            async with self.storage.upload_slots():
+                data = await self.ctx.run_job(read_layer_file, self.ctx, up.path)
+                if len(data) != up.meta.file_size:
+                    raise PageserverError(
+                        f"{up.path}: {len(data)} bytes, expected {up.meta.file_size}"
+                    )
+                await self.storage.put(key, data)
+            metrics.REMOTE_UPLOAD_BYTES.inc(up.meta.file_size)
             metrics.REMOTE_UPLOADS.labels(kind="layer").inc()
 
         def on_error(e: BaseException, attempt_no: int) -> None:
