@@ -63,17 +63,17 @@ async def write_downloaded_layer(ctx: IoContext, final_path: str, data: bytes, f
                     pass
 
 
-async def read_layer_file(ctx: IoContext, path: str) -> bytes:
-    """The job: a whole local layer file, for an upload."""
+async def read_layer_file(ctx: IoContext, path: str) -> bytearray:
+    """The job: a whole local layer file, for an upload (read in place, no copies)."""
     vf = await ctx.open(path)
     try:
         size = (await vf.metadata()).size
         buf = bytearray(size)
+        view = memoryview(buf)
         for off in range(0, size, CHUNK):
-            n = min(CHUNK, size - off)
-            buf[off : off + n] = await vf.read_exact_at(n, off)
+            await vf.read_exact_at_into(view[off : off + CHUNK], off)
             await cooperative_checkpoint()
-        return bytes(buf)
+        return buf
     finally:
         with cleanup_shield():
             await vf.close()

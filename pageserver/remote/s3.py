@@ -91,7 +91,7 @@ class S3Storage(RemoteStorage):
     async def _run(self, fn: Callable[[], T], *, abandon: bool) -> T:
         return await trio.to_thread.run_sync(fn, limiter=self._limiter, abandon_on_cancel=abandon)
 
-    async def put(self, key: str, data: bytes) -> None:
+    async def put(self, key: str, data: bytes | bytearray) -> None:
         await self._run(partial(obstore.put, self._store, self._k(key), data), abandon=False)
 
     async def create(self, key: str, data: bytes) -> None:

@@ -30,7 +30,7 @@ class RecordingStorage(RemoteStorage):
         self.timeout = inner.timeout
         self.ops: list[tuple[str, str, bytes | None]] = []
 
-    async def put(self, key: str, data: bytes) -> None:
+    async def put(self, key: str, data: bytes | bytearray) -> None:
         await self.inner.put(key, data)
         self.ops.append(("put", key, data))
 
