@@ -19,7 +19,7 @@ import pytest
 from pageserver.client import Client
 from pageserver.client.feed import FeedGenerator
 from pageserver.config import RemoteStorageConfig
-from tests.helpers.daemon import FeedModel
+from tests.helpers.daemon import FeedModel, metric_value
 from tests.remote.helpers import RemoteDaemon
 
 KEYS = 1500
@@ -92,6 +92,10 @@ async def test_lose_the_disk_then_attach_on_a_fresh_daemon(
         model = FeedModel(generator(12_000))
         await check_reads(b.addr, t, tl, model, out["disk_consistent_lsn"], 200)
         b.wait_remote_consistent(out["disk_consistent_lsn"])
+        rcl = metric_value(b.scrape(), "pageserver_remote_consistent_lsn", {"tenant_id": t})
+        assert rcl == out["disk_consistent_lsn"]
+        human = b.cli("status", t).stdout
+        assert "generation 2" in human and "remote_consistent_lsn" in human, human
         print(f"\nattach of {st['layers']['remote_only']} layers through the CLI: {attach_s:.2f}s")
         # Detach waits for the uploads and removes the local copy.
         b.cli("tenant", "detach", t)
