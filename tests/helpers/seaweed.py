@@ -8,6 +8,7 @@ A test that needs it fails, never skips, when it cannot start.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import random
 import shutil
@@ -24,6 +25,13 @@ ACCESS_KEY = "pageserver-test-key"
 SECRET_KEY = "pageserver-test-secret"
 BUCKET = "pageserver-test"
 WEED = str(Path(sys.executable).with_name("weed"))
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL it when the test process dies (no stray servers after a
+    crashed or killed test run)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _bindable(port: int) -> bool:
@@ -94,7 +102,7 @@ class SeaweedFS:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-                cwd=self.root, start_new_session=True,
+                cwd=self.root, start_new_session=True, preexec_fn=_die_with_parent,
             )  # fmt: skip
         deadline = time.monotonic() + timeout
         last: Exception | None = None
