@@ -13,6 +13,7 @@ import json
 import random
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 
@@ -104,3 +105,21 @@ async def test_lose_the_disk_then_attach_on_a_fresh_daemon(
     finally:
         a.cleanup()
         b.cleanup()
+
+
+@pytest.mark.parametrize("remote_conf", ["local_path"], indirect=True)
+def test_graceful_stop_waits_for_the_upload_queue(remote_conf: RemoteStorageConfig) -> None:
+    d = RemoteDaemon("std-fs", remote_conf, checkpoint_distance=64 * 1024)
+    try:
+        d.start()
+        with d.client() as c:
+            t = c.create_tenant(None, None)
+            tl = c.create_timeline(t, None, 0)
+            for lsn in range(1, 200):
+                c.put(t, tl, [(FeedGenerator.key(k), lsn, b"\0\0\0\0" + (8).to_bytes(8, "big") + b"x" * 8) for k in range(20)])
+        # SIGTERM: flush the open layer, upload it and its index, exit 0.
+        assert d.stop() == 0
+        index = Path(remote_conf.local_path or "") / f"tenants/{t}/timelines/{tl}/index_part.json-00000001"
+        assert json.loads(index.read_bytes())["disk_consistent_lsn"] == f"0/{199:X}"
+    finally:
+        d.cleanup()
