@@ -333,6 +333,8 @@ class SocketResult:
     ingest_seconds: float
     flush_seconds: float
     get_latency: list[float]
+    #: Round trips of ``status`` on a second connection during ingest and the flush.
+    status_latency: list[float] = field(default_factory=list)
 
     @property
     def records_per_s(self) -> float:
@@ -341,6 +343,19 @@ class SocketResult:
     @property
     def mib_per_s(self) -> float:
         return self.value_bytes / MIB / self.ingest_seconds
+
+    @property
+    def durable_seconds(self) -> float:
+        """From the first ``put`` sent until the ``flush`` reply: the records are durable."""
+        return self.ingest_seconds + self.flush_seconds
+
+    @property
+    def durable_records_per_s(self) -> float:
+        return self.records / self.durable_seconds
+
+    @property
+    def durable_mib_per_s(self) -> float:
+        return self.value_bytes / MIB / self.durable_seconds
 
 
 class DaemonError(RuntimeError):
@@ -387,33 +402,57 @@ async def _wait_ready(proc: subprocess.Popen[bytes], addr: str, log: str, kind: 
         return
 
 
-def _build_batches(gen: FeedGenerator, batch: int) -> list[PutBatch]:
-    out: list[PutBatch] = []
-    recs = [gen.record(i) for i in range(gen.count)]
-    for i in range(0, len(recs), batch):
-        # Encoded to the columnar form here, before the clock starts.
-        out.append(PutBatch(PutColumns.from_records(recs[i : i + batch])))
-    return out
+def batch_records(value_size: int) -> int:
+    """Records per ``put`` of the socket benchmark: 1000, fewer for large values (about
+    1 MiB a frame, as ``feed`` batches)."""
+    return max(1, min(1000, (1 << 20) // max(1, value_size + 30)))
+
+
+def build_columns(gen: FeedGenerator) -> list[PutColumns]:
+    """``gen``'s records as columnar ``put`` batches (built before any clock starts)."""
+    per = batch_records(gen.value_size)
+    return [
+        PutColumns.from_records([gen.record(j) for j in range(i, min(gen.count, i + per))])
+        for i in range(0, gen.count, per)
+    ]
+
+
+async def _poll_status(addr: str, samples: list[float], stop: trio.Event, interval: float) -> None:
+    """``status`` round trips on a connection of its own, one every ``interval`` s."""
+    async with await Client.connect(addr) as c:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            await c.status()
+            samples.append(time.perf_counter() - t0)
+            with trio.move_on_after(interval):
+                await stop.wait()
 
 
 async def _socket_bench_async(
-    addr: str, kind: str, records: int, value_size: int, gets: int, proc: subprocess.Popen[bytes],
-    log: str,
+    addr: str, kind: str, gen: FeedGenerator, gets: int, proc: subprocess.Popen[bytes],
+    log: str, status_interval: float,
 ) -> SocketResult:  # fmt: skip
     await _wait_ready(proc, addr, log, kind)
-    keys = min(records, 10_000)
-    gen = FeedGenerator(count=records, keys=max(1, keys), value_size=value_size)
-    batches = _build_batches(gen, 1000)
+    columns = build_columns(gen)
+    batches = [PutBatch(c) for c in columns]
+    del columns
+    records, value_size = gen.count, gen.value_size
+    status: list[float] = []
     async with await Client.connect(addr) as c:
         await c.request("tenant_create", tenant_id=TENANT)
         await c.request("timeline_create", tenant_id=TENANT, timeline_id=TIMELINE)
-        t0 = time.perf_counter()
-        await c.put_pipelined(TENANT, TIMELINE, batches, window=8)
-        t_ingest = time.perf_counter() - t0
-        del batches
-        t0 = time.perf_counter()
-        await c.flush(TENANT, TIMELINE)
-        t_flush = time.perf_counter() - t0
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_poll_status, addr, status, stop, status_interval)
+            await trio.sleep(status_interval)  # the poller is connected and running
+            t0 = time.perf_counter()
+            await c.put_pipelined(TENANT, TIMELINE, batches, window=8)
+            t_ingest = time.perf_counter() - t0
+            del batches
+            t0 = time.perf_counter()
+            await c.flush(TENANT, TIMELINE)
+            t_flush = time.perf_counter() - t0
+            stop.set()
         last = gen.lsn_of(records - 1)
         rng = random.Random(42)
         lat: list[float] = []
@@ -424,13 +463,17 @@ async def _socket_bench_async(
             lat.append(time.perf_counter() - t0)
             if value is None:
                 raise DaemonError(f"get of a fed key returned nothing ({kind})")
-    return SocketResult(kind, records, records * value_size, t_ingest, t_flush, lat)
+    return SocketResult(kind, records, records * value_size, t_ingest, t_flush, lat, status)
 
 
 def socket_bench(
-    kind: str, base: str, *, records: int, value_size: int, gets: int, no_sync: bool
-) -> SocketResult:
+    kind: str, base: str, *, records: int, value_size: int, gets: int, no_sync: bool,
+    status_interval: float = 0.005,
+) -> SocketResult:  # fmt: skip
     """Start ``pageserver run`` on ``kind``, feed it, flush, time ``get``s, SIGTERM it.
+
+    Ingest and the flush are timed apart (their sum is the durable ingest), while a second
+    connection sends ``status`` every ``status_interval`` s and times the round trips.
 
     The socket lives in a short directory under /tmp (``sun_path`` is 108 bytes at most,
     and ``--dir`` may be long); the data directory is under ``base``.
@@ -448,9 +491,10 @@ def socket_bench(
         with open(log, "wb") as logf:
             proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
         try:
+            gen = FeedGenerator(count=records, keys=max(1, min(records, 10_000)), value_size=value_size)
             result = trio.run(
-                _socket_bench_async, f"unix:{socket_path}", kind, records, value_size, gets,
-                proc, log,
+                _socket_bench_async, f"unix:{socket_path}", kind, gen, gets, proc, log,
+                status_interval,
             )  # fmt: skip
             proc.send_signal(signal.SIGTERM)
             rc = proc.wait(timeout=60)

@@ -6,7 +6,10 @@ layer writes vs the raw disk) are meaningful where numbers from different runs (
 load on the machine, another page-cache state) would not be. Per engine it measures:
 
 1. ingest records/s and MiB/s over the socket (a real ``pageserver run`` subprocess on a
-   Unix socket, fed by the pipelined client);
+   Unix socket, fed by the pipelined client), and *durable* ingest: the same records
+   ended by ``flush``, timed until the flush replies; for ``--records`` small values and
+   ``--large-records`` 8 KiB pages, while a second connection sends ``status`` every 5 ms
+   and times the round trips (p50, p99, max: what other clients feel);
 2. flush MiB/s of layer bytes (in this process: a known amount ingested, ``flush`` timed);
 3. event-loop responsiveness during those flushes (lateness of a 1 ms ticker on the same
    loop: p50, p99, max), with the idle loop's lateness as the floor;
@@ -15,7 +18,11 @@ load on the machine, another page-cache state) would not be. Per engine it measu
 and, as baselines: the same flushes with per-operation thread offload (what
 ``trio.open_file`` does; :class:`~pageserver.bench._measure.PerOpOffloadEngine`), and the
 raw sequential write speed of the disk (``os.write`` of 1 MiB blocks + fsync, and ``fio``
-when it is on PATH). The measurements live in :mod:`pageserver.bench._measure`.
+when it is on PATH); and as peers, the same records made durable by RocksDB and SQLite
+(:mod:`pageserver.bench._peers`; RocksDB needs the ``bench`` extra, and a peer that cannot
+run is listed under ``peers_skipped``). The measurements live in
+:mod:`pageserver.bench._measure`; ``--plot FILE.png`` draws the durable-ingest and
+``status`` figures with matplotlib (also in the ``bench`` extra).
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pageserver.bench import _measure as m
+from pageserver.bench import _peers as peers_mod
+from pageserver.client.feed import FeedGenerator
 from pageserver.io import ENGINE_KINDS, STD_FS, TRIO_URING, uring_refusal_reason
 from pageserver.logging import configure_logging
 
@@ -50,10 +59,13 @@ class Sizes:
     flush_rounds: int
     raw_mib: int
     idle_s: float
+    #: The large-value workload (durable ingest and ``status`` only; 0 leaves it out).
+    large_records: int = 0
+    large_value_size: int = 8192
 
 
-DEFAULT = Sizes(1_000_000, 100, 3000, 400_000, 5, 256, 0.5)
-QUICK = Sizes(20_000, 100, 300, 40_000, 2, 16, 0.1)
+DEFAULT = Sizes(1_000_000, 100, 3000, 400_000, 5, 256, 0.5, 60_000, 8192)
+QUICK = Sizes(20_000, 100, 300, 40_000, 2, 16, 0.1, 1000, 8192)
 
 
 def _fs_type(path: str) -> str:
@@ -84,8 +96,9 @@ def _ratio(a: float, b: float) -> float | None:
 
 
 def run_bench(
-    engines: list[str], sizes: Sizes, base_dir: str, no_sync: bool, quiet: bool = False
-) -> dict[str, Any]:
+    engines: list[str], sizes: Sizes, base_dir: str, no_sync: bool, quiet: bool = False,
+    peers: bool = True,
+) -> dict[str, Any]:  # fmt: skip
     """Run every measurement and return the report (the ``--json`` document)."""
     skipped: dict[str, str] = {}
     if TRIO_URING in engines and (reason := uring_refusal_reason()) is not None:
@@ -109,12 +122,17 @@ def run_bench(
             "flush_records_per_round": sizes.flush_records,
             "flush_rounds": sizes.flush_rounds,
             "raw_mib": sizes.raw_mib,
+            "large_records": sizes.large_records,
+            "large_value_size": sizes.large_value_size,
             "no_sync": no_sync,
             "get_via": "socket",
+            "status_interval_ms": STATUS_INTERVAL_S * 1e3,
         },
         "skipped": skipped,
         "engines": {},
         "baselines": {},
+        "peers": {},
+        "peers_skipped": {},
         "ratios": {},
     }
     t_start = time.perf_counter()
@@ -143,27 +161,97 @@ def run_bench(
             )
             sock = m.socket_bench(
                 kind, base, records=sizes.records, value_size=sizes.value_size,
-                gets=sizes.gets, no_sync=no_sync,
+                gets=sizes.gets, no_sync=no_sync, status_interval=STATUS_INTERVAL_S,
             )  # fmt: skip
-            _note(quiet, f"{kind}: {sizes.flush_rounds} in-process flushes with a 1 ms ticker")
-            fl = m.flush_bench_isolated(kind, base, **flush_kw)
-            report["engines"][kind] = {
+            fields: dict[str, float] = {
                 "ingest_records_per_s": sock.records_per_s,
                 "ingest_mib_per_s": sock.mib_per_s,
                 "ingest_seconds": sock.ingest_seconds,
                 "socket_flush_seconds": sock.flush_seconds,
+                **_durable_fields(sock, ""),
                 **_get_fields(sock.get_latency),
-                **_flush_fields(fl),
             }
+            if sizes.large_records:
+                _note(
+                    quiet,
+                    f"{kind}: daemon, {sizes.large_records} records of "
+                    f"{sizes.large_value_size} B over the socket",
+                )
+                large = m.socket_bench(
+                    kind, base, records=sizes.large_records, value_size=sizes.large_value_size,
+                    gets=0, no_sync=no_sync, status_interval=STATUS_INTERVAL_S,
+                )  # fmt: skip
+                fields.update(_durable_fields(large, "large_"))
+            _note(quiet, f"{kind}: {sizes.flush_rounds} in-process flushes with a 1 ms ticker")
+            fl = m.flush_bench_isolated(kind, base, **flush_kw)
+            report["engines"][kind] = {**fields, **_flush_fields(fl)}
         _note(quiet, "baseline: the same flushes with per-operation thread offload")
         report["baselines"]["per_op_offload"] = _flush_fields(
             m.flush_bench_isolated(m.PER_OP, base, **flush_kw)
         )
+        if peers:
+            _run_peers(report, sizes, base, no_sync, quiet)
+        else:
+            report["peers_skipped"] = dict.fromkeys(peers_mod.PEERS, "--no-peers")
     finally:
         shutil.rmtree(base, ignore_errors=True)
     report["ratios"] = _ratios(report, no_sync)
     report["seconds"] = time.perf_counter() - t_start
     return report
+
+
+#: How often the second connection sends ``status`` during ingest and the flush.
+STATUS_INTERVAL_S = 0.005
+
+
+def _workloads(sizes: Sizes) -> list[tuple[str, int, int]]:
+    """(report prefix, records, value size) of the durable-ingest workloads."""
+    out = [("", sizes.records, sizes.value_size)]
+    if sizes.large_records:
+        out.append(("large_", sizes.large_records, sizes.large_value_size))
+    return out
+
+
+def _run_peers(report: dict[str, Any], sizes: Sizes, base: str, no_sync: bool, quiet: bool) -> None:
+    """RocksDB and SQLite, on the records of each workload (the daemon's own records)."""
+    available = []
+    for name in peers_mod.PEERS:
+        reason = peers_mod.peer_unavailable(name)
+        if reason is None:
+            available.append(name)
+            report["peers"][name] = {}
+        else:
+            report["peers_skipped"][name] = reason
+            _note(quiet, f"skipping {name}: {reason}")
+    for prefix, records, value_size in _workloads(sizes):
+        if not available:
+            break
+        gen = FeedGenerator(count=records, keys=max(1, min(records, 10_000)), value_size=value_size)
+        batches = m.build_columns(gen)
+        for name in available:
+            _note(quiet, f"peer {name}: {records} records of {value_size} B made durable")
+            r = peers_mod.durable_ingest(name, base, batches, records * value_size, no_sync)
+            report["peers"][name].update(
+                {
+                    f"{prefix}durable_records_per_s": r.records_per_s,
+                    f"{prefix}durable_mib_per_s": r.mib_per_s,
+                    f"{prefix}durable_seconds": r.seconds,
+                }
+            )
+        del batches
+
+
+def _durable_fields(sock: m.SocketResult, prefix: str) -> dict[str, float]:
+    st = m.summarize_ms(sock.status_latency)
+    return {
+        f"{prefix}durable_records_per_s": sock.durable_records_per_s,
+        f"{prefix}durable_mib_per_s": sock.durable_mib_per_s,
+        f"{prefix}durable_seconds": sock.durable_seconds,
+        f"{prefix}status_p50_ms": st["p50_ms"],
+        f"{prefix}status_p99_ms": st["p99_ms"],
+        f"{prefix}status_max_ms": st["max_ms"],
+        f"{prefix}status_samples": st["samples"],
+    }
 
 
 def _get_fields(samples: list[float]) -> dict[str, float]:
@@ -212,6 +300,19 @@ def _ratios(report: dict[str, Any], no_sync: bool) -> dict[str, float | None]:
         out[f"loop lateness p99 (lower is better): {name} / per-op offload"] = _ratio(
             e["lateness_p99_ms"], per_op["lateness_p99_ms"]
         )
+    for prefix, label in (("", "durable ingest"), ("large_", "durable ingest, large values")):
+        key = f"{prefix}durable_records_per_s"
+        rates = {k: e[key] for k, e in eng.items() if key in e}
+        if std and uring and key in std and key in uring:
+            out[f"{label} records/s: trio-uring / std-fs"] = _ratio(uring[key], std[key])
+        if not rates:
+            continue
+        best_kind = max(rates, key=lambda k: rates[k])
+        for peer, pe in report["peers"].items():
+            if key in pe:
+                out[f"{label} records/s: best engine ({best_kind}) / {peer}"] = _ratio(
+                    rates[best_kind], pe[key]
+                )
     which = "page cache" if no_sync else "with fsync"
     for kind, e in [*eng.items(), (m.PER_OP, per_op)]:
         out[f"flush MiB/s {kind} / raw sequential write ({which})"] = _ratio(
@@ -240,6 +341,14 @@ _ROWS = (
     ("loop lateness idle p99 ms", "idle_lateness_p99_ms", ".3f"),
     ("get p50 ms (socket)", "get_p50_ms", ".3f"),
     ("get p99 ms (socket)", "get_p99_ms", ".3f"),
+)
+#: Rows of the durable-ingest table (per engine and per peer); {n} and {size} are filled in.
+_DURABLE_ROWS = (
+    ("durable ingest records/s ({n} x {size} B)", "durable_records_per_s", ",.0f"),
+    ("durable ingest MiB/s ({n} x {size} B)", "durable_mib_per_s", ",.1f"),
+    ("status RTT p50 ms (ingest+flush)", "status_p50_ms", ".3f"),
+    ("status RTT p99 ms (ingest+flush)", "status_p99_ms", ".3f"),
+    ("status RTT max ms (ingest+flush)", "status_max_ms", ".2f"),
 )
 
 
@@ -271,6 +380,29 @@ def print_report(report: dict[str, Any]) -> None:
         t.add_row(label, *(_fmt(e.get(key), spec) for _, e in cols))
     console.print(t)
 
+    d = Table(title="durable ingest over the socket (records, then flush, until its reply); peers in-process")
+    d.add_column("metric")
+    dcols: list[tuple[str, dict[str, float]]] = [
+        *report["engines"].items(),
+        *report["peers"].items(),
+    ]
+    for name, _ in dcols:
+        d.add_column(name, justify="right")
+    for prefix, n, size in (
+        ("", st["records"], st["value_size"]),
+        ("large_", st.get("large_records", 0), st.get("large_value_size", 0)),
+    ):
+        if not n:
+            continue
+        for label, key, spec in _DURABLE_ROWS:
+            d.add_row(
+                label.format(n=f"{n:,}", size=size),
+                *(_fmt(e.get(prefix + key), spec) for _, e in dcols),
+            )
+    console.print(d)
+    for name, reason in report.get("peers_skipped", {}).items():
+        console.print(f"[yellow]peer {name} skipped: {reason}[/yellow]")
+
     b = Table(title="raw sequential write of the disk (1 MiB blocks)")
     b.add_column("method")
     b.add_column("MiB/s", justify="right")
@@ -287,6 +419,51 @@ def print_report(report: dict[str, Any]) -> None:
     for name, v in report["ratios"].items():
         r.add_row(name, _fmt(v, ".2f" if v is None or v >= 0.1 else ".4f"))
     console.print(r)
+
+
+def plot_report(report: dict[str, Any], path: str) -> None:
+    """Durable ingest (records/s per engine and peer, per workload) and ``status`` round
+    trips during ingest + flush (p50/p99/max per engine), as one PNG (matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    st = report["settings"]
+    systems = [*report["engines"].items(), *report["peers"].items()]
+    workloads = [("", f"{st['records']:,} x {st['value_size']} B")]
+    if st.get("large_records"):
+        workloads.append(("large_", f"{st['large_records']:,} x {st['large_value_size']} B"))
+    fig, axes = plt.subplots(1, len(workloads) + 1, figsize=(5 * (len(workloads) + 1), 4.2))
+    for ax, (prefix, label) in zip(axes, workloads, strict=False):
+        names = [n for n, e in systems if f"{prefix}durable_records_per_s" in e]
+        rates = [e[f"{prefix}durable_records_per_s"] for n, e in systems if n in names]
+        bars = ax.bar(names, rates, color=["#4c72b0" if n in report["engines"] else "#999999" for n in names])
+        ax.bar_label(bars, labels=[f"{r:,.0f}" for r in rates], fontsize=8)
+        ax.set_title(f"durable ingest, {label}")
+        ax.set_ylabel("records/s (until the flush/sync returned)")
+        ax.tick_params(axis="x", labelrotation=20)
+    ax = axes[-1]
+    engines = list(report["engines"])
+    width = 0.25
+    for i, (q, color) in enumerate((("p50", "#55a868"), ("p99", "#dd8452"), ("max", "#c44e52"))):
+        vals = [report["engines"][k].get(f"status_{q}_ms", 0.0) for k in engines]
+        ax.bar([j + (i - 1) * width for j in range(len(engines))], vals, width, label=q, color=color)
+    ax.set_xticks(range(len(engines)), engines)
+    ax.set_ylabel("ms")
+    ax.set_title(f"status round trip during ingest+flush ({label_of(st)})")
+    ax.legend()
+    fig.suptitle(
+        f"pageserver bench: {'no_sync' if st['no_sync'] else 'fsync on'}, "
+        f"{report['machine']['cpus']} CPUs, {report['machine']['fs_type']}"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def label_of(settings: dict[str, Any]) -> str:
+    return f"{settings['records']:,} x {settings['value_size']} B"
 
 
 # ---------------------------------------------------------------------------------------
@@ -338,13 +515,26 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         flush_rounds=args.flush_rounds or base.flush_rounds,
         raw_mib=args.raw_mib or base.raw_mib,
         idle_s=base.idle_s,
+        large_records=base.large_records if args.large_records is None else args.large_records,
+        large_value_size=args.large_value_size or base.large_value_size,
     )
     base_dir = args.dir or tempfile.gettempdir()
     if not os.path.isdir(base_dir):
         print(f"pageserver: error: --dir {base_dir!r} is not a directory", file=sys.stderr)
         return 1
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print(
+                "pageserver: error: --plot needs matplotlib (pip install -e '.[bench]')",
+                file=sys.stderr,
+            )
+            return 1
     try:
-        report = run_bench(args.engines, sizes, base_dir, not args.sync, quiet=args.json)
+        report = run_bench(
+            args.engines, sizes, base_dir, not args.sync, quiet=args.json, peers=not args.no_peers
+        )
     except m.DaemonError as e:
         print(f"pageserver: error: {e}", file=sys.stderr)
         return 1
@@ -355,6 +545,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(json.dumps(report, sort_keys=True))
     else:
         print_report(report)
+    if args.plot:
+        plot_report(report, args.plot)
+        if not args.json:
+            print(f"plot written to {args.plot}")
     return 0
 
 
@@ -410,5 +604,21 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--sync", action="store_true", help="really fsync (default: no_sync, as tests do)"
+    )
+    p.add_argument(
+        "--large-records",
+        type=_non_negative,
+        help=f"records of the large-value durable ingest (default {DEFAULT.large_records}; 0: none)",
+    )
+    p.add_argument(
+        "--large-value-size",
+        type=_positive,
+        help=f"bytes per record of the large-value workload (default {DEFAULT.large_value_size})",
+    )
+    p.add_argument(
+        "--no-peers", action="store_true", help="leave out RocksDB and SQLite"
+    )
+    p.add_argument(
+        "--plot", metavar="FILE.png", help="also draw the durable-ingest figures (matplotlib)"
     )
     p.set_defaults(func=_cmd_bench)

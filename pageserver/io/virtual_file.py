@@ -29,6 +29,7 @@ pins are held across awaits, so the holder could never run to release them.
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import sys
 import threading
@@ -443,6 +444,23 @@ class VirtualFile:
         finally:
             table.unpin(slot)
             metrics.OP_SECONDS["metadata"].observe(time.perf_counter() - t0)
+
+    async def map_readonly(self, length: int) -> mmap.mmap:
+        """The first ``length`` bytes of the file, mapped read-only (``length`` > 0).
+
+        For reading a large file whose pages are in the page cache in an order other than
+        the file's (the flush of a frozen ephemeral file): the mapping shares the page
+        cache's pages, so nothing is copied and no fresh memory is zeroed, where reading
+        into a buffer would do both. The mapping stays valid after the slot is reused
+        (it holds its own reference to the file); close it when done. Touching a page that
+        is not cached is a disk read in the page fault (by whichever thread touches it).
+        """
+        table = self._table
+        slot = await table.pin(self)
+        try:
+            return mmap.mmap(slot.fd, length, mmap.MAP_SHARED, mmap.PROT_READ)
+        finally:
+            table.unpin(slot)
 
     async def set_len(self, length: int) -> None:
         table = self._table

@@ -156,7 +156,7 @@ _ROW_COPY_MIN = 16
 
 
 def pack_blobs(
-    data: bytes | bytearray | memoryview,
+    data: bytes | bytearray | memoryview | npt.NDArray[np.uint8],
     offsets: npt.NDArray[np.int64],
     lengths: npt.NDArray[np.int64],
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
@@ -183,7 +183,8 @@ def pack_blobs(
         word = lengths[~short] | (BYTE_UNCOMPRESSED << 24)
         for b in range(4):
             out[at + b] = (word >> (24 - 8 * b)) & 0xFF
-    copy_segments(np.frombuffer(data, np.uint8), offsets, out, starts + hlen, lengths)
+    src = data if isinstance(data, np.ndarray) else np.frombuffer(data, np.uint8)
+    copy_segments(src, offsets, out, starts + hlen, lengths)
     return out, starts
 
 

@@ -182,7 +182,7 @@ class DeltaLayerWriter(LayerWriter):
         self,
         keys: npt.NDArray[np.bytes_],
         lsns: npt.NDArray[np.uint64],
-        data: bytes | bytearray | memoryview,
+        data: bytes | bytearray | memoryview | npt.NDArray[np.uint8],
         offs: npt.NDArray[np.int64],
         lens: npt.NDArray[np.int64],
         will_init: npt.NDArray[np.bool_],
@@ -205,7 +205,7 @@ class DeltaLayerWriter(LayerWriter):
             blobs = self._blobs
             assert blobs is not None
             if blobs.compresses:
-                view = memoryview(data)
+                view = data.data if isinstance(data, np.ndarray) else memoryview(data)
                 stage = self._stage
                 for i, (lsn, off, ln, w) in enumerate(
                     zip(lsns.tolist(), offs.tolist(), lens.tolist(), will_init.tolist(), strict=True)

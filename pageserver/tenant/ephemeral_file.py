@@ -11,6 +11,7 @@ what a crash left (its records were never reported durable) and is removed
 
 from __future__ import annotations
 
+import mmap
 import os
 
 import numpy as np
@@ -19,8 +20,6 @@ import numpy.typing as npt
 from pageserver.io import BufferedWriter, IoContext, VirtualFile, cleanup_shield
 
 _PREFIX = "ephemeral-"
-#: Chunk size of :meth:`EphemeralFile.read_all`'s sequential reads.
-_READ_ALL_CHUNK = 4 << 20
 
 
 class EphemeralFile:
@@ -71,24 +70,17 @@ class EphemeralFile:
             return await self._writer.read_at(offset, length)
         return await self._vf.read_exact_at(length, offset)
 
-    async def read_all(self) -> npt.NDArray[np.uint8]:
-        """The whole (finished) file, in large sequential reads.
-
-        Into ``np.empty``, not ``bytearray(size)``: a bytearray is zeroed first, one memset
-        of the whole layer (plus its page faults) while holding the GIL (115-444 ms for a
-        full layer, a stall of the loop wherever the flush runs). An untouched allocation
-        of that size is fresh anonymous memory; its pages are faulted in by the reads
-        themselves, in the kernel, a chunk at a time.
-        """
+    async def map_all(self) -> MappedFile:
+        """The whole (finished) file, mapped read-only (see :class:`MappedFile`)."""
+        assert self._finished, "map_all before finish"
         size = self.size
-        data = np.empty(size, np.uint8)
-        view = data.data
-        pos = 0
-        while pos < size:
-            n = min(_READ_ALL_CHUNK, size - pos)
-            await self._vf.read_exact_at_into(view[pos : pos + n], pos)
-            pos += n
-        return data
+        if not size:
+            return MappedFile(None)
+        mm = await self._vf.map_readonly(size)
+        # Pages evicted since they were written are read back by the kernel ahead of the
+        # gather (asynchronously), not one page fault at a time.
+        mm.madvise(mmap.MADV_WILLNEED)
+        return MappedFile(mm)
 
     async def delete(self) -> None:
         """Close and remove the file (shielded: this is clean-up)."""
@@ -101,3 +93,33 @@ class EphemeralFile:
                     await self.ctx.unlink(self.path)
                 except FileNotFoundError:
                     pass
+
+
+class MappedFile:
+    """A finished ephemeral file mapped read-only: ``data`` is its bytes as a ``uint8`` array.
+
+    The flush reads the values of a frozen layer in key order, i.e. all over the file. It
+    used to read the whole file into a ``bytearray(size)`` first: one memset of the whole
+    layer while holding the GIL (115-444 ms, a stall of the loop wherever the flush runs),
+    then a copy of every byte. The mapping shares the page cache's pages (the file was just
+    written, so they are cached): no copy, no zeroing, only minor page faults as the
+    values are gathered. ``close`` drops ``data`` first (a mapping with live views cannot
+    be closed).
+    """
+
+    def __init__(self, mm: mmap.mmap | None) -> None:
+        self._mm = mm
+        self.data: npt.NDArray[np.uint8] = (
+            np.frombuffer(mm, np.uint8) if mm is not None else np.empty(0, np.uint8)
+        )
+
+    def close(self) -> None:
+        self.data = np.empty(0, np.uint8)
+        mm, self._mm = self._mm, None
+        if mm is not None:
+            try:
+                mm.close()
+            except BufferError:
+                # A view is still alive (say, in the traceback of a failed flush): the
+                # mapping goes when the last view does.
+                pass

@@ -16,10 +16,10 @@ file), ``will_init`` (bool):
 - runs are merged as they grow, :data:`FANIN` runs of one size into one run of the next,
   up to :data:`MAX_MERGE_RECORDS` (a merge is one ``lexsort`` of a few milliseconds on the
   loop; larger merges would stall it), so an open layer of N records has about
-  ``N / MAX_MERGE_RECORDS + 3 * FANIN`` runs;
+  ``N / MAX_MERGE_RECORDS + 3`` runs (34 for 1M records);
 - ``get`` (:meth:`InMemoryLayer.entries_for`) scans the tail with one vector compare and
-  binary-searches each run (``searchsorted`` on the sorted keys): about 2 us per run, so
-  ~50 us on a 1M-record open layer (``scripts/bench_inmemory_get.py`` measures it);
+  binary-searches each run (``searchsorted`` on the sorted keys): 1-2 us per run, tens of
+  us on a 1M-record open layer (``scripts/bench_inmemory_get.py`` measures it);
 - the flush (:meth:`InMemoryLayer.write_delta_layer`) merges the runs a *key range* at a
   time (:func:`sorted_slices`): splitter keys sampled from the runs cut the key space into
   slices of about :data:`FLUSH_SLICE_RECORDS`; each slice gathers its part of every run and
@@ -40,10 +40,11 @@ and sorted into a run, read-only) -> flushed into an L0 delta layer by the timel
 task -> deleted.
 
 Reads of the open layer are served by the ephemeral file's buffered writer, which holds the
-tail still in memory. The flush reads the whole ephemeral file in large sequential reads
-(one frozen layer is at most about ``checkpoint_distance`` bytes) and then emits values in
-(key, lsn) order from memory: one value per ``pread`` would make the flush cost a syscall
-per record.
+tail still in memory. The flush maps the whole frozen ephemeral file read-only
+(:meth:`~pageserver.tenant.ephemeral_file.EphemeralFile.map_all`: the page cache's own
+pages, no copy) and gathers values in (key, lsn) order from it: one value per ``pread``
+would make the flush cost a syscall per record, and reading the file into a buffer costs
+a copy of the layer (and, for a ``bytearray``, a memset of it under the GIL).
 """
 
 from __future__ import annotations
@@ -67,11 +68,12 @@ from pageserver.tenant.ephemeral_file import EphemeralFile
 #: Records of the unsorted tail; a full tail is sorted into a run.
 RUN_RECORDS: Final = 4096
 #: Runs of one size merged into one run of the next.
-FANIN: Final = 4
-#: No merge makes a run larger than this (a merge is one step on the event loop).
-MAX_MERGE_RECORDS: Final = RUN_RECORDS * FANIN * FANIN
-#: Records per key-range slice of the flush's merge.
-FLUSH_SLICE_RECORDS: Final = 65536
+FANIN: Final = 2
+#: No merge makes a run larger than this: a merge is one step on the event loop (a
+#: ``lexsort`` of 32k records takes about 2.5 ms on the development VM, 64k about 5).
+MAX_MERGE_RECORDS: Final = RUN_RECORDS * FANIN**3
+#: Records per key-range slice of the flush's merge (one ``lexsort`` each).
+FLUSH_SLICE_RECORDS: Final = 32768
 
 _KEY_INTS: Final = np.dtype([("a", ">u8"), ("b", ">u8"), ("c", ">u2")])
 
@@ -391,15 +393,21 @@ class InMemoryLayer:
     ) -> LayerInfo:
         """Write this frozen layer as an L0 delta layer (runs inside ``ctx.run_job``)."""
         assert self.end_lsn is not None
-        data = await self._file.read_all()
-        writer = DeltaLayerWriter(
-            self.ctx, timeline_dir, tenant_id, timeline_id, Key.MIN, self.start_lsn, self.end_lsn
-        )
-        async with writer:
-            for part in self.sorted_entries():
-                await writer.put_sorted(part.keys, part.lsns, data.data, part.offs, part.lens, part.will_init)
-                await cooperative_checkpoint()
-            info = await writer.finish(Key.MAX)
+        mapped = await self._file.map_all()
+        try:
+            writer = DeltaLayerWriter(
+                self.ctx, timeline_dir, tenant_id, timeline_id, Key.MIN, self.start_lsn,
+                self.end_lsn,
+            )  # fmt: skip
+            async with writer:
+                for part in self.sorted_entries():
+                    await writer.put_sorted(
+                        part.keys, part.lsns, mapped.data, part.offs, part.lens, part.will_init
+                    )
+                    await cooperative_checkpoint()
+                info = await writer.finish(Key.MAX)
+        finally:
+            mapped.close()
         return info
 
     def release_reader(self) -> None:

@@ -31,7 +31,15 @@ ENGINE_METRICS = (
     "idle_lateness_p99_ms",
     "get_p50_ms",
     "get_p99_ms",
+    "durable_records_per_s",
+    "durable_mib_per_s",
+    "status_p50_ms",
+    "status_p99_ms",
+    "status_max_ms",
+    "status_samples",
 )
+#: The large-value workload's figures (in the default and --quick runs).
+LARGE_METRICS = ("large_durable_records_per_s", "large_durable_mib_per_s", "large_status_max_ms")
 BASELINE_FLUSH_METRICS = (
     "flush_mib_per_s",
     "lateness_p50_ms",
@@ -69,6 +77,7 @@ def test_every_metric_per_engine(report: dict[str, Any], kind: str) -> None:
     require_engine(kind)
     assert kind in report["engines"], report["skipped"]
     _positive(report["engines"][kind], ENGINE_METRICS, kind)
+    _positive(report["engines"][kind], LARGE_METRICS, kind)
     assert report["engines"][kind]["get_count"] == report["settings"]["gets"]
 
 
@@ -131,3 +140,43 @@ def test_fio_figure_is_read_when_fio_is_installed(
     assert "fio" in note
     fake.write_text("#!/bin/sh\necho broken >&2\nexit 3\n")
     assert m.fio_sequential_write(str(tmp_path), 4) == (None, "fio failed: broken")
+
+
+def test_peers_are_reported_or_skipped_with_a_reason(report: dict[str, Any]) -> None:
+    """RocksDB and SQLite: measured (both workloads) or named as skipped, never missing."""
+    assert set(report["peers"]) | set(report["peers_skipped"]) == {"rocksdb", "sqlite"}
+    for name, fields in report["peers"].items():
+        _positive(fields, ("durable_records_per_s", "large_durable_records_per_s"), name)
+        assert any(name in ratio for ratio in report["ratios"]), report["ratios"]
+    assert "sqlite" in report["peers"]  # the standard library's: always there
+
+
+def test_bench_runs_without_the_bench_extra(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Without rocksdict (the bench extra), RocksDB is skipped with the reason, the rest runs."""
+    from pageserver.bench import _peers
+    from pageserver.bench import harness as bench
+
+    real = _peers.peer_unavailable
+    monkeypatch.setattr(
+        _peers,
+        "peer_unavailable",
+        lambda name: "rocksdict is not installed" if name == "rocksdb" else real(name),
+    )
+    sizes = bench.Sizes(2000, 50, 20, 3000, 1, 2, 0.02, 100, 4096)
+    report = bench.run_bench([STD_FS], sizes, str(tmp_path), True, quiet=True)
+    assert report["peers_skipped"] == {"rocksdb": "rocksdict is not installed"}
+    assert list(report["peers"]) == ["sqlite"]
+    _positive(report["engines"][STD_FS], ENGINE_METRICS, STD_FS)
+    assert not any("rocksdb" in name for name in report["ratios"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_plot(report: dict[str, Any], tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from pageserver.bench import harness as bench
+
+    out = tmp_path / "bench.png"
+    bench.plot_report(report, str(out))
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -338,3 +338,21 @@ async def test_context_aclose_closes_its_engine(engine_kind: str, tmp_path: Path
     await engine.aclose()
     await engine.aclose()
     assert (tmp_path / "c").read_bytes() == b"abc"
+
+
+async def test_map_readonly_outlives_the_slot(engine_kind: str, tmp_path: Path) -> None:
+    """A read-only mapping of a VirtualFile (the flush's view of a frozen ephemeral file)
+    shows the file's bytes and stays valid after the slot is evicted and reused."""
+    ctx = await small_ctx(engine_kind, 2)
+    try:
+        data = bytes(range(256)) * 1000
+        vf = await ctx.create(str(tmp_path / "f"))
+        await vf.write_all_at(data, 0)
+        mm = await vf.map_readonly(len(data) - 3)
+        for i in range(4):  # evict vf's slot, reuse its fd number
+            await (await ctx.create(str(tmp_path / f"o{i}"))).write_all_at(b"x", 0)
+        assert mm[:] == data[:-3]
+        assert mm[1000:1010] == data[1000:1010]
+        mm.close()
+    finally:
+        await ctx.aclose()

@@ -77,8 +77,10 @@ async def test_std_fs_flush_is_one_thread_call(tmp_path: Path) -> None:
                 ticker.stop()
     ticks, max_gap = ticker.ticks, ticker.max_gap
     assert thread_calls == [1]
-    # The flush job: reads of the frozen ephemeral file, writes and fsync of the layer's
-    # temp file. (Freezing writes the ephemeral file's tail on the loop, as ingest does.)
+    # The flush job: writes and fsync of the layer's temp file. (Freezing writes the
+    # ephemeral file's tail on the loop, as ingest does.) The frozen ephemeral file is
+    # mapped, not read (EphemeralFile.map_all): its pages are touched by the job's thread,
+    # which the engine does not see; any read of it still counts as the job's.
     job_calls = [
         c for c in engine.calls
         if "___temp" in c[2] or (c[0] == "read" and "ephemeral-" in c[2])
@@ -86,7 +88,7 @@ async def test_std_fs_flush_is_one_thread_call(tmp_path: Path) -> None:
     layer_writes = [c for c in job_calls if c[0] == "write"]
     assert len(layer_writes) >= 20  # ~6 MiB of layer in 256 KiB buffers
     assert any(c[0] == "fsync" for c in job_calls)
-    assert any(c[0] == "read" for c in job_calls)
+    assert all(c[1] != loop_thread for c in job_calls if c[0] == "read")
     flush_threads = {tid for _op, tid, _p in job_calls}
     assert len(flush_threads) == 1 and loop_thread not in flush_threads, [(c[0], c[1] == loop_thread, c[2].rsplit("/", 1)[-1]) for c in job_calls if c[1] == loop_thread][:5]
     assert ticks >= 5, (ticks, elapsed)
