@@ -72,7 +72,7 @@ ROOMS: Final = ("wire", "server", "client", "tenant", "remote", "layers", "io")
 #: Shared top-level modules every part may import; they import only each other.
 LEAVES: Final = ("errors", "logging", "metrics", "failpoints", "addresses")
 #: Programs: they may import anything, and nothing but another entry point imports them.
-ENTRY_POINTS: Final = ("cli", "daemon", "bench")
+ENTRY_POINTS: Final = ("cli", "daemon", "bench", "testing")
 #: The package's own ``__init__``: importable by all, imports nothing of the package.
 ROOT: Final = "__init__"
 #: Every part the table knows, in the order of the table.
@@ -108,6 +108,9 @@ MAY_IMPORT: Final[Mapping[str, frozenset[str]]] = {
     "cli": _EVERYTHING,
     "daemon": _EVERYTHING,
     "bench": _EVERYTHING,
+    # the pytest plugin and compare-engines: any room, but it runs the daemon (and the CLI)
+    # as subprocesses, so it needs none of the other programs
+    "testing": _EVERYTHING - {"cli", "daemon", "bench"},
     ROOT: frozenset(),
 }
 
