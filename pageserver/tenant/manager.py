@@ -201,6 +201,11 @@ class TenantManager:
         self.tenants_dir.mkdir(parents=True, exist_ok=True)
         if self.remote_storage is not None:
             self.node_id = await self._node_id()
+            log.info(
+                "remote storage", storage=self.remote_storage.description, node_id=self.node_id,
+                concurrency_limit=self.remote_storage.concurrency_limit,
+                timeout_s=self.remote_storage.timeout,
+            )  # fmt: skip
         for entry in sorted(os.listdir(self.tenants_dir)):
             tpath = self.tenants_dir / entry
             try:
