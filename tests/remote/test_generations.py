@@ -43,7 +43,11 @@ def named_objects(index: dict[str, object]) -> dict[str, int]:
 
 
 async def test_split_brain_never_destroys_the_new_holders_data(
-    engine_kind: str, tmp_path: Path, remote_conf: RemoteStorageConfig, request: pytest.FixtureRequest
+    engine_kind: str,
+    tmp_path: Path,
+    remote_conf: RemoteStorageConfig,
+    request: pytest.FixtureRequest,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     seaweed = request.getfixturevalue("seaweedfs") if remote_conf.bucket_name else None
     cfg = rconfig(remote_conf)
@@ -70,6 +74,7 @@ async def test_split_brain_never_destroys_the_new_holders_data(
             protected = named_objects(index_b)
             assert protected
 
+            capsys.readouterr()
             # A does not know yet: it ingests, flushes and compacts (which would delete the
             # L0s that B's index names).
             a_model = Model()
@@ -78,7 +83,7 @@ async def test_split_brain_never_destroys_the_new_holders_data(
             await a.flush(TENANT, TIMELINE)
             result = await a.compact(TENANT, TIMELINE)
             assert result.layers_removed >= 3
-            # A's next upload finds B's claim: A becomes stale and says so.
+            # A's next upload finds B's claim: A becomes stale, logs it and says so.
             with trio.fail_after(20):
                 while True:
                     try:
@@ -87,6 +92,8 @@ async def test_split_brain_never_destroys_the_new_holders_data(
                         assert "generation 2" in str(e)
                         break
                     await trio.sleep(0.05)
+            err = capsys.readouterr().err
+            assert "level='error' event='stale generation: a newer attachment exists" in err, err
             for op in (
                 a.flush(TENANT, TIMELINE),
                 a.compact(TENANT, TIMELINE),
