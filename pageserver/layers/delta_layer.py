@@ -40,7 +40,7 @@ _LSN = struct.Struct(">Q")
 STAGING_ENTRIES: Final = 2048
 #: Value bytes per chunk of :meth:`DeltaLayerWriter.put_sorted` (one packed block, one
 #: B-tree extend, one step on the loop under trio-uring).
-SORTED_CHUNK_BYTES: Final = 1 << 20
+SORTED_CHUNK_BYTES: Final = 512 << 10
 _NEW, _OPEN, _CLOSED = 0, 1, 2
 
 
