@@ -31,7 +31,7 @@ from typing import Any
 
 import trio
 
-from pageserver.addresses import DEFAULT_ADDR
+from pageserver.addresses import DEFAULT_ADDR, parse_address
 from pageserver.client._client import Client, ConnectionLost, ServerError
 from pageserver.client.feed import (
     FeedError,
@@ -116,9 +116,21 @@ def _config_addr_and_token(data_dir: str) -> tuple[str | None, str | None]:
 
 
 def resolve_target(args: argparse.Namespace) -> tuple[str, str | None]:
-    """``--addr``/``--token`` with the data dir's config as the default."""
+    """``--addr``/``--token`` with the data dir's config as the default.
+
+    :class:`CliError` for an address that does not parse, or a ``-D DIR`` given explicitly
+    that does not exist (rather than silently trying the default address).
+    """
+    if args.addr is None and args.data_dir != DEFAULT_DATA_DIR and not os.path.isdir(args.data_dir):
+        raise CliError(
+            f"data directory {args.data_dir} does not exist (--addr connects without one)"
+        )
     cfg_addr, cfg_token = _config_addr_and_token(args.data_dir)
     addr = args.addr or cfg_addr or DEFAULT_ADDR
+    try:
+        parse_address(addr)
+    except ValueError as e:
+        raise CliError(str(e)) from None
     token = args.token if args.token is not None else os.environ.get("PAGESERVER_AUTH_TOKEN")
     if token is None:
         token = cfg_token
@@ -156,9 +168,9 @@ def _show_bytes(value: bytes, as_hex: bool) -> str:
 
 def _run(args: argparse.Namespace, body: Callable[[Client], Any]) -> int:
     """Connect, run ``body(client)`` under trio, map errors to a one-line message."""
-    addr, token = resolve_target(args)
 
     async def main() -> None:
+        addr, token = resolve_target(args)
         client = await Client.connect(addr, token)
         async with client:
             await body(client)
@@ -175,9 +187,7 @@ def _guard(fn: Callable[[], Any]) -> int:
     except (ConnectionLost, CliError, FeedError) as e:
         print(f"pageserver: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("pageserver: interrupted", file=sys.stderr)
-        return 130
+    # Ctrl-C and a closed stdout are handled once for every command, in pageserver.cli.main.
     return 0
 
 
@@ -409,10 +419,10 @@ def _cmd_compact(args: argparse.Namespace) -> int:
 
 
 def _cmd_feed(args: argparse.Namespace) -> int:
-    addr, token = resolve_target(args)
     show_progress = not args.no_progress and not args.json and sys.stderr.isatty()
 
     async def main() -> FeedStats:
+        addr, token = resolve_target(args)
         source: FeedSource
         if args.file:
             source = FileSource(args.file)
