@@ -23,6 +23,7 @@ from pageserver.layers.blob_io import PAGE_SZ, BlobWriter, pack_blobs
 from pageserver.layers.common import (
     DELTA_KEY_SIZE,
     BatchIterator,
+    LayerFileError,
     LayerInfo,
     OpenLayerFile,
     reading_layer,
@@ -31,6 +32,7 @@ from pageserver.layers.key import KEY_SIZE, MAX_LSN, Key, Lsn, TenantId, Timelin
 from pageserver.layers.layer_name import DeltaLayerName, layer_name_text
 from pageserver.layers.summary import DeltaSummary
 from pageserver.layers.value import Value, encode_value, value_will_init
+from pageserver.layers.value_check import validate_value
 from pageserver.layers.writer import LayerWriter, resolve_end
 
 _LSN = struct.Struct(">Q")
@@ -326,7 +328,14 @@ class DeltaLayer(OpenLayerFile[DeltaSummary]):
                     done = True
                     break
         read_blob = self._reader.read_blob
-        return [(Lsn(lsn), await read_blob(ref >> 1)) for lsn, ref in refs]
+        out = [(Lsn(lsn), await read_blob(ref >> 1)) for lsn, ref in refs]
+        # The read path looks into these values (image or will_init?): a damaged one must
+        # be an error naming this file, not an IndexError in the reconstruction.
+        for lsn, raw in out:
+            why = validate_value(raw)
+            if why is not None:
+                raise LayerFileError(f"{self.path}: corrupt value at lsn {lsn}: {why}")
+        return out
 
     def iter_index(self, start_key: bytes = Key.MIN) -> DeltaIndexIterator:
         """``(key, lsn, blob offset, will_init)`` from ``start_key``, in (key, lsn) order."""

@@ -50,9 +50,13 @@ async def write_downloaded_layer(ctx: IoContext, final_path: str, data: bytes, f
                 f"{os.path.basename(final_path)}: wrote {size} bytes, index says {file_size}"
             )
         await vf.close()
-        await ctx.rename_noreplace(tmp, final_path)
-        renamed = True
-        await ctx.fsync_dir(os.path.dirname(final_path))
+        # The commit step: once the rename is issued it is completed (shielded on the loop),
+        # so a cancelled read cannot leave a whole file under the final name that the
+        # layer map still calls remote-only (every later download would then collide).
+        with cleanup_shield():
+            await ctx.rename_noreplace(tmp, final_path)
+            renamed = True
+            await ctx.fsync_dir(os.path.dirname(final_path))
     finally:
         if not renamed:
             with cleanup_shield():

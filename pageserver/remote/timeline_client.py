@@ -371,6 +371,15 @@ class RemoteTimelineClient:
         if meta is None:
             raise PageserverError(f"layer {name} is not local and no index names it")
         key = layer_key(self.tenant.tenant_id, self.timeline_id, name, meta.generation)
+        try:
+            if os.stat(final_path).st_size == meta.file_size:
+                # Already here: a download whose reader went away after its rename (a std-fs
+                # job notices the cancel only at its next operation), or an eviction whose
+                # unlink failed. The file was fsynced and renamed whole; adopt it.
+                await self.ctx.fsync_dir(os.path.dirname(final_path))
+                return
+        except FileNotFoundError:
+            pass
         t0 = time.perf_counter()
         try:
             data = await retrying(

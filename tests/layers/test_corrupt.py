@@ -156,3 +156,21 @@ async def _all(layer: DeltaLayer) -> list[tuple[Key, int, int, bool, bytes]]:
     async for e in layer.iter_index():
         out.append(e)
     return out
+
+
+async def test_truncated_value_is_an_error_naming_the_file(io_ctx: IoContext, tmp_path: Path) -> None:
+    """A blob whose length was damaged to a few bytes is still a readable blob, but not a
+    value: the read names the file (it used to be an IndexError in the reconstruction)."""
+    from pageserver.layers.value import TestRecord
+
+    k = Key.from_int(9)
+    path = await write_delta(
+        io_ctx, str(tmp_path), [(k, 10, encode_value(TestRecord("abc" * 100, True, True)))], 10, 11
+    )
+    async with await DeltaLayer.open(io_ctx, path) as layer:
+        [(_k, _lsn, off, _w)] = [e[:4] for e in await _all(layer)]
+    _patch(path, off, bytes([5]))  # a one-byte header: a 5-byte blob
+    async with await DeltaLayer.open(io_ctx, path) as layer:
+        with pytest.raises(LayerFileError) as ei:
+            await layer.get_values_reconstruct_data(k, (0, 11))
+    assert str(ei.value).startswith(path) and "corrupt value" in str(ei.value)

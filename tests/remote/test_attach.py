@@ -6,8 +6,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import time
 from pathlib import Path
 
+import pytest
 import trio
 
 from pageserver.config import PageserverConfig, RemoteStorageConfig, TenantConfig
@@ -160,3 +162,43 @@ async def test_concurrent_reads_of_a_missing_layer_download_it_once(
                 n.start_soon(read)
         assert results == [model.get(k, dcl)] * 20
         assert len(calls) == len(set(calls)) >= 1
+
+
+async def test_a_read_cancelled_during_the_download_commit_leaves_the_layer_readable(
+    engine_kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding: a reader that gives up while the download's rename/fsync runs used
+    to leave a whole file under the final name that the layer map still called remote-only;
+    every later read then failed with FileExistsError."""
+    from pageserver.io import IoContext
+
+    remote = RemoteStorageConfig(local_path=str(tmp_path / "remote"), timeout=5.0)
+    cfg = rconfig(remote)
+    rng = random.Random(6)
+    model = Model()
+    async with manager(engine_kind, tmp_path / "a", cfg) as a:
+        await a.create_tenant(TENANT)
+        await a.create_timeline(TENANT, TIMELINE)
+        await ingest(a, model, 1, 30, rng)
+        dcl = await a.flush(TENANT, TIMELINE)
+        await wait_remote(a, dcl)
+    real_fsync_dir = IoContext.fsync_dir
+    slow = {"on": True}
+
+    async def slow_fsync_dir(self: IoContext, path: str, **kw: bool) -> None:
+        if slow["on"]:
+            if trio.lowlevel.in_trio_task():
+                await trio.sleep(0.5)
+            else:  # a std-fs job's worker thread
+                time.sleep(0.5)
+        await real_fsync_dir(self, path, **kw)
+
+    monkeypatch.setattr(IoContext, "fsync_dir", slow_fsync_dir)
+    async with manager(engine_kind, tmp_path / "b", cfg) as b:
+        await b.attach_tenant(TENANT)
+        k = next(iter(model.history))
+        with trio.move_on_after(0.2):
+            await b.get(TENANT, TIMELINE, k, dcl)
+        slow["on"] = False
+        with trio.fail_after(20):
+            assert await b.get(TENANT, TIMELINE, k, dcl) == model.get(k, dcl)
