@@ -152,7 +152,7 @@ async def test_corrupt_read_names_the_file_on_the_wire(tmp_path: Path) -> None:
 
 
 async def _all(layer: DeltaLayer) -> list[tuple[Key, int, int, bool, bytes]]:
-    out = []
+    out: list[tuple[Key, int, int, bool, bytes]] = []
     async for e in layer.iter_index():
         out.append(e)
     return out

@@ -71,4 +71,4 @@ async def replay(steps: int) -> Model:
 
 
 if __name__ == "__main__":
-    trio.run(main, *sys.argv[1:5])
+    trio.run(main, sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4])

@@ -35,7 +35,7 @@ async def wait_remote(mgr: TenantManager, lsn: int, timeout: float = 20.0) -> di
         while True:
             st = mgr.status(TENANT)[0]["timelines"][0]
             if st["remote_consistent_lsn"] is not None and st["remote_consistent_lsn"] >= lsn:
-                return st
+                return dict(st)
             await trio.sleep(0.02)
 
 

@@ -86,8 +86,8 @@ async def test_failed_or_short_downloads_leave_no_final_file(
     engine_kind: str, tmp_path: Path, private_seaweedfs: SeaweedFS, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     w = private_seaweedfs
-    for k, v in w.env.items():
-        monkeypatch.setenv(k, v)
+    for name, v in w.env.items():
+        monkeypatch.setenv(name, v)
     conf = s3_conf(w, timeout=1.0)
     rng = random.Random(4)
     model = Model()

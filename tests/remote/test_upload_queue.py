@@ -28,7 +28,7 @@ class RecordingStorage(RemoteStorage):
     def __init__(self, inner: RemoteStorage) -> None:
         self.inner = inner
         self.timeout = inner.timeout
-        self.ops: list[tuple[str, str, bytes | None]] = []
+        self.ops: list[tuple[str, str, bytes | bytearray | None]] = []
 
     async def put(self, key: str, data: bytes | bytearray) -> None:
         await self.inner.put(key, data)
@@ -55,7 +55,7 @@ class RecordingStorage(RemoteStorage):
         await self.inner.delete(keys)
 
 
-def check_ordering(ops: list[tuple[str, str, bytes | None]]) -> tuple[int, int]:
+def check_ordering(ops: list[tuple[str, str, bytes | bytearray | None]]) -> tuple[int, int]:
     present: set[str] = set()
     named: set[str] = set()  # objects the last uploaded index names
     indexes = deletions = 0
