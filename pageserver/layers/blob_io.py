@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Final
 import numpy as np
 import numpy.typing as npt
 import zstandard
-from numpy.lib.stride_tricks import as_strided
 
 from pageserver.config import DEFAULT_MAX_FRAME_BYTES, IMAGE_COMPRESSION_KINDS
 
@@ -209,9 +208,11 @@ def copy_segments(
             continue
         g = order[a:b]
         if b - a >= _ROW_COPY_MIN:
-            rows = as_strided(src, (len(src) - length + 1, length), (1, 1))[src_at[g]]
-            target = as_strided(dst, (len(dst) - length + 1, length), (1, 1), writeable=True)
-            target[dst_at[g]] = rows
+            # One fixed-size item per value (a ``V<length>`` view at every byte offset):
+            # numpy moves whole items, not bytes.
+            item = f"V{length}"
+            rows = np.ndarray((len(src) - length + 1,), item, src, strides=(1,))[src_at[g]]
+            np.ndarray((len(dst) - length + 1,), item, dst, strides=(1,))[dst_at[g]] = rows
         else:
             for s, d in zip(src_at[g].tolist(), dst_at[g].tolist(), strict=True):
                 dview[d : d + length] = sview[s : s + length]

@@ -182,6 +182,8 @@ class InMemoryLayer:
             np.empty(RUN_RECORDS, np.bool_),
         )  # fmt: skip
         self._tail_n = 0
+        #: Runs were added since the merge rule was last checked.
+        self._merge_due = False
         #: Records put (a replaced value counts twice).
         self.num_records = 0
         self.created_at = time.monotonic()
@@ -293,10 +295,13 @@ class InMemoryLayer:
         self._runs = runs
         self._tail = fresh
         self._tail_n = r
+        self._merge_due = True
 
     def _merge_step(self) -> bool:
         """Merge the oldest ``FANIN`` consecutive runs of one level whose merge stays
         within ``MAX_MERGE_RECORDS``; whether it merged."""
+        if not self._merge_due:
+            return False
         runs = self._runs
         for i in range(len(runs) - FANIN + 1):
             window = runs[i : i + FANIN]
@@ -311,6 +316,7 @@ class InMemoryLayer:
             merged = Entries.concat([r.entries for r in window]).sorted()
             self._runs = [*runs[:i], _Run(merged, max(level + 1, _level(total))), *runs[i + FANIN :]]
             return True
+        self._merge_due = False
         return False
 
     def check_usable(self) -> None:

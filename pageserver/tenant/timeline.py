@@ -258,18 +258,28 @@ class Timeline:
             # layer is not empty), once the LSN distance or the layer's size reaches the
             # threshold; the size counts the values of the records before the boundary.
             lsn = lsns[start:]
-            prev = np.empty_like(lsn)
-            prev[0] = np.uint64(layer.max_lsn) if layer.max_lsn >= 0 else lsn[0]
-            prev[1:] = lsn[:-1]
-            boundary = lsn != prev
-            if now - layer.created_at < timeout:
-                over = np.zeros(len(lsn), np.bool_)
-                if layer.start_lsn + distance <= MAX_LSN:
-                    over |= lsn >= np.uint64(layer.start_lsn + distance)
-                size_before = layer.size + (starts[start:] - starts[start])
-                over |= size_before >= min(distance, 1 << 62)
-                boundary &= over
-            cut = int(np.argmax(boundary)) if boundary.any() else len(lsn)
+            timed_out = now - layer.created_at >= timeout
+            if (
+                not timed_out
+                and int(lsn[-1]) - layer.start_lsn < distance
+                and layer.size + int(starts[-1] - starts[start]) < distance
+            ):
+                # The common case: neither threshold is reached within the batch (both
+                # only grow along it), so it all goes to this layer.
+                cut = len(lsn)
+            else:
+                prev = np.empty_like(lsn)
+                prev[0] = np.uint64(layer.max_lsn) if layer.max_lsn >= 0 else lsn[0]
+                prev[1:] = lsn[:-1]
+                boundary = lsn != prev
+                if not timed_out:
+                    over = np.zeros(len(lsn), np.bool_)
+                    if layer.start_lsn + distance <= MAX_LSN:
+                        over |= lsn >= np.uint64(layer.start_lsn + distance)
+                    size_before = layer.size + (starts[start:] - starts[start])
+                    over |= size_before >= min(distance, 1 << 62)
+                    boundary &= over
+                cut = int(np.argmax(boundary)) if boundary.any() else len(lsn)
             end = start + cut
             # A large batch goes in steps of about PUT_STEP_RECORDS, cut at LSN
             # boundaries (as if the client had sent smaller batches), so that one request
