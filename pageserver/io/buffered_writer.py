@@ -62,13 +62,13 @@ class BufferedWriter:
         self._buf_offset = start_offset
         self._free: list[bytearray] = []
         #: Writes in flight, oldest first: (absolute offset, buffer, length, pending).
-        self._inflight: deque[tuple[int, bytearray, int, PendingWrite]] = deque()
+        self._inflight: deque[tuple[int, bytearray | memoryview, int, PendingWrite]] = deque()
         self._closed = False
         #: An error that made the writer unusable (see the module docstring).
         self._error: BaseException | None = None
         #: Buffers whose write failed with an OSError, oldest first: (offset, buf, length).
         #: Written again before anything else; served from memory by ``read_at`` meanwhile.
-        self._unwritten: list[tuple[int, bytearray, int]] = []
+        self._unwritten: list[tuple[int, bytearray | memoryview, int]] = []
 
     @property
     def offset(self) -> int:
@@ -106,11 +106,18 @@ class BufferedWriter:
                 f"{self.file.path}: an earlier write failed ({self._error!r}); the writer is unusable",
             )
 
-    async def write(self, data: bytes | bytearray | memoryview) -> int:
+    async def write(self, data: bytes | bytearray | memoryview, *, borrow: bool = False) -> int:
         """Append ``data``; return the absolute offset where it starts.
 
         On an error some of ``data`` may have been appended (bytes no offset was handed
         out for); the bytes of earlier calls are kept (see the module docstring).
+
+        ``borrow``: the caller will never change ``data`` (it is immutable, or dropped
+        after this call). Then the whole buffers' worth of it beyond what tops up the
+        current buffer are written straight from ``data``, in one write, instead of being
+        copied into buffers first (the writer keeps a reference for as long as it may
+        read or rewrite them). For large appends: the ingest of 8 KiB pages and the flush
+        copied every byte once more without it.
         """
         if self._error is not None:
             self._check()
@@ -128,6 +135,15 @@ class BufferedWriter:
             return start
         view = memoryview(data).cast("B")
         pos = 0
+        if borrow and n - min(room, n) >= self.buffer_size:
+            if self._fill:
+                self._buf[self._fill : self.buffer_size] = view[:room]
+                self._fill = self.buffer_size
+                pos = room
+                await self._submit_full()
+            whole = (n - pos) // self.buffer_size * self.buffer_size
+            await self._submit_borrowed(view[pos : pos + whole])
+            pos += whole
         while pos < n:
             room = self.buffer_size - self._fill
             take = min(room, n - pos)
@@ -161,6 +177,26 @@ class BufferedWriter:
             # every write complete here, before the buffer is filled again.
             await self._complete_oldest()
 
+    async def _submit_borrowed(self, view: memoryview) -> None:
+        """Write the caller's bytes at the current (empty) buffer's offset, which then
+        moves past them. In flight, unwritten or read, they are handled like a buffer,
+        except that they never join the pool of buffers."""
+        self._check()
+        assert self._fill == 0
+        offset = self._buf_offset
+        while len(self._inflight) >= self._depth:
+            await self._complete_oldest()
+        try:
+            pending = await self.file.start_write_all_at(view, offset)
+        except OSError:
+            self._unwritten.append((offset, view, len(view)))
+            self._buf_offset = offset + len(view)
+            raise
+        self._inflight.append((offset, view, len(view), pending))
+        self._buf_offset = offset + len(view)
+        if len(self._inflight) >= self._depth:
+            await self._complete_oldest()
+
     def _next_buffer(self, offset: int) -> None:
         self._buf = self._free.pop() if self._free else bytearray(self.buffer_size)
         self._buf_offset = offset
@@ -191,7 +227,7 @@ class BufferedWriter:
                 self._error = e
             raise
         self._inflight.popleft()
-        if buf is not self._buf:
+        if buf is not self._buf and type(buf) is bytearray:  # not a borrowed view
             self._free.append(buf)
 
     async def _drain(self) -> None:

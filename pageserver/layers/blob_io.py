@@ -296,11 +296,14 @@ class BlobWriter:
         self._base = self._bw.offset
 
     async def write_packed(self, packed: bytes | bytearray | memoryview | npt.NDArray[np.uint8]) -> int:
-        """Append blobs already packed (by :func:`pack_blobs`), after any staged blobs;
-        the absolute offset of the first."""
+        """Append blobs already packed (by :func:`pack_blobs`; the caller lets go of them),
+        after any staged blobs; the absolute offset of the first."""
         if self._staging:
             await self.flush()
-        off: int = await self._bw.write(packed.data if isinstance(packed, np.ndarray) else packed)
+        # Borrowed: the packed block is not used again, so its whole buffers are written
+        # from it directly.
+        data = packed.data if isinstance(packed, np.ndarray) else packed
+        off: int = await self._bw.write(data, borrow=True)
         self._base = self._bw.offset
         return off
 

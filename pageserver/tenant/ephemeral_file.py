@@ -65,8 +65,8 @@ class EphemeralFile:
         return self._writer.offset
 
     async def append(self, data: bytes | bytearray | memoryview) -> int:
-        """Append ``data``; the offset it starts at."""
-        return await self._writer.write(data)
+        """Append ``data`` (immutable: a put batch's values); the offset it starts at."""
+        return await self._writer.write(data, borrow=True)
 
     async def finish(self) -> None:
         """Write the tail and wait for every write; no appends after this."""

@@ -144,3 +144,69 @@ async def test_full_disk_keeps_appended_bytes_and_resumes(io_ctx: IoContext, tmp
     assert await w.finish() == len(logical)
     with open(path, "rb") as f:
         assert f.read() == bytes(logical)
+
+
+@given(
+    chunks=st.lists(
+        st.tuples(st.integers(0, 400_000), st.booleans(), st.integers(0, 255)), max_size=12
+    )
+)
+async def test_borrowed_appends_match_model(
+    engine_kind: str, tmp_path_factory: pytest.TempPathFactory,
+    chunks: list[tuple[int, bool, int]],
+) -> None:  # fmt: skip
+    """``write(data, borrow=True)`` writes whole buffers straight from ``data``: same file,
+    same offsets, reads of bytes in flight served from the borrowed data; writes stay
+    whole buffers, one per borrowed run, contiguous."""
+    from pageserver.io import create_engine
+
+    ctx = IoContext(create_engine(engine_kind), no_sync=True)
+    path = str(tmp_path_factory.mktemp("bw") / "f")
+    vf = await ctx.create(path)
+    issued: list[tuple[int, int]] = []
+    original = VirtualFile.start_write_all_at
+
+    async def spy(self: VirtualFile, data: bytes | bytearray | memoryview, offset: int):  # type: ignore[no-untyped-def]
+        issued.append((offset, len(data)))
+        return await original(self, data, offset)
+
+    w = BufferedWriter(vf, BUF)
+    model = bytearray()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(VirtualFile, "start_write_all_at", spy)
+        for n, borrow, fill in chunks:
+            c = bytes([fill]) * n
+            assert await w.write(c, borrow=borrow) == len(model)
+            model += c
+            lo = max(0, len(model) - 300_000)
+            assert await w.read_at(lo, len(model) - lo) == bytes(model[lo:])
+        assert await w.finish() == len(model)
+    await vf.close()
+    assert Path(path).read_bytes() == bytes(model)
+    assert [o for o, _ in issued] == [sum(n for _, n in issued[:i]) for i in range(len(issued))]
+    assert all(n % BUF == 0 for _, n in issued[:-1])
+    await ctx.aclose()
+
+
+async def test_borrowed_write_on_a_full_disk_is_kept_and_written_again(
+    io_ctx: IoContext, tmp_path: Path
+) -> None:
+    path = str(tmp_path / "bw")
+    vf = await io_ctx.create(path)
+    w = BufferedWriter(vf, BUF)
+    logical = bytearray(b"head" * 1000)
+    await w.write(bytes(logical))
+    failpoints.configure({"virtual-file-write": "return(28)"})
+    big = bytes(range(256)) * (4 * BUF // 256 + 3)
+    with pytest.raises(OSError) as ei:
+        await w.write(big, borrow=True)
+    assert ei.value.errno == 28 and w.broken is None
+    logical += big[: w.offset - len(logical)]
+    assert await w.read_at(0, w.offset) == bytes(logical)
+    failpoints.clear()
+    tail = b"tail" * 50_000
+    assert await w.write(tail, borrow=True) == len(logical)
+    logical += tail
+    assert await w.finish() == len(logical)
+    await vf.close()
+    assert Path(path).read_bytes() == bytes(logical)
