@@ -76,6 +76,9 @@ MAX_MERGE_RECORDS: Final = RUN_RECORDS * FANIN**3
 FLUSH_SLICE_RECORDS: Final = 16384
 
 _KEY_INTS: Final = np.dtype([("a", ">u8"), ("b", ">u8"), ("c", ">u2")])
+#: The same 18 bytes as native integers: for equality only (no byte swap; ~4x faster
+#: than comparing ``S18`` strings).
+_KEY_INTS_EQ: Final = np.dtype([("a", "=u8"), ("b", "=u8"), ("c", "=u2")])
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,7 +366,9 @@ class InMemoryLayer:
         # As a one-element array: numpy converts a bytes argument anew on every call.
         kq = np.frombuffer(key, KEY_DTYPE)
         if tn:
-            hit = np.flatnonzero(tail.keys[:tn] == kq)
+            ints = tail.keys[:tn].view(_KEY_INTS_EQ)
+            q = kq.view(_KEY_INTS_EQ)[0]
+            hit = np.flatnonzero((ints["c"] == q["c"]) & (ints["b"] == q["b"]) & (ints["a"] == q["a"]))
             if len(hit):
                 found.append(_rows(tail, hit))
         for run in reversed(runs):
