@@ -6,8 +6,9 @@ stderr and an exit status, never a traceback:
 * stdout closed by its reader (``pageserver layer dump FILE | head``): exit 1, silently
   (stdout is pointed at ``/dev/null`` so that the interpreter's final flush cannot fail
   again);
-* Ctrl-C (``KeyboardInterrupt``): ``pageserver: interrupted``, exit 130 (128 + SIGINT, as
-  shells report it); output still buffered for a pipe is dropped, so that the exit cannot
+* Ctrl-C (``KeyboardInterrupt``): ``pageserver: interrupted``, exit 1 (like every other
+  failure of a command, as the CLI issue asks; ``run`` still exits 0 on SIGINT, a clean
+  stop); output still buffered for a pipe is dropped, so that the exit cannot
   block on a reader that stopped reading;
 * an ``OSError`` nobody handled (a data dir that cannot be created, a permission denied):
   ``pageserver: error: <what> (<path>)``, exit 1.
@@ -127,7 +128,7 @@ def _exit_status(exc: BaseException) -> int | None:
             # What is still buffered would be flushed at exit into a pipe that may be full
             # (the reader stopped reading: that is often why Ctrl-C was pressed): drop it.
             _silence_stdout()
-        return 130
+        return 1
     if all(isinstance(e, BrokenPipeError) for e in leaves):
         _silence_stdout()
         return 1

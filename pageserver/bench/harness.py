@@ -538,9 +538,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     except m.DaemonError as e:
         print(f"pageserver: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("pageserver: interrupted", file=sys.stderr)
-        return 130
     if args.json:
         print(json.dumps(report, sort_keys=True))
     else:
