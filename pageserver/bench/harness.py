@@ -451,7 +451,7 @@ def plot_report(report: dict[str, Any], path: str) -> None:
         ax.bar([j + (i - 1) * width for j in range(len(engines))], vals, width, label=q, color=color)
     ax.set_xticks(range(len(engines)), engines)
     ax.set_ylabel("ms")
-    ax.set_title(f"status round trip during ingest+flush ({label_of(st)})")
+    ax.set_title(f"status RTT during ingest+flush\n({label_of(st)})", fontsize=10)
     ax.legend()
     fig.suptitle(
         f"pageserver bench: {'no_sync' if st['no_sync'] else 'fsync on'}, "
@@ -556,14 +556,18 @@ def register(subparsers: Any) -> None:
         help="measure ingest, flush, loop responsiveness and get latency per io engine",
         description=(
             "Benchmark this machine in one run, per io engine (std-fs, trio-uring): ingest "
-            "records/s and MiB/s over a Unix socket to a real daemon subprocess; flush MiB/s "
+            "records/s and MiB/s over a Unix socket to a real daemon subprocess, and durable "
+            "ingest (the records, then flush, until its reply) for small values and 8 KiB "
+            "pages, with status round trips on a second connection meanwhile; flush MiB/s "
             "of layer bytes and the lateness of a 1 ms ticker on the same trio loop while "
-            "flushes run (in-process); get latency over the socket; and, as baselines, the "
+            "flushes run (in-process); get latency over the socket; as baselines, the "
             "same flushes with per-operation thread offload (trio.open_file style) and the "
             "raw sequential write speed of the disk (os.write 1 MiB blocks + fsync; fio too "
-            "if installed). Prints tables, or one JSON document with --json. trio-uring is "
-            "skipped, with the reason, where the kernel refuses io_uring. The default run "
-            "takes about 40 s on 2 cores (peak RSS ~370 MiB); --quick takes seconds."
+            "if installed); as peers, the same records made durable by RocksDB (needs the "
+            "bench extra: pip install -e '.[bench]') and SQLite. Prints tables, or one JSON "
+            "document with --json; --plot FILE.png draws the durable-ingest figures. "
+            "trio-uring is skipped, with the reason, where the kernel refuses io_uring. The "
+            "default run takes about 2 minutes on 2 cores; --quick takes seconds."
         ),
     )
     p.add_argument("--quick", action="store_true", help="small sizes (a few seconds; for tests)")
