@@ -332,7 +332,7 @@ class DeltaLayer(OpenLayerFile[DeltaSummary]):
         # The read path looks into these values (image or will_init?): a damaged one must
         # be an error naming this file, not an IndexError in the reconstruction.
         for lsn, raw in out:
-            why = validate_value(raw)
+            why = validate_value(raw, ingest=False)  # the encoding, not ingest rules
             if why is not None:
                 raise LayerFileError(f"{self.path}: corrupt value at lsn {lsn}: {why}")
         return out

@@ -27,10 +27,13 @@ that; the first test of this design did).
   and speculative read-ahead. A chunk (64 KiB) is taken only for the length of one
   non-blocking read, after the socket has shown data, and what the read did not fill is
   given back at once: a connection keeps only the bytes it really buffers (at most 3 for a
-  partial header, or the small frames of one read waiting for their turn). Its holders
-  wait only for the frame pool, which always drains.
+  partial header, or the small frames of one read waiting for their turn). A connection
+  gives its read-pool bytes back before it waits for the frame pool, so read-pool bytes
+  are never held across a wait for budget (frame-pool holders may be stalled peers that
+  take up to the stall timeout to go).
 
-So there is no cycle of waiters, and the total stays at or below the sum of the pools.
+So there is no cycle of waiters, and the total stays at or below the sum of the pools plus
+at most one chunk per connection waiting for a frame reservation.
 Between frames a connection holds no budget at all (it waits for readability before taking
 any), so idle connections cost nothing, and neither do a thousand peers that each sent one
 byte of a header. Every wait ends on the peer's close or on ``STALL_TIMEOUT`` (30 s): a
@@ -520,15 +523,21 @@ class Server:
         buffered = proto.buffered
         head = proto.head_frame_bytes
         if head > buffered:
+            if c.read_charge:
+                # The frame reservation will cover every buffered byte; give the read
+                # pool back *before* waiting for it. A peer that stalls after a big
+                # header and part of its body must not keep read-pool bytes while frame
+                # holders (stalled peers too) take up to the stall timeout to go: 68 such
+                # peers used to take the whole read pool and stop everyone else (review
+                # of issue 11). While it waits, the <= 64 KiB it read past the header are
+                # outside the budget: at most one chunk per connection.
+                self.read_pool.release(c.read_charge)
+                c.read_charge = 0
             if c.frame_charge != head:
                 assert c.frame_charge == 0
-                # May wait: holding only read-pool bytes that belong to this frame.
                 if not await self._acquire(c, self.frame_pool, head):
                     return False
                 c.frame_charge = head
-            if c.read_charge:  # the frame pool now covers every buffered byte
-                self.read_pool.release(c.read_charge)
-                c.read_charge = 0
             want = min(proto.room, head - buffered, BIG_CHUNK)
             if want == head - buffered and self.read_pool.try_acquire(CHUNK):
                 c.read_charge = CHUNK  # read ahead into the next frame, never waiting
