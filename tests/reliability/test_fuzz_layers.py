@@ -57,7 +57,7 @@ def fuzz_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def seeds(fuzz_dir: Path) -> list[Any]:
-    seeds = F.load_seeds(fuzz_dir / "seeds")
+    seeds: list[Any] = F.load_seeds(fuzz_dir / "seeds")
     kinds = {s.tag.split(":")[0] for s in seeds}
     assert {"L0", "L1", "image"} <= kinds, [s.tag for s in seeds]
     for kind in ("delta", "image"):

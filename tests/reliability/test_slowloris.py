@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ENGINE_KINDS, require_engine
+from pageserver.io import ENGINE_KINDS
+from tests.conftest import require_engine
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "slowloris.py"
 

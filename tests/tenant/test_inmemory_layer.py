@@ -138,9 +138,9 @@ def test_sorted_slices_cut_by_key_range() -> None:
     got = []
     slice_keys: list[set[bytes]] = []
     for part in sorted_slices(runs, slice_records=100):
-        ks = [part.keys[i : i + 1].tobytes() for i in range(len(part))]
-        slice_keys.append(set(ks))
-        got += [((ks[i], int(part.lsns[i])), int(part.offs[i])) for i in range(len(part))]
+        part_keys = [part.keys[i : i + 1].tobytes() for i in range(len(part))]
+        slice_keys.append(set(part_keys))
+        got += [((part_keys[i], int(part.lsns[i])), int(part.offs[i])) for i in range(len(part))]
     assert got == expected
     assert len(slice_keys) > 5
     for a in range(len(slice_keys)):

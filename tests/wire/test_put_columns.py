@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -318,10 +319,11 @@ def test_vectorised_check_agrees_with_the_validator(vals: list[bytes]) -> None:
     verdicts = [validate_value(v) for v in vals]
     recs = [(KEY, 1, v) for v in vals]
     first_bad = next((i for i, why in enumerate(verdicts) if why is not None), None)
-    for check, name in (
+    checks: tuple[tuple[Callable[[], CheckedBatch], str], ...] = (
         (lambda: check_put_batch(recs), "records[{}].value"),
         (lambda: check_put_columns(**cols(recs)), "values[{}]"),
-    ):
+    )
+    for check, name in checks:
         if first_bad is None:
             b = check()
             assert b.will_init.tolist() == [value_will_init(v) for v in vals]
