@@ -9,6 +9,13 @@ is written), write ``<final>.<n>.___temp`` (O_EXCL), fsync it, check its size ag
 rename it to the final name without replacing, fsync the directory. Any failure removes
 the temp file, so a failed or short download never leaves a file under a final name (and
 startup removes ``*.___temp`` leftovers of a crash).
+
+Before anything is written the object gets the checks startup gives a local layer file
+(:func:`check_downloaded_layer`): structure and summary, the summary against the name, and
+one walk of the B-tree's internal nodes (levels, no node reached twice, children inside
+the file). A damaged or hostile object (an index whose nodes form a cycle or a DAG, say)
+is a :class:`~pageserver.layers.common.LayerFileError` naming the layer, and is never
+written: a layer downloaded on demand is not trusted more than one found at startup.
 """
 
 from __future__ import annotations
@@ -18,6 +25,11 @@ import os
 
 from pageserver.errors import PageserverError
 from pageserver.io import TEMP_SUFFIX, IoContext, cleanup_shield, cooperative_checkpoint
+from pageserver.layers.blob_io import PAGE_SZ, BlobError
+from pageserver.layers.common import LayerFileError, check_structure, index_key_size
+from pageserver.layers.disk_btree import BtreeError, DiskBtreeReader
+from pageserver.layers.layer_name import LayerNameError, parse_layer_name
+from pageserver.layers.validate import check_summary_matches_name
 
 #: Bytes per write (and per read) of a layer transfer.
 CHUNK = 1 << 20
@@ -35,6 +47,7 @@ async def write_downloaded_layer(ctx: IoContext, final_path: str, data: bytes, f
         raise DownloadSizeMismatch(
             f"{os.path.basename(final_path)}: downloaded {len(data)} bytes, index says {file_size}"
         )
+    await check_downloaded_layer(final_path, data)
     tmp = f"{final_path}.{next(_temp_seq):x}{TEMP_SUFFIX}"
     vf = await ctx.create_new(tmp)
     renamed = False
@@ -65,6 +78,30 @@ async def write_downloaded_layer(ctx: IoContext, final_path: str, data: bytes, f
                     await ctx.unlink(tmp)
                 except FileNotFoundError:
                     pass
+
+
+async def check_downloaded_layer(final_path: str, data: bytes) -> None:
+    """Startup's checks of a layer file (``validate_layer_file``), on the downloaded bytes
+    in memory: :class:`LayerFileError` naming ``final_path`` if they fail."""
+    try:
+        name = parse_layer_name(os.path.basename(final_path))
+    except LayerNameError as e:
+        raise LayerFileError(f"{final_path}: {e}") from None
+    view = memoryview(data)
+    summary = check_structure(final_path, len(data), bytes(view[:PAGE_SZ]))
+    check_summary_matches_name(final_path, name, summary)
+
+    async def read_page(blk: int) -> bytes:
+        await cooperative_checkpoint()
+        return bytes(view[blk * PAGE_SZ : (blk + 1) * PAGE_SZ])
+
+    index = DiskBtreeReader(
+        read_page, summary.index_start_blk, summary.index_root_blk, index_key_size(summary)
+    )
+    try:
+        await index.check(len(data) // PAGE_SZ)
+    except (BtreeError, BlobError) as e:
+        raise LayerFileError(f"{final_path}: downloaded layer's B-tree index: {e}") from None
 
 
 async def read_layer_file(ctx: IoContext, path: str) -> bytearray:
