@@ -79,7 +79,8 @@ def format_duration(seconds: float) -> str:
     return f"{round(seconds * 1000)}ms"
 
 
-# Field kinds used by the validator: "int" (not bool), "bool", "str", "duration".
+# Field kinds used by the validator: "int" (not bool), "pos_int", "nonneg_int", "bool", "str",
+# "duration".
 @dataclass(frozen=True)
 class TenantConfig:
     """Per-tenant settings; a tenant's ``config-v1`` holds overrides of the defaults."""
@@ -89,6 +90,10 @@ class TenantConfig:
     compaction_threshold: int = 10
     image_creation_threshold: int = 3
     compaction_period: float = 20.0
+    #: LSN distance below ``last_record_lsn`` that stays readable (SPEC section 11).
+    gc_horizon: int = 67_108_864
+    #: How often the background GC pass runs; ``0`` turns it off.
+    gc_period: float = 3600.0
 
     def with_overrides(self, overrides: Mapping[str, Any], prefix: str = "") -> TenantConfig:
         """Return a copy with ``overrides`` (TOML/wire values) applied and validated."""
@@ -105,6 +110,8 @@ _TENANT_KINDS: dict[str, str] = {
     "compaction_threshold": "pos_int",
     "image_creation_threshold": "pos_int",
     "compaction_period": "duration",
+    "gc_horizon": "nonneg_int",
+    "gc_period": "duration",
 }
 
 
@@ -225,11 +232,13 @@ def _validate(values: Mapping[str, Any], kinds: Mapping[str, str], prefix: str) 
 
 
 def _check_value(name: str, kind: str, value: Any) -> Any:
-    if kind in ("int", "pos_int"):
+    if kind in ("int", "pos_int", "nonneg_int"):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"config key {name!r} must be an integer, got {value!r}")
         if kind == "pos_int" and value < 1:
             raise ConfigError(f"config key {name!r} must be positive, got {value!r}")
+        if kind == "nonneg_int" and value < 0:
+            raise ConfigError(f"config key {name!r} must not be negative, got {value!r}")
         return value
     if kind == "bool":
         if not isinstance(value, bool):
@@ -329,6 +338,8 @@ checkpoint_timeout = "10m"
 compaction_threshold = 10
 image_creation_threshold = 3
 compaction_period = "20s"
+gc_horizon = 67108864
+gc_period = "1h"
 """
 
 

@@ -44,6 +44,7 @@ KNOWN_POINTS = frozenset(
         "flush-before-dcl-update",
         "remote-before-index-upload",
         "remote-before-delete",
+        "gc-before-delete",
     }
 )
 

@@ -65,6 +65,15 @@ DISK_CONSISTENT_LSN = Gauge(
     ["tenant_id", "timeline_id"],
 )
 
+GC_CUTOFF_LSN = Gauge(
+    "pageserver_gc_cutoff_lsn",
+    "gc_cutoff_lsn per timeline: reads below it answer lsn_too_old (SPEC section 11)",
+    ["tenant_id", "timeline_id"],
+)
+GC_LAYERS_REMOVED = Counter(
+    "pageserver_gc_layers_removed_total", "Layer files removed by garbage collection"
+)
+
 # -- remote storage (SPEC section 10) ----------------------------------------------------------
 
 REMOTE_CONSISTENT_LSN = Gauge(

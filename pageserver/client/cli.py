@@ -405,6 +405,20 @@ def _cmd_flush(args: argparse.Namespace) -> int:
     return _run(args, body)
 
 
+def _cmd_gc(args: argparse.Namespace) -> int:
+    async def body(c: Client) -> None:
+        r = await c.request("gc", tenant_id=args.tenant_id, timeline_id=args.timeline_id)
+        if args.json:
+            _print_json(r)
+        else:
+            print(
+                f"gc_cutoff_lsn {lsn_str(r.get('gc_cutoff_lsn', 0))}, "
+                f"layers removed {r.get('layers_removed', 0)}"
+            )
+
+    return _run(args, body)
+
+
 def _cmd_compact(args: argparse.Namespace) -> int:
     async def body(c: Client) -> None:
         r = await c.request("compact", tenant_id=args.tenant_id, timeline_id=args.timeline_id)
@@ -704,6 +718,17 @@ def register(subparsers: Any) -> None:
     )
     _timeline_args(p)
     p.set_defaults(func=_cmd_compact)
+
+    p = subparsers.add_parser(
+        "gc",
+        parents=[common],
+        help="garbage-collect layers below the timeline's gc cutoff",
+        description="Run a GC pass on a timeline now (SPEC section 11): move gc_cutoff_lsn to "
+        "last_record_lsn - gc_horizon and remove the layers no read at or above it needs; "
+        "prints the cutoff and the number of layers removed.",
+    )
+    _timeline_args(p)
+    p.set_defaults(func=_cmd_gc)
 
     p = subparsers.add_parser(
         "feed",

@@ -9,8 +9,8 @@ and the tenant manager answers the tenant's requests with ``stale_generation``.
 ``remote_timeline_client``. The timeline *schedules*:
 
 - ``schedule_layer_upload(name, path, size)``: a new layer (flush, compaction);
-- ``schedule_layer_removal(name)``: a layer that left the layer map (compaction);
-- ``schedule_index_upload(disk_consistent_lsn)``: the index should say this.
+- ``schedule_layer_removal(name)``: a layer that left the layer map (compaction, GC);
+- ``schedule_index_upload(disk_consistent_lsn, gc_cutoff_lsn)``: the index should say this.
 
 The scheduled state is a *projected index*: the layers the next index will name and its
 ``disk_consistent_lsn``. One background task (:meth:`run`) turns it into uploads, in rounds:
@@ -202,8 +202,12 @@ class RemoteTimelineClient:
             self._pending_deletions[self._layer_key(name, meta.generation)] = name
         self._poke()
 
-    def schedule_index_upload(self, disk_consistent_lsn: int) -> None:
+    def schedule_index_upload(self, disk_consistent_lsn: int, gc_cutoff_lsn: int | None = None) -> None:
+        """The next index says ``disk_consistent_lsn`` (and, when given, the timeline's
+        ``gc_cutoff_lsn`` as ``latest_gc_cutoff_lsn``); neither ever goes back."""
         self._projected_dcl = max(self._projected_dcl, disk_consistent_lsn)
+        if gc_cutoff_lsn is not None:
+            self._gc_cutoff = max(self._gc_cutoff, gc_cutoff_lsn)
         self._poke()
 
     def _poke(self) -> None:

@@ -83,6 +83,7 @@ from pageserver.wire import (
     ErrorCode,
     ErrorEvent,
     FlushRequest,
+    GcRequest,
     GetHistoryRequest,
     GetRequest,
     HelloRequest,
@@ -714,6 +715,9 @@ class Server:
             return {"last_record_lsn": req.start_lsn, "disk_consistent_lsn": req.start_lsn}
         if isinstance(req, CompactRequest):
             return await self._handle_compact(req)
+        if isinstance(req, GcRequest):
+            gc = await mgr.gc(req.tenant_id, req.timeline_id)
+            return {"layers_removed": gc.layers_removed, "gc_cutoff_lsn": gc.gc_cutoff_lsn}
         if isinstance(req, TenantAttachRequest):
             generation, timelines = await mgr.attach_tenant(req.tenant_id, req.config)
             return {"generation": generation, "timelines": timelines}

@@ -61,7 +61,8 @@ from pageserver.remote.timeline_client import (
     load_newest_index,
 )
 from pageserver.tenant.compaction import CompactionResult
-from pageserver.tenant.metadata import METADATA_FILE, write_metadata
+from pageserver.tenant.gc import GcResult
+from pageserver.tenant.metadata import METADATA_FILE, TimelineMetadata, write_metadata
 from pageserver.tenant.remote_timeline import evict_to_limit, reconcile
 from pageserver.tenant.timeline import History, PutResult, Timeline
 
@@ -189,11 +190,12 @@ class TenantManager:
             self._nursery.start_soon(self._background, tl, scope)
 
     async def _background(self, tl: Timeline, scope: trio.CancelScope) -> None:
-        """A timeline's tasks: flush, compaction, uploads (cancelled by a detach)."""
+        """A timeline's tasks: flush, compaction, GC, uploads (cancelled by a detach)."""
         with scope:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(tl.flush_loop)
                 nursery.start_soon(tl.compaction_loop)
+                nursery.start_soon(tl.gc_loop)
                 if tl.remote is not None:
                     nursery.start_soon(tl.remote.run)
 
@@ -398,6 +400,10 @@ class TenantManager:
         self._check_running()
         return await self.timeline(tenant_id, timeline_id).compact()
 
+    async def gc(self, tenant_id: str, timeline_id: str) -> GcResult:
+        self._check_running()
+        return await self.timeline(tenant_id, timeline_id).gc()
+
     async def flush(self, tenant_id: str, timeline_id: str) -> int:
         tl = self.timeline(tenant_id, timeline_id)
         return await tl.flush()
@@ -520,13 +526,10 @@ class TenantManager:
             self._poke_eviction()
 
         tl.layer_map.downloader = download_then_evict
-        if index is not None and index.disk_consistent_lsn > tl.disk_consistent_lsn:
-            dcl = index.disk_consistent_lsn
-            await write_metadata(self.ctx, tl.dir, dcl, tl.start_lsn)
-            tl.disk_consistent_lsn = tl.last_record_lsn = dcl
-            tl.next_layer_start = dcl + 1
+        if index is not None:
+            await tl.adopt_remote_state(index.disk_consistent_lsn, index.latest_gc_cutoff_lsn)
         tl.remote = client
-        client.schedule_index_upload(tl.disk_consistent_lsn)
+        client.schedule_index_upload(tl.disk_consistent_lsn, tl.gc_cutoff_lsn)
         tl._update_gauges()
 
     async def attach_tenant(
@@ -573,7 +576,12 @@ class TenantManager:
             for tlid, index in sorted(indexes.items(), key=lambda kv: str(kv[0])):
                 tl_path = os.path.join(tenant.timelines_dir, str(tlid))
                 os.mkdir(tl_path)
-                await write_metadata(self.ctx, tl_path, index.disk_consistent_lsn, index.initdb_lsn)
+                meta = TimelineMetadata(
+                    index.disk_consistent_lsn,
+                    index.initdb_lsn,
+                    max(index.initdb_lsn, index.latest_gc_cutoff_lsn),
+                )
+                await self.ctx.run_job(write_metadata, self.ctx, tl_path, meta)
                 tl = await Timeline.load(self.ctx, tid, tlid, tl_path, tenant.get_config)
                 await self._connect_remote(tenant, tl, index=index)
                 tenant.timelines[tlid] = tl

@@ -18,14 +18,20 @@ into L0 delta layers, oldest first, through the conditional-offload helper
 (``ctx.run_job``): one worker thread per flush under std-fs, the loop under trio-uring.
 When ``MAX_FROZEN_LAYERS`` are waiting, ``put`` waits (backpressure) instead of letting
 memory grow.
+
+``gc_cutoff_lsn`` (SPEC section 11, :mod:`pageserver.tenant.gc`): reads below it answer
+``lsn_too_old``. GC runs under the compaction lock (the two never change the layer map at
+once) and writes the ``metadata`` file under the metadata lock, which the flush also holds
+from writing its layer until it has published the new ``disk_consistent_lsn``: each of the
+two writers writes the other's latest value, never an older one.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -39,6 +45,7 @@ from pageserver.errors import (
     BadRequest,
     CorruptLayer,
     LsnOutOfOrder,
+    LsnTooOld,
     PageserverError,
     RedoFailed,
     RedoUnsupported,
@@ -68,9 +75,15 @@ from pageserver.tenant.compaction import (
     remove_layers,
 )
 from pageserver.tenant.ephemeral_file import EphemeralFile
+from pageserver.tenant.gc import GcResult, keys_covered, next_cutoff, plan
 from pageserver.tenant.inmemory_layer import InMemoryLayer
 from pageserver.tenant.layer_map import HistoricLayer, LayerMap
-from pageserver.tenant.metadata import METADATA_FILE, read_metadata, write_metadata
+from pageserver.tenant.metadata import (
+    METADATA_FILE,
+    TimelineMetadata,
+    read_metadata,
+    write_metadata,
+)
 from pageserver.tenant.read_path import Reconstruction, reconstruct
 from pageserver.tenant.remote_timeline import adopt_generation, pin, unpin
 
@@ -112,6 +125,7 @@ class Timeline:
         conf: Callable[[], TenantConfig],
         start_lsn: int,
         disk_consistent_lsn: int,
+        gc_cutoff_lsn: int | None = None,
     ) -> None:
         self.ctx = ctx
         self.tenant_id = tenant_id
@@ -122,12 +136,18 @@ class Timeline:
         self.disk_consistent_lsn = disk_consistent_lsn
         self.last_record_lsn = disk_consistent_lsn
         self.next_layer_start = disk_consistent_lsn + 1
+        #: Reads below it answer ``lsn_too_old`` (SPEC section 11); only ever rises.
+        self.gc_cutoff_lsn = start_lsn if gc_cutoff_lsn is None else max(gc_cutoff_lsn, start_lsn)
+        #: LSNs of the reads walking the layers right now (GC keeps what they need).
+        self._read_lsns: Counter[int] = Counter()
         self.open_layer: InMemoryLayer | None = None
         self.frozen: deque[InMemoryLayer] = deque()
         self.layer_map = LayerMap()
         self._write_lock = trio.Lock()
         #: One compaction at a time per timeline (the background loop and ``compact``).
         self._compaction_lock = trio.Lock()
+        #: Serialises the writers of the ``metadata`` file (flush, GC); module docstring.
+        self._metadata_lock = trio.Lock()
         #: ``image_compression`` of the pageserver config (set by the tenant manager).
         self.image_compression = PageserverConfig.image_compression
         self._ephemeral_seq = 0
@@ -144,6 +164,7 @@ class Timeline:
         labels = {"tenant_id": str(tenant_id), "timeline_id": str(timeline_id)}
         self._m_last_record = metrics.LAST_RECORD_LSN.labels(**labels)
         self._m_dcl = metrics.DISK_CONSISTENT_LSN.labels(**labels)
+        self._m_gc_cutoff = metrics.GC_CUTOFF_LSN.labels(**labels)
         self._m_layers = {k: metrics.LAYER_COUNT.labels(kind=k, **labels) for k in ("l0", "delta", "image")}
         self._update_gauges()
 
@@ -160,7 +181,8 @@ class Timeline:
         start_lsn: int,
     ) -> Timeline:
         os.mkdir(timeline_dir)
-        await write_metadata(ctx, timeline_dir, start_lsn, start_lsn)
+        meta = TimelineMetadata(start_lsn, start_lsn, start_lsn)
+        await ctx.run_job(write_metadata, ctx, timeline_dir, meta)
         await ctx.fsync_dir(os.path.dirname(timeline_dir), force=True)
         return cls(ctx, tenant_id, timeline_id, timeline_dir, conf, start_lsn, start_lsn)
 
@@ -174,8 +196,11 @@ class Timeline:
         conf: Callable[[], TenantConfig],
     ) -> Timeline:
         """Restart rules of SPEC section 3. A layer failing validation raises CorruptLayer."""
-        dcl, start_lsn = await read_metadata(ctx, timeline_dir)
-        tl = cls(ctx, tenant_id, timeline_id, timeline_dir, conf, start_lsn, dcl)
+        meta = await read_metadata(ctx, timeline_dir)
+        dcl = meta.disk_consistent_lsn
+        tl = cls(
+            ctx, tenant_id, timeline_id, timeline_dir, conf, meta.start_lsn, dcl, meta.gc_cutoff_lsn
+        )
         for entry in sorted(os.listdir(timeline_dir)):
             path = os.path.join(timeline_dir, entry)
             if entry == METADATA_FILE:
@@ -392,7 +417,7 @@ class Timeline:
         info = await layer.write_delta_layer(self.dir, self.tenant_id, self.timeline_id)
         try:
             await failpoints.failpoint("flush-before-dcl-update")
-            await write_metadata(self.ctx, self.dir, layer.end_lsn - 1, self.start_lsn)
+            await write_metadata(self.ctx, self.dir, self.metadata(disk_consistent_lsn=layer.end_lsn - 1))
         except BaseException:
             with cleanup_shield():
                 await self.ctx.unlink(info.path)
@@ -402,19 +427,21 @@ class Timeline:
     async def _flush_one(self, layer: InMemoryLayer) -> None:
         assert layer.end_lsn is not None
         t0 = time.perf_counter()
-        info = await self.ctx.run_job(self._flush_job, layer)
-        name, path = info.name, info.path
-        if self.remote is not None:
-            name, path = await adopt_generation(
-                self.ctx, self.dir, name, path, self.remote.generation
-            )
-        # The layer and the metadata naming its end are durable: publish both at once
-        # (no await between), so a reader sees the records either in the frozen layer or
-        # in the new delta layer.
-        self.layer_map.add(HistoricLayer(name, path, info.file_size))
-        self.frozen.popleft()
-        new_dcl = layer.end_lsn - 1
-        self.disk_consistent_lsn = new_dcl
+        # Held until the new disk_consistent_lsn is published (module docstring).
+        async with self._metadata_lock:
+            info = await self.ctx.run_job(self._flush_job, layer)
+            name, path = info.name, info.path
+            if self.remote is not None:
+                name, path = await adopt_generation(
+                    self.ctx, self.dir, name, path, self.remote.generation
+                )
+            # The layer and the metadata naming its end are durable: publish both at once
+            # (no await between), so a reader sees the records either in the frozen layer
+            # or in the new delta layer.
+            self.layer_map.add(HistoricLayer(name, path, info.file_size))
+            self.frozen.popleft()
+            new_dcl = layer.end_lsn - 1
+            self.disk_consistent_lsn = new_dcl
         elapsed = time.perf_counter() - t0
         metrics.FLUSH_SECONDS.observe(elapsed)
         metrics.FLUSH_BYTES.inc(info.file_size)
@@ -422,7 +449,7 @@ class Timeline:
         self._update_gauges()
         if self.remote is not None:
             self.remote.schedule_layer_upload(_bare(name), path, info.file_size)
-            self.remote.schedule_index_upload(new_dcl)
+            self.remote.schedule_index_upload(new_dcl, self.gc_cutoff_lsn)
         self.log.info(
             "flushed layer",
             layer=str(info.name),
@@ -525,28 +552,117 @@ class Timeline:
             self.remote.schedule_layer_upload(_bare(hl.name), hl.path, hl.file_size)
         for hl in removed:
             self.remote.schedule_layer_removal(_bare(hl.name))
-        self.remote.schedule_index_upload(self.disk_consistent_lsn)
+        self.remote.schedule_index_upload(self.disk_consistent_lsn, self.gc_cutoff_lsn)
 
     async def compaction_loop(self) -> None:
         """Compact every ``compaction_period`` (runs in the manager's nursery)."""
+        await self._every("compaction", lambda conf: conf.compaction_period, self.compact)
+
+    async def gc_loop(self) -> None:
+        """Collect garbage every ``gc_period`` (runs in the manager's nursery)."""
+        await self._every("gc", lambda conf: conf.gc_period, self.gc)
+
+    async def _every(
+        self,
+        what: str,
+        period_of: Callable[[TenantConfig], float],
+        job: Callable[[], Awaitable[object]],
+    ) -> None:
+        """Run ``job`` every period of the tenant config (read again each time: a
+        ``tenant_config`` change applies from the next period); ``0`` turns it off, as in
+        Neon. A failure is logged and the job runs again next period."""
         while not (self._closed or self._stopping):
-            period = self._conf().compaction_period
-            if period <= 0:  # "0s" turns background compaction off (as in Neon)
+            period = period_of(self._conf())
+            if period <= 0:
                 await trio.sleep(1.0)
                 continue
             await trio.sleep(period)
             try:
-                await self.compact()
+                await job()
             except ShuttingDown:
                 return
             except Exception as e:  # noqa: BLE001 - logged, retried next period
-                self.log.error("compaction failed", error=repr(e))
+                self.log.error(f"{what} failed", error=repr(e))
+
+    # -- garbage collection (SPEC section 11) ------------------------------------------------------
+
+    def metadata(
+        self, *, disk_consistent_lsn: int | None = None, gc_cutoff_lsn: int | None = None
+    ) -> TimelineMetadata:
+        """What the ``metadata`` file says, with one of its LSNs replaced by a new value."""
+        return TimelineMetadata(
+            self.disk_consistent_lsn if disk_consistent_lsn is None else disk_consistent_lsn,
+            self.start_lsn,
+            self.gc_cutoff_lsn if gc_cutoff_lsn is None else gc_cutoff_lsn,
+        )
+
+    async def gc(self) -> GcResult:
+        """One GC pass (the ``gc`` op, and every ``gc_period``): raise the cutoff, then
+        remove the layers no read at or above it needs (:mod:`pageserver.tenant.gc`)."""
+        async with self._compaction_lock:
+            self._check_running()
+            if self.remote is not None:
+                self.remote.tenant.check_not_stale()
+            conf = self._conf()
+            cutoff = next_cutoff(self.gc_cutoff_lsn, self.last_record_lsn, conf.gc_horizon, self.start_lsn)
+            if cutoff > self.gc_cutoff_lsn:
+                # Durable before anything goes: a restart must not serve below it again.
+                async with self._metadata_lock:
+                    meta = self.metadata(gc_cutoff_lsn=cutoff)
+                    await self.ctx.run_job(write_metadata, self.ctx, self.dir, meta)
+                    self.gc_cutoff_lsn = cutoff
+                self._m_gc_cutoff.set(cutoff)
+                if self.remote is not None:
+                    self.remote.schedule_index_upload(self.disk_consistent_lsn, cutoff)
+            # Reads that began below the new cutoff are still walking: keep their layers.
+            removal_cutoff = min([cutoff, *self._read_lsns])
+            candidates = plan(self.layer_map.layers, removal_cutoff)
+            doomed: list[HistoricLayer] = []
+            if candidates:
+                needed = list({id(hl): hl for c in candidates for hl in (c.layer, *c.images)}.values())
+                pinned = await self._pin_resident(needed)
+                try:
+                    covered = await self.ctx.run_job(keys_covered, self.ctx, candidates)
+                finally:
+                    unpin(pinned)
+                doomed = [c.layer for c, ok in zip(candidates, covered, strict=True) if ok]
+            t0 = time.perf_counter()
+            if doomed:
+                # Out of the layer map in one step (no await): no new read picks them.
+                for hl in doomed:
+                    self.layer_map.remove(hl)
+                self._schedule_remote([], doomed)
+                self._update_gauges()
+                await failpoints.failpoint("gc-before-delete")
+                await remove_layers(self.ctx, self.dir, doomed)
+                metrics.GC_LAYERS_REMOVED.inc(len(doomed))
+            self.log.info(
+                "gc", gc_cutoff_lsn=cutoff, layers_removed=len(doomed),
+                candidates=len(candidates), delete_s=round(time.perf_counter() - t0, 4),
+            )  # fmt: skip
+            return GcResult(len(doomed), cutoff)
+
+    async def adopt_remote_state(self, disk_consistent_lsn: int, gc_cutoff_lsn: int) -> None:
+        """The newest remote index is ahead of the local metadata (startup, attach): take
+        its ``disk_consistent_lsn`` and cutoff, durably, before serving."""
+        dcl = max(disk_consistent_lsn, self.disk_consistent_lsn)
+        cutoff = max(gc_cutoff_lsn, self.gc_cutoff_lsn)
+        if (dcl, cutoff) == (self.disk_consistent_lsn, self.gc_cutoff_lsn):
+            return
+        async with self._metadata_lock:
+            meta = self.metadata(disk_consistent_lsn=dcl, gc_cutoff_lsn=cutoff)
+            await self.ctx.run_job(write_metadata, self.ctx, self.dir, meta)
+            self.disk_consistent_lsn = self.last_record_lsn = dcl
+            self.next_layer_start = dcl + 1
+            self.gc_cutoff_lsn = cutoff
+        self._update_gauges()
 
     def _update_gauges(self) -> None:
         for kind, count in self.layer_map.counts().items():
             self._m_layers[kind].set(count)
         self._m_dcl.set(self.disk_consistent_lsn)
         self._m_last_record.set(self.last_record_lsn)
+        self._m_gc_cutoff.set(self.gc_cutoff_lsn)
 
     async def shutdown(self, flush: bool) -> bool:
         """Stop ingest; with ``flush``, write every in-memory record to a layer first.
@@ -587,10 +703,18 @@ class Timeline:
             raise BadRequest(
                 f"field 'lsn' ({lsn}) is above last_record_lsn ({self.last_record_lsn})"
             )
+        if lsn < self.gc_cutoff_lsn:
+            raise LsnTooOld(f"lsn {lsn} is below the timeline's gc_cutoff_lsn {self.gc_cutoff_lsn}")
         in_memory = ([self.open_layer] if self.open_layer is not None else []) + list(
             reversed(self.frozen)
         )
-        return await reconstruct(self.ctx, key, lsn, self.layer_map, in_memory)
+        self._read_lsns[lsn] += 1
+        try:
+            return await reconstruct(self.ctx, key, lsn, self.layer_map, in_memory)
+        finally:
+            self._read_lsns[lsn] -= 1
+            if not self._read_lsns[lsn]:
+                del self._read_lsns[lsn]
 
     async def get(self, key: bytes, lsn: int) -> bytes | None:
         found = await self._reconstruct(key, lsn)
@@ -613,6 +737,7 @@ class Timeline:
             "timeline_id": str(self.timeline_id),
             "last_record_lsn": self.last_record_lsn,
             "disk_consistent_lsn": self.disk_consistent_lsn,
+            "gc_cutoff_lsn": self.gc_cutoff_lsn,
             "remote_consistent_lsn": (
                 self.remote.remote_consistent_lsn if self.remote is not None else None
             ),

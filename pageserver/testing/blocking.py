@@ -177,6 +177,10 @@ class BlockingClient:
         assert isinstance(dcl, int)
         return dcl
 
+    def gc(self, tenant_id: str, timeline_id: str) -> dict[str, Any]:
+        """``gc``: ``{"layers_removed", "gc_cutoff_lsn"}``."""
+        return self.request("gc", tenant_id=tenant_id, timeline_id=timeline_id)
+
     def compact(self, tenant_id: str, timeline_id: str) -> dict[str, Any]:
         """Compact now; the reply has ``layers_created`` and ``layers_removed``."""
         return self.request("compact", tenant_id=tenant_id, timeline_id=timeline_id)

@@ -39,6 +39,7 @@ from pageserver.wire.errors import ErrorCode, Id, ProtocolError
 __all__ = [
     "OPS",
     "CompactRequest",
+    "GcRequest",
     "FlushRequest",
     "GetHistoryRequest",
     "GetRequest",
@@ -174,6 +175,13 @@ class CompactRequest(_RequestBase):
 
 
 @dataclass(frozen=True, slots=True)
+class GcRequest(_RequestBase):
+    op: ClassVar[str] = "gc"
+    tenant_id: str
+    timeline_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class StatusRequest(_RequestBase):
     op: ClassVar[str] = "status"
     tenant_id: str | None = None
@@ -189,6 +197,7 @@ Request: TypeAlias = (
     | GetHistoryRequest
     | FlushRequest
     | CompactRequest
+    | GcRequest
     | StatusRequest
     | TenantAttachRequest
     | TenantDetachRequest
@@ -358,6 +367,10 @@ def _p_compact(m: Mapping[object, object], rid: Id) -> Request:
     return CompactRequest(_req_id(m, "tenant_id"), _req_id(m, "timeline_id"), id=rid)
 
 
+def _p_gc(m: Mapping[object, object], rid: Id) -> Request:
+    return GcRequest(_req_id(m, "tenant_id"), _req_id(m, "timeline_id"), id=rid)
+
+
 def _p_status(m: Mapping[object, object], rid: Id) -> Request:
     return StatusRequest(_hex_id(m, "tenant_id", optional=True), id=rid)
 
@@ -372,6 +385,7 @@ _PARSERS: Final[dict[str, Callable[[Mapping[object, object], Id], Request]]] = {
     "get_history": _p_get_history,
     "flush": _p_flush,
     "compact": _p_compact,
+    "gc": _p_gc,
     "status": _p_status,
     "tenant_attach": _p_tenant_attach,
     "tenant_detach": _p_tenant_detach,

@@ -22,6 +22,7 @@ from pageserver.wire import (
     FlushRequest,
     Frame,
     FrameDecoder,
+    GcRequest,
     GetHistoryRequest,
     GetRequest,
     HelloRequest,
@@ -162,6 +163,8 @@ def valid_requests(draw: st.DrawFn) -> tuple[dict[str, Any], Request]:
             exp = PutRequest(*ids, tuple(recs), id=rid)  # type: ignore[arg-type]
         elif op == "flush":
             exp = FlushRequest(*ids, id=rid)
+        elif op == "gc":
+            exp = GcRequest(*ids, id=rid)
         else:
             exp = CompactRequest(*ids, id=rid)
     return base, exp

@@ -14,6 +14,7 @@ from pageserver.wire import (
     CompactRequest,
     ErrorCode,
     FlushRequest,
+    GcRequest,
     GetHistoryRequest,
     GetRequest,
     HelloRequest,
@@ -79,6 +80,7 @@ VALID: dict[str, tuple[dict[str, Any], Any]] = {
     ),
     "flush": ({"op": "flush", "tenant_id": T, "timeline_id": TL}, FlushRequest(T, TL)),
     "compact": ({"op": "compact", "tenant_id": T, "timeline_id": TL}, CompactRequest(T, TL)),
+    "gc": ({"op": "gc", "tenant_id": T, "timeline_id": TL}, GcRequest(T, TL)),
     "status": ({"op": "status", "tenant_id": T}, StatusRequest(T)),
     "tenant_attach": (
         {"op": "tenant_attach", "tenant_id": T, "config": {"compaction_threshold": 4}},
@@ -98,6 +100,7 @@ REQUIRED: dict[str, list[str]] = {
     "get_history": ["tenant_id", "timeline_id", "key", "lsn"],
     "flush": ["tenant_id", "timeline_id"],
     "compact": ["tenant_id", "timeline_id"],
+    "gc": ["tenant_id", "timeline_id"],
     "status": [],
     "tenant_attach": ["tenant_id"],
     "tenant_detach": ["tenant_id"],
