@@ -272,11 +272,11 @@ def check_put_columns(
         v = cols[name]
         if v is None:
             raise _bad(name, "is required (the columnar put has keys, lsns, values, value_ends)")
-        if type(v) is not bytes:
+        if type(v) is not bytes and not (name == "values" and _is_byte_view(v)):
             raise _bad(name, f"must be a bin, not {type_name(v)}")
     kb: bytes = cols["keys"]  # type: ignore[assignment]
     lb: bytes = cols["lsns"]  # type: ignore[assignment]
-    vb: bytes = cols["values"]  # type: ignore[assignment]
+    vb: bytes | memoryview = cols["values"]  # type: ignore[assignment]
     eb: bytes = cols["value_ends"]  # type: ignore[assignment]
     if len(kb) % KEY_SIZE:
         raise _bad("keys", f"must hold {KEY_SIZE}-byte keys back to back, not {len(kb)} bytes")
@@ -323,6 +323,19 @@ def check_put_columns(
     will_init = _check_values(vb, starts, ends, _column_value_name)
     _check_order(lsn_arr, _column_lsn_message)
     return CheckedBatch(key_arr, lsn_arr, vb, starts, ends, will_init)
+
+
+def _is_byte_view(v: object) -> bool:
+    """A read-only, contiguous byte ``memoryview``: how a zero-copy decoder may hand over
+    the ``values`` column (a view of the frame it arrived in; the batch keeps it alive,
+    and the ephemeral file's append writes straight from it)."""
+    return (
+        type(v) is memoryview
+        and v.readonly
+        and v.c_contiguous
+        and v.format == "B"
+        and v.ndim == 1
+    )
 
 
 def _column_value_name(i: int) -> str:
