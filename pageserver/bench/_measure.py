@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+import numpy as np
 import trio
 
 from pageserver.client import Client, ConnectionLost, PutBatch
@@ -335,6 +336,12 @@ class SocketResult:
     get_latency: list[float]
     #: Round trips of ``status`` on a second connection during ingest and the flush.
     status_latency: list[float] = field(default_factory=list)
+    #: ``perf_counter`` times: ingest start, flush start, flush reply.
+    windows: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    #: Lateness of the daemon's own 1 ms ticker (:mod:`pageserver.bench._daemon`), for the
+    #: ticks that started while the flush was outstanding, and during ingest.
+    ticker_flush: list[float] = field(default_factory=list)
+    ticker_ingest: list[float] = field(default_factory=list)
 
     @property
     def records_per_s(self) -> float:
@@ -445,13 +452,14 @@ async def _socket_bench_async(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_poll_status, addr, status, stop, status_interval)
             await trio.sleep(status_interval)  # the poller is connected and running
-            t0 = time.perf_counter()
+            t_start = time.perf_counter()
             await c.put_pipelined(TENANT, TIMELINE, batches, window=8)
-            t_ingest = time.perf_counter() - t0
+            t_flush_start = time.perf_counter()
+            t_ingest = t_flush_start - t_start
             del batches
-            t0 = time.perf_counter()
             await c.flush(TENANT, TIMELINE)
-            t_flush = time.perf_counter() - t0
+            t_end = time.perf_counter()
+            t_flush = t_end - t_flush_start
             stop.set()
         last = gen.lsn_of(records - 1)
         rng = random.Random(42)
@@ -463,7 +471,24 @@ async def _socket_bench_async(
             lat.append(time.perf_counter() - t0)
             if value is None:
                 raise DaemonError(f"get of a fed key returned nothing ({kind})")
-    return SocketResult(kind, records, records * value_size, t_ingest, t_flush, lat, status)
+    return SocketResult(
+        kind, records, records * value_size, t_ingest, t_flush, lat, status,
+        (t_start, t_flush_start, t_end),
+    )  # fmt: skip
+
+
+def read_ticks(path: str, windows: tuple[float, float, float]) -> tuple[list[float], list[float]]:
+    """The daemon ticker's lateness (seconds) for ticks that started during the flush
+    (``windows[1]..windows[2]``) and during ingest (``windows[0]..windows[1]``)."""
+    try:
+        ticks = np.fromfile(path, np.float64).reshape(-1, 2)
+    except (OSError, ValueError):
+        return [], []
+    start, late = ticks[:, 0], ticks[:, 1]
+    t0, t1, t2 = windows
+    flush = late[(start >= t1) & (start < t2)]
+    ingest = late[(start >= t0) & (start < t1)]
+    return flush.tolist(), ingest.tolist()
 
 
 def socket_bench(
@@ -482,11 +507,13 @@ def socket_bench(
     data_dir = tempfile.mkdtemp(prefix=f"daemon-{kind}-", dir=base)
     socket_path = os.path.join(sock_dir, "ps.sock")
     log = os.path.join(sock_dir, "daemon.log")
+    ticks = os.path.join(sock_dir, "ticks.f64")
     write_daemon_config(data_dir, socket_path, kind, no_sync)
     env = dict(os.environ)
     env[ENGINE_ENV_VAR] = kind
     env.pop("PAGESERVER_FAILPOINTS", None)
-    cmd = [sys.executable, "-m", "pageserver.cli", "run", "-D", data_dir]
+    # ``pageserver run`` plus a 1 ms ticker on its loop (pageserver.bench._daemon).
+    cmd = [sys.executable, "-m", "pageserver.bench._daemon", data_dir, ticks]
     try:
         with open(log, "wb") as logf:
             proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
@@ -500,6 +527,7 @@ def socket_bench(
             rc = proc.wait(timeout=60)
             if rc != 0:
                 raise DaemonError(f"{kind} daemon stopped with {rc}:\n{_log_tail(log)}")
+            result.ticker_flush, result.ticker_ingest = read_ticks(ticks, result.windows)
         finally:
             if proc.poll() is None:
                 proc.kill()

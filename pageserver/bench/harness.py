@@ -9,7 +9,9 @@ load on the machine, another page-cache state) would not be. Per engine it measu
    Unix socket, fed by the pipelined client), and *durable* ingest: the same records
    ended by ``flush``, timed until the flush replies; for ``--records`` small values and
    ``--large-records`` 8 KiB pages, while a second connection sends ``status`` every 5 ms
-   and times the round trips (p50, p99, max: what other clients feel);
+   and times the round trips (p50, p99, max: what other clients feel), and a 1 ms ticker
+   on the daemon's own loop (:mod:`pageserver.bench._daemon`) records how late it wakes
+   while the flush is outstanding (p50, p99, max) and during ingest;
 2. flush MiB/s of layer bytes (in this process: a known amount ingested, ``flush`` timed);
 3. event-loop responsiveness during those flushes (lateness of a 1 ms ticker on the same
    loop: p50, p99, max), with the idle loop's lateness as the floor;
@@ -243,7 +245,15 @@ def _run_peers(report: dict[str, Any], sizes: Sizes, base: str, no_sync: bool, q
 
 def _durable_fields(sock: m.SocketResult, prefix: str) -> dict[str, float]:
     st = m.summarize_ms(sock.status_latency)
+    tf = m.summarize_ms(sock.ticker_flush)
+    ti = m.summarize_ms(sock.ticker_ingest)
     return {
+        f"{prefix}daemon_ticker_flush_p50_ms": tf["p50_ms"],
+        f"{prefix}daemon_ticker_flush_p99_ms": tf["p99_ms"],
+        f"{prefix}daemon_ticker_flush_max_ms": tf["max_ms"],
+        f"{prefix}daemon_ticker_flush_samples": tf["samples"],
+        f"{prefix}daemon_ticker_ingest_p99_ms": ti["p99_ms"],
+        f"{prefix}daemon_ticker_ingest_max_ms": ti["max_ms"],
         f"{prefix}durable_records_per_s": sock.durable_records_per_s,
         f"{prefix}durable_mib_per_s": sock.durable_mib_per_s,
         f"{prefix}durable_seconds": sock.durable_seconds,
@@ -349,6 +359,10 @@ _DURABLE_ROWS = (
     ("status RTT p50 ms (ingest+flush)", "status_p50_ms", ".3f"),
     ("status RTT p99 ms (ingest+flush)", "status_p99_ms", ".3f"),
     ("status RTT max ms (ingest+flush)", "status_max_ms", ".2f"),
+    ("daemon 1 ms ticker late p50 ms (flush)", "daemon_ticker_flush_p50_ms", ".3f"),
+    ("daemon 1 ms ticker late p99 ms (flush)", "daemon_ticker_flush_p99_ms", ".3f"),
+    ("daemon 1 ms ticker late max ms (flush)", "daemon_ticker_flush_max_ms", ".2f"),
+    ("daemon 1 ms ticker late p99 ms (ingest)", "daemon_ticker_ingest_p99_ms", ".3f"),
 )
 
 

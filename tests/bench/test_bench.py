@@ -79,6 +79,29 @@ def test_every_metric_per_engine(report: dict[str, Any], kind: str) -> None:
     _positive(report["engines"][kind], ENGINE_METRICS, kind)
     _positive(report["engines"][kind], LARGE_METRICS, kind)
     assert report["engines"][kind]["get_count"] == report["settings"]["gets"]
+    # The daemon's own 1 ms ticker: present for both workloads (a --quick flush may be
+    # shorter than a tick, so there may be no sample of it).
+    for prefix in ("", "large_"):
+        fields = report["engines"][kind]
+        assert fields[f"{prefix}daemon_ticker_flush_samples"] >= 0
+        for q in ("p50", "p99", "max"):
+            assert fields[f"{prefix}daemon_ticker_flush_{q}_ms"] >= 0
+        assert fields[f"{prefix}daemon_ticker_ingest_max_ms"] > 0
+
+
+def test_daemon_ticks_are_cut_to_the_windows(tmp_path: Path) -> None:
+    """``read_ticks`` keeps the ticks that started in the flush (and the ingest) window."""
+    from array import array
+
+    from pageserver.bench import _measure as m
+
+    path = tmp_path / "ticks.f64"
+    with open(path, "wb") as f:
+        array("d", [0.5, 9.0, 1.0, 0.001, 1.5, 0.002, 2.0, 0.003, 2.5, 0.004, 3.0, 7.0]).tofile(f)
+    flush, ingest = m.read_ticks(str(path), (1.0, 2.0, 3.0))
+    assert flush == [0.003, 0.004]
+    assert ingest == [0.001, 0.002]
+    assert m.read_ticks(str(tmp_path / "missing"), (0.0, 1.0, 2.0)) == ([], [])
 
 
 def test_baselines_and_ratios(report: dict[str, Any]) -> None:
