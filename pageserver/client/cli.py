@@ -1,5 +1,5 @@
 """Client subcommands of ``pageserver``: tenant/timeline create, put, get, status, flush,
-compact and ``feed`` (SPEC section 2).
+compact, gc and ``feed`` (SPEC section 2).
 
 Every command connects to ``--addr`` (default: ``listen_addr`` of ``-D DIR``'s
 ``pageserver.toml`` when that file exists, else ``127.0.0.1:6400``), says ``hello`` (with
@@ -387,6 +387,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
                     f"  timeline {tl['timeline_id']}  "
                     f"last_record_lsn {lsn_str(tl['last_record_lsn'])}  "
                     f"disk_consistent_lsn {lsn_str(tl['disk_consistent_lsn'])}  "
+                    f"gc_cutoff_lsn {lsn_str(tl.get('gc_cutoff_lsn', 0))}  "
                     f"layers l0={layers.get('l0', 0)} delta={layers.get('delta', 0)} "
                     f"image={layers.get('image', 0)}{remote}"
                 )

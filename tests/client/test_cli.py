@@ -30,7 +30,7 @@ PAGESERVER = str(Path(sys.executable).with_name("pageserver"))
 KEY = "000000067F000040000000400100000000AB"
 KEY2 = "000000067F000040000000400100000000AC"
 #: The commands of this module's subject (client_cli); others have their own tests.
-CLIENT_COMMANDS = {"tenant", "timeline", "put", "get", "status", "flush", "compact", "feed"}
+CLIENT_COMMANDS = {"tenant", "timeline", "put", "get", "status", "flush", "compact", "gc", "feed"}
 
 
 @pytest.fixture(autouse=True)
@@ -173,6 +173,22 @@ async def test_client_commands(srv: Harness, capsys: pytest.CaptureFixture[str])
     rc, out, err = await run_cli(capsys, "compact", t, tl, *a, "--json")
     # One L0 is below compaction_threshold (3) and image_creation_threshold: nothing to do.
     assert rc == 0 and json.loads(out) == {"layers_created": 0, "layers_removed": 0}, err
+    # gc: the default horizon (64 MiB of LSN) keeps the cutoff at start_lsn (0/10) ...
+    rc, out, err = await run_cli(capsys, "gc", t, tl, *a)
+    assert (rc, out) == (0, "gc_cutoff_lsn 0/10, layers removed 0\n"), err
+    # ... a horizon of 2 moves it to last_record_lsn - 2 = 0x11; reads below are lsn_too_old.
+    rc, out, err = await run_cli(capsys, "tenant", "config", t, *a, "--config", "gc_horizon=2")
+    assert rc == 0 and "gc_horizon = 2" in out, err
+    rc, out, err = await run_cli(capsys, "gc", t, tl, *a, "--json")
+    assert rc == 0 and json.loads(out) == {"layers_removed": 0, "gc_cutoff_lsn": 0x11}, err
+    rc, out, err = await run_cli(capsys, "get", t, tl, KEY, "16", *a)
+    assert rc == 1 and "lsn_too_old" in err
+    rc, out, _ = await run_cli(capsys, "get", t, tl, KEY, "17", *a)
+    assert (rc, out) == (0, "hello\n")
+    rc, out, _ = await run_cli(capsys, "status", t, *a, "--json")
+    assert json.loads(out)["tenants"][0]["timelines"][0]["gc_cutoff_lsn"] == 0x11
+    rc, out, _ = await run_cli(capsys, "status", t, *a)
+    assert rc == 0 and "gc_cutoff_lsn 0/11" in out
     rc, out, err = await run_cli(capsys, "status", "9" * 32, *a)
     assert rc == 1 and "tenant_not_found" in err
 
