@@ -169,14 +169,21 @@ class ByteBudget:
         return False
 
     async def acquire(self, n: int) -> None:
+        """Wait until ``n`` bytes fit, then take them. Cancel-safe: a cancelled acquire
+        holds nothing (the fast path raises a pending cancellation *before* it grants,
+        then yields shielded; a queued waiter granted on its way out gives the grant back).
+        """
         if n <= 0:
             await trio.lowlevel.checkpoint()
             return
         if n > self.capacity:
             raise ValueError(f"cannot reserve {n} bytes of a {self.capacity}-byte budget")
         if not self._waiters and self.used + n <= self.capacity:
+            # (It used to grant, then checkpoint: a cancellation delivered at that
+            # checkpoint left the bytes granted to nobody, for ever.)
+            await trio.lowlevel.checkpoint_if_cancelled()  # never yields when not cancelled
             self._grant(n)
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.cancel_shielded_checkpoint()
             return
         entry = (n, trio.Event())
         self._waiters.append(entry)
