@@ -76,14 +76,18 @@ class IoContext:
         if self.no_sync and not force:
             return
         try:
-            await self.engine.fsync_dir(path)
+            # A blocking fsync under std-fs: through the offload helper like any job.
+            await self.run_job(self.engine.fsync_dir, path)
         except OSError as e:
             if e.errno in FATAL_ERRNOS:
                 fatal_io_error("fsync", path, e)
             raise
 
     async def crashsafe_overwrite(self, path: str, content: bytes) -> None:
-        await crashsafe_overwrite(self, path, content)
+        """Replace ``path`` with ``content`` durably (temp file, fsync, rename, directory
+        fsync), as one job: a worker thread under std-fs, the loop under trio-uring, so
+        tenant config, timeline metadata and generation files never block the loop."""
+        await self.run_job(crashsafe_overwrite, self, path, content)
 
     # -- jobs ---------------------------------------------------------------------------------
 

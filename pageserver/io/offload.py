@@ -128,8 +128,13 @@ def _suppress_job_cancel(state: JobState) -> Iterator[None]:
 async def run_job(
     engine: IoEngine, fn: Callable[..., Awaitable[T]], *args: Any
 ) -> T:
-    """Run the async job ``fn(*args)`` the way ``engine`` wants layer writes to run."""
-    if not engine.runs_jobs_in_thread:
+    """Run the async job ``fn(*args)`` the way ``engine`` wants layer writes to run.
+
+    Called from inside a job (already in its worker thread), or from any thread without a
+    trio run, it runs ``fn`` right there: so a helper that offloads itself (the crash-safe
+    overwrite, a directory fsync) can be called both from the loop and from a job.
+    """
+    if not engine.runs_jobs_in_thread or not on_trio_loop():
         return await fn(*args)
 
     state = JobState(in_worker=True)

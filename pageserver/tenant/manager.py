@@ -581,7 +581,7 @@ class TenantManager:
                     index.initdb_lsn,
                     max(index.initdb_lsn, index.latest_gc_cutoff_lsn),
                 )
-                await self.ctx.run_job(write_metadata, self.ctx, tl_path, meta)
+                await write_metadata(self.ctx, tl_path, meta)
                 tl = await Timeline.load(self.ctx, tid, tlid, tl_path, tenant.get_config)
                 await self._connect_remote(tenant, tl, index=index)
                 tenant.timelines[tlid] = tl

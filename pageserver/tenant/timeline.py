@@ -182,7 +182,7 @@ class Timeline:
     ) -> Timeline:
         os.mkdir(timeline_dir)
         meta = TimelineMetadata(start_lsn, start_lsn, start_lsn)
-        await ctx.run_job(write_metadata, ctx, timeline_dir, meta)
+        await write_metadata(ctx, timeline_dir, meta)
         await ctx.fsync_dir(os.path.dirname(timeline_dir), force=True)
         return cls(ctx, tenant_id, timeline_id, timeline_dir, conf, start_lsn, start_lsn)
 
@@ -609,7 +609,7 @@ class Timeline:
                 # Durable before anything goes: a restart must not serve below it again.
                 async with self._metadata_lock:
                     meta = self.metadata(gc_cutoff_lsn=cutoff)
-                    await self.ctx.run_job(write_metadata, self.ctx, self.dir, meta)
+                    await write_metadata(self.ctx, self.dir, meta)
                     self.gc_cutoff_lsn = cutoff
                 self._m_gc_cutoff.set(cutoff)
                 if self.remote is not None:
@@ -651,7 +651,7 @@ class Timeline:
             return
         async with self._metadata_lock:
             meta = self.metadata(disk_consistent_lsn=dcl, gc_cutoff_lsn=cutoff)
-            await self.ctx.run_job(write_metadata, self.ctx, self.dir, meta)
+            await write_metadata(self.ctx, self.dir, meta)
             self.disk_consistent_lsn = self.last_record_lsn = dcl
             self.next_layer_start = dcl + 1
             self.gc_cutoff_lsn = cutoff

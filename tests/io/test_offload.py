@@ -181,3 +181,40 @@ async def test_sleep_failpoint_in_a_job_sleeps_on_the_right_side(
     await io_ctx.run_job(job)
     assert trio.current_time() - t0 >= 0.025
     assert failpoints.hits("virtual-file-write") == 1
+
+
+async def test_std_fs_never_fsyncs_on_the_loop_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tenant config, timeline metadata, flush, compaction and GC:
+    under std-fs every fsync runs in a worker thread (the crash-safe overwrite and the
+    directory fsync offload themselves), none on the event loop's thread."""
+    import os
+
+    from pageserver.config import PageserverConfig, TenantConfig
+    from tests.helpers.tenant import TENANT, TIMELINE, image, key, manager
+
+    loop_thread = threading.get_ident()
+    on_loop: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if threading.get_ident() == loop_thread:
+            on_loop.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    cfg = PageserverConfig(
+        tenant_config=TenantConfig(compaction_threshold=2, image_creation_threshold=1, gc_horizon=0)
+    )
+    async with manager("std-fs", tmp_path, cfg) as mgr:
+        monkeypatch.setattr(os, "fsync", fsync)
+        await mgr.create_tenant(TENANT)
+        await mgr.set_tenant_config(TENANT, {"gc_horizon": 0, "compaction_threshold": 2})
+        await mgr.create_timeline(TENANT, TIMELINE, start_lsn=0)
+        for lsn in range(1, 4):
+            await mgr.put(TENANT, TIMELINE, [(key(1), lsn, image(b"v"))])
+            await mgr.flush(TENANT, TIMELINE)
+        await mgr.compact(TENANT, TIMELINE)
+        await mgr.gc(TENANT, TIMELINE)
+        monkeypatch.undo()
+    assert on_loop == []
