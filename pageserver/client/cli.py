@@ -406,31 +406,34 @@ def _cmd_flush(args: argparse.Namespace) -> int:
     return _run(args, body)
 
 
-def _cmd_gc(args: argparse.Namespace) -> int:
+def _timeline_job(args: argparse.Namespace, op: str, describe: Callable[[dict[str, Any]], str]) -> int:
+    """A maintenance op on one timeline (``compact``, ``gc``): its reply as JSON or a line."""
+
     async def body(c: Client) -> None:
-        r = await c.request("gc", tenant_id=args.tenant_id, timeline_id=args.timeline_id)
+        r = await c.request(op, tenant_id=args.tenant_id, timeline_id=args.timeline_id)
         if args.json:
             _print_json(r)
         else:
-            print(
-                f"gc_cutoff_lsn {lsn_str(r.get('gc_cutoff_lsn', 0))}, "
-                f"layers removed {r.get('layers_removed', 0)}"
-            )
+            print(describe(r))
 
     return _run(args, body)
+
+
+def _cmd_gc(args: argparse.Namespace) -> int:
+    return _timeline_job(
+        args,
+        "gc",
+        lambda r: f"gc_cutoff_lsn {lsn_str(r.get('gc_cutoff_lsn', 0))}, "
+        f"layers removed {r.get('layers_removed', 0)}",
+    )
 
 
 def _cmd_compact(args: argparse.Namespace) -> int:
-    async def body(c: Client) -> None:
-        r = await c.request("compact", tenant_id=args.tenant_id, timeline_id=args.timeline_id)
-        if args.json:
-            _print_json(r)
-        else:
-            print(
-                f"layers created {r.get('layers_created', 0)}, removed {r.get('layers_removed', 0)}"
-            )
-
-    return _run(args, body)
+    return _timeline_job(
+        args,
+        "compact",
+        lambda r: f"layers created {r.get('layers_created', 0)}, removed {r.get('layers_removed', 0)}",
+    )
 
 
 def _cmd_feed(args: argparse.Namespace) -> int:
