@@ -5,8 +5,10 @@ read only after ``NEED_DATA``, at most ``conn.room`` bytes, and answer each requ
 reading the next. Three properties follow without further machinery:
 
 * replies go out in request order per connection;
-* a client that never reads its replies stalls on TCP back-pressure in ``send_all`` of its
-  own task and stops being read from, while every other connection carries on;
+* a client that never reads its replies stalls on TCP back-pressure in the send of its own
+  task and stops being read from, while every other connection carries on; while that send
+  waits the connection holds no byte budget, and a send that makes no progress for
+  ``STALL_TIMEOUT`` closes the connection (the peer is gone);
 * a connection never buffers more than ``max_frame_bytes + 4`` bytes.
 
 **Total memory.** A per-connection bound times a thousand connections is still too much, so
@@ -42,6 +44,12 @@ budget for that long, is taken as gone (SPEC section 5 lets the server close whe
 is gone) and closed, so a few slow-loris peers cannot make everyone else wait for ever.
 This is this server's reading of "gone"; a peer that pauses between frames is never closed.
 
+**Storms.** A thousand stalled peers that all send and close at once wake in one pass of
+the scheduler; a pass that has run ``PASS_BUDGET`` lets *cold* connections (no frame for
+``COLD_AFTER``) that wake in it wait their turn, a few per pass, while connections with
+requests going are served at once (:meth:`Server._take_turn`). Warnings about peers are
+rate-limited server-wide (:class:`_LogLimit`).
+
 Parsing runs on the event loop, one frame at a time (it is synchronous): the transient cost
 of decoding hostile nested msgpack (up to ~32x a frame, see :mod:`protocol`) is therefore
 a process-wide constant, not per connection.
@@ -63,6 +71,7 @@ import itertools
 import os
 import socket
 import stat
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -123,6 +132,13 @@ DRAIN_TIMEOUT = 60.0
 STALL_TIMEOUT = 30.0
 #: Bad requests logged per connection before logging only every 1000th.
 BAD_REQUEST_LOG_LIMIT = 10
+#: A scheduler pass longer than this is a wake-up storm: cold connections that wake later
+#: in it wait their turn (see :meth:`Server._take_turn`).
+PASS_BUDGET = 0.002
+#: A connection with no frame done for this long is cold (a stalled or idle peer).
+COLD_AFTER = 1.0
+#: Cold connections let through per scheduler pass during a storm.
+TURNS_PER_PASS = 16
 
 _PEER_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError)
 
@@ -282,6 +298,47 @@ def listener_address(listener: trio.SocketListener) -> str:
 # ---------------------------------------------------------------------------------------
 
 
+class _LogLimit:
+    """Warnings about peers (bad requests, stalls), at most ``burst`` lines per event per
+    ``period`` seconds for the whole server; the next line let through says how many of
+    that event were left out (``suppressed``).
+
+    A thousand peers that send junk, stall or go at once would otherwise write a thousand
+    lines in one pass of the scheduler (tens of milliseconds every other client waits).
+    """
+
+    def __init__(self, burst: int = 10, period: float = 1.0) -> None:
+        self.burst = burst
+        self.period = period
+        self._windows: dict[str, tuple[float, int]] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, c: _Conn, event: str, **fields: Any) -> None:
+        now = time.monotonic()
+        start, count = self._windows.get(event, (now, 0))
+        if now - start >= self.period:
+            start, count = now, 0
+        if count >= self.burst:
+            self._windows[event] = (start, count)
+            self._suppressed[event] = self._suppressed.get(event, 0) + 1
+            return
+        self._windows[event] = (start, count + 1)
+        skipped = self._suppressed.pop(event, 0)
+        if skipped:
+            fields["suppressed"] = skipped
+        c.log.warning(event, **fields)
+
+
+class _PassClock(trio.abc.Instrument):
+    """When the scheduler's current pass began (the end of its last I/O wait)."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def after_io_wait(self, timeout: float) -> None:
+        self.start = time.perf_counter()
+
+
 @dataclass(eq=False)
 class _Conn:
     """What the server tracks per connection."""
@@ -297,6 +354,8 @@ class _Conn:
     requests: int = 0
     bad_requests: int = 0
     log: Any = field(default=None)
+    last_frame: float = field(default_factory=time.monotonic)
+    """When the connection opened or last had a frame answered (hot or cold)."""
 
 
 class Server:
@@ -336,6 +395,10 @@ class Server:
         self._conn_nursery: trio.Nursery | None = None
         self.addresses: list[str] = []
         self.connections_total = 0
+        self._log_limit = _LogLimit()
+        self._clock = _PassClock()
+        self._turns: deque[trio.Event] = deque()
+        self._turns_wake = trio.Event()
 
     @property
     def open_connections(self) -> int:
@@ -374,9 +437,11 @@ class Server:
         """
         self.addresses = [listener_address(lst) for lst in listeners]
         unix_paths = [a[len("unix:") :] for a in self.addresses if a.startswith("unix:")]
+        trio.lowlevel.add_instrument(self._clock)
         try:
             async with trio.open_nursery() as conn_nursery:
                 self._conn_nursery = conn_nursery
+                conn_nursery.start_soon(self._turn_pump)
                 with trio.CancelScope() as accept_scope:
                     self._accept_scope = accept_scope
                     if self._shutting_down:
@@ -392,6 +457,7 @@ class Server:
                 # Connections carry on until shutdown() cancels this nursery.
                 await trio.sleep_forever()
         finally:
+            trio.lowlevel.remove_instrument(self._clock)
             for lst in listeners:
                 with trio.CancelScope(shield=True):
                     await lst.aclose()
@@ -465,13 +531,14 @@ class Server:
             self.frame_pool.release(c.frame_charge)
             self.read_pool.release(c.read_charge)
             c.frame_charge = c.read_charge = 0
-            with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(stream)
+            # A plain close (what aclose_forcefully comes to, without its cancelled scope,
+            # the Cancelled it raises and catches, and the shield around it: measurable
+            # when a thousand peers go at once).
+            stream.socket.close()
             c.log.debug("connection closed", reason=reason, requests=c.requests)
 
     async def _connection_loop(self, c: _Conn) -> str:
         proto = c.proto
-        stream = c.stream
         while True:
             ev = proto.next_event()
             if ev is NEED_DATA:
@@ -480,19 +547,23 @@ class Server:
                 continue
             if ev is CLOSED:
                 return "peer closed"
+            c.last_frame = time.monotonic()
             if isinstance(ev, ErrorEvent):
                 # Logged, but not one line per junk frame for ever: a peer sending a stream
                 # of bad frames (each gets its reply) must not flood the log.
                 c.bad_requests += 1
                 if c.bad_requests <= BAD_REQUEST_LOG_LIMIT or not c.bad_requests % 1000:
-                    c.log.warning(
+                    self._log_limit.warning(
+                        c,
                         "bad request",
                         code=ev.code.value,
                         message=ev.message,
                         close=ev.close_after,
                         count=c.bad_requests,
                     )
-                await stream.send_all(ev.encode())
+                self._settle(c)
+                if not await self._send(c, ev.encode()):
+                    return "peer read no reply for the stall timeout"
                 if ev.close_after:
                     return f"closed after {ev.code.value}"
             else:
@@ -506,8 +577,55 @@ class Server:
                     self._in_flight -= 1
                     if self._in_flight == 0:
                         self._idle.set()
-                await stream.send_all(reply)
-            self._settle(c)
+                # Answered: the request's bytes go back to the pools *before* the send,
+                # which may wait as long as the peer does not read (see _send).
+                self._settle(c)
+                if not await self._send(c, reply):
+                    return "peer read no reply for the stall timeout"
+
+    async def _send(self, c: _Conn, data: bytes) -> bool:
+        """Send one reply whole. False if the peer took none of it for the stall timeout:
+        it is gone (close it).
+
+        A peer that pipelines requests and never reads its replies fills its socket, and
+        the send waits. While it waits the connection holds no byte budget: the request's
+        frame went back before the send (:meth:`_settle`), and the read-pool charge of the
+        bytes it read ahead (at most a chunk past that frame) goes back here, so they are
+        outside the budget like a chunk waiting for a frame reservation (the module
+        docstring's bound). It used to keep both, with no time limit: 64 such peers took
+        both pools and nobody else was read again (issue 11). The wait is the stall
+        timeout *without progress*: a slow reader that keeps taking bytes is served.
+
+        ``os.write`` first, waiting only when the socket is full; no yield after a send
+        that went through unless more frames are buffered (the next step waits for the
+        peer anyway), so a round trip costs one pass of the scheduler, not three.
+        """
+        fd = c.stream.socket.fileno()
+        view = memoryview(data)
+        total = len(view)
+        sent = 0
+        while sent < total:
+            try:
+                sent += os.write(fd, view[sent:])
+                continue
+            except BlockingIOError:
+                pass
+            if c.read_charge:
+                self.read_pool.release(c.read_charge)
+                c.read_charge = 0
+            with trio.move_on_after(self.stall_timeout):
+                await trio.lowlevel.wait_writable(c.stream.socket)
+                continue
+            self._log_limit.warning(
+                c,
+                "peer read none of a reply for the stall timeout; closing",
+                stall_timeout_s=self.stall_timeout,
+                unsent=total - sent,
+            )
+            return False
+        if c.proto.buffered:
+            await trio.lowlevel.checkpoint()  # more frames queued: let others run first
+        return True
 
     async def _receive(self, c: _Conn) -> bool:
         """Charge the right pool (see the module docstring), then read once. False when the
@@ -552,12 +670,26 @@ class Server:
                 want = min(proto.room, want + CHUNK)
         else:
             assert c.frame_charge == 0
+            want = min(proto.room, CHUNK)
+            target = buffered + want
+            if (
+                buffered
+                and c.read_charge < target
+                and self.read_pool.try_acquire(target - c.read_charge)
+            ):
+                # Part of a header is in: the rest of it, or the end of the stream, often
+                # came with it. One read before paying for a wait (a thousand peers that
+                # send their last byte and close at once cost one wait each, not two).
+                c.read_charge = target
+                self._note_peak()
+                got = self._read_now(c, want)
+                self._charge_buffered(c)
+                if got is not None:
+                    return got > 0
             # Wait for the peer before taking any budget: idle connections (a client's
             # pool, say) cost nothing, and one mid-header holds only what it buffered.
             if not await self._wait_readable(c, stalled_ok=buffered == 0):
                 return False
-            want = min(proto.room, CHUNK)
-            target = buffered + want
             if c.read_charge < target:
                 if not await self._acquire(c, self.read_pool, target - c.read_charge):
                     return False
@@ -583,10 +715,13 @@ class Server:
         long means the server is saturated by peers that neither finish nor go: closing
         this one releases what it holds rather than adding it to the jam.
         """
+        if pool.try_acquire(n):  # the common case: no cancel scope, no yield
+            return True
         with trio.move_on_after(self.stall_timeout):
             await pool.acquire(n)
             return True
-        c.log.warning(
+        self._log_limit.warning(
+            c,
             "no byte budget for the stall timeout; closing",
             stall_timeout_s=self.stall_timeout,
             wanted=n,
@@ -603,29 +738,37 @@ class Server:
         (measured 4-8x slower than ``recv_into`` for 160 KB frames). Instead: one shared
         buffer for the whole server, filled by a non-blocking ``readv`` and copied into the
         decoder *with no await in between*, so no other task can touch the buffer while it
-        holds this connection's bytes. The task checkpoints after every read (fairness,
-        cancellation). It waits for readability here only while completing a known frame
-        (holding that frame's reservation, with the stall timeout); with the header unknown
-        the caller has waited already, and a spurious wake-up returns ``None`` so that the
-        caller gives the chunk back before waiting again.
+        holds this connection's bytes. While completing a known frame the task waits for
+        readability here (holding that frame's reservation, with the stall timeout) and
+        checkpoints after every read (reads of up to 1 MiB: fairness); with the header
+        unknown the caller has just waited (a read of at most 64 KiB, then one frame's
+        work, follows, with no yield needed), and a spurious wake-up returns ``None`` so
+        that the caller gives the chunk back before waiting again.
         """
-        sock = c.stream.socket
-        fd = sock.fileno()
-        view = self._read_view[:want]
         while True:
-            try:
-                n = os.readv(fd, [view])
-            except BlockingIOError:
+            n = self._read_now(c, want)
+            if n is None:
                 if c.frame_charge == 0:
-                    await trio.lowlevel.checkpoint()
                     return None
                 if not await self._wait_readable(c, stalled_ok=False):
                     return 0
                 continue
-            if n:
-                c.proto.receive_data(view[:n])
-            await trio.lowlevel.checkpoint()
+            if c.frame_charge:
+                await trio.lowlevel.checkpoint()
             return n
+
+    def _read_now(self, c: _Conn, want: int) -> int | None:
+        """One non-blocking read of up to ``want`` bytes into the decoder (through the
+        shared buffer, with no await in between): the count, 0 at end of stream, ``None``
+        if there was nothing to read."""
+        view = self._read_view[:want]
+        try:
+            n = os.readv(c.stream.socket.fileno(), [view])
+        except BlockingIOError:
+            return None
+        if n:
+            c.proto.receive_data(view[:n])
+        return n
 
     async def _wait_readable(self, c: _Conn, *, stalled_ok: bool) -> bool:
         """Wait for the peer to send. False if it stalled mid-frame: treat it as gone.
@@ -634,16 +777,54 @@ class Server:
         """
         if stalled_ok:
             await trio.lowlevel.wait_readable(c.stream.socket)
+            await self._take_turn(c)
             return True
-        with trio.move_on_after(self.stall_timeout):
+        with trio.move_on_after(self.stall_timeout) as scope:
             await trio.lowlevel.wait_readable(c.stream.socket)
+        if not scope.cancelled_caught:
+            await self._take_turn(c)
             return True
-        c.log.warning(
+        self._log_limit.warning(
+            c,
             "peer stalled in the middle of a frame; closing",
             stall_timeout_s=self.stall_timeout,
             buffered=c.proto.buffered,
         )
         return False
+
+    async def _take_turn(self, c: _Conn) -> None:
+        """After a wake-up: a *cold* connection (no frame done for :data:`COLD_AFTER`: a
+        stalled or idle peer) that wakes late in a long scheduler pass waits its turn.
+
+        When a thousand stalled peers send a byte and close at once, the scheduler wakes
+        them all in one pass, and each costs tens of microseconds of Python (read, decode,
+        maybe an error reply, close): one pass of 50-100 ms, and a good client whose
+        request came in meanwhile waited for all of it (p99 of ``status`` 69-159 ms in the
+        close burst, issue 11). Now once a pass has run :data:`PASS_BUDGET`, cold
+        connections that wake in it queue (FIFO) and :meth:`_turn_pump` lets
+        :data:`TURNS_PER_PASS` of them on per pass: the burst takes as long as before,
+        in short passes, and hot connections (a client with requests going) are served
+        in the first pass after their data comes in. Outside a storm this is a clock
+        read and a compare.
+        """
+        if time.perf_counter() - self._clock.start < PASS_BUDGET:
+            return
+        if time.monotonic() - c.last_frame < COLD_AFTER:
+            return
+        turn = trio.Event()
+        self._turns.append(turn)
+        self._turns_wake.set()
+        await turn.wait()
+
+    async def _turn_pump(self) -> None:
+        """Lets queued cold connections (:meth:`_take_turn`) on, a few per pass."""
+        while True:
+            await self._turns_wake.wait()
+            self._turns_wake = trio.Event()
+            while self._turns:
+                for _ in range(min(TURNS_PER_PASS, len(self._turns))):
+                    self._turns.popleft().set()
+                await trio.lowlevel.checkpoint()
 
     def _settle(self, c: _Conn) -> None:
         """After a frame was answered: its frame-pool reservation (if any) is released,
