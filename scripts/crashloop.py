@@ -17,13 +17,21 @@ One data directory persists across the iterations. Each iteration is one daemon 
      reported, and ``last_record_lsn == disk_consistent_lsn`` (SPEC section 5);
    * reads equal the model: every key at the reported dcl and at the new dcl, every record
      of the last LSNs at or below the reported dcl at its own LSN, and random (key, LSN)
-     samples below it. A read at or below the reported dcl that differs counts as *lost*;
+     samples below it, all at or above ``gc_cutoff_lsn``. A read at or below the reported
+     dcl that differs counts as *lost*;
+   * garbage collection (SPEC section 11): ``gc_cutoff_lsn`` did not go below the highest
+     value any ``gc`` reply or status reported; random reads below it answer
+     ``lsn_too_old``; with ``--remote`` (a ``[remote_storage] local_path``), checked while
+     no daemon runs: the newest ``index_part.json`` names no layer object that does not
+     exist;
 3. run the workload: ``put`` batches (whole LSNs per batch) resent from the timeline's
    ``last_record_lsn`` as ``feed`` does (the first batch after a restart must be accepted
    and its ``skipped`` count must be exactly the records at or below dcl: *ingest
-   resumes*), interleaved with ``flush``, ``compact`` and ``status``;
+   resumes*), interleaved with ``flush``, ``compact``, ``gc`` and ``status``;
 4. end it by one *kill*:
    * ``sigkill``: SIGKILL at a random instant of the workload;
+   * ``gckill``: SIGKILL at a random instant of a ``gc`` request (after puts, a flush and a
+     compaction; the delay is drawn from the GC passes' usual duration);
    * ``failpoint``: the armed failpoint fires (``exit``: status 1, ``panic``: SIGABRT);
    * ``startup``: SIGKILL at a random instant between spawn and ready (tenant loading
      included), no workload;
@@ -34,9 +42,10 @@ The records are a deterministic stream: LSN ``l`` carries 1-3 keys chosen by a h
 ``l``, each an Image whose bytes are a function of (key, lsn). So the model is the stream
 itself: after any crash the timeline must hold exactly a prefix of it up to its dcl.
 
-The tenant uses a small ``checkpoint_distance`` and ``compaction_threshold`` (and
-``compaction_period = "0s"``: compaction runs only when the workload asks, so the data
-directory is quiescent while it is checked) so flushes and compactions happen often.
+The tenant uses a small ``checkpoint_distance``, ``compaction_threshold`` and
+``gc_horizon`` (and ``compaction_period = gc_period = "0s"``: compaction and GC run only
+when the workload asks, so the data directory is quiescent while it is checked) so
+flushes, compactions and GC passes that remove layers happen often.
 
 Prints one summary line (``--json``: one JSON object) and exits 1 if anything was lost or
 any invariant failed; the data directory of a failed run is kept for inspection.
@@ -98,15 +107,24 @@ SHORT_SCHEDULE = (
     "failpoint:flush-before-dcl-update=exit",
     "startup",
     "failpoint:layer-before-rename=panic",
+    "gckill",
     "sigkill",
     "failpoint:crashsafe-before-rename=exit",
     "sigterm",
+    "failpoint:gc-before-delete=exit",
+    "gckill",
     "failpoint:layer-after-rename=exit",
     "failpoint:virtual-file-fsync=panic",
+    "gckill",
+    "failpoint:gc-before-delete=panic",
     "sigkill",
 )
 
-KIND_WEIGHTS = {"sigkill": 45, "failpoint": 35, "startup": 12, "sigterm": 8}
+KIND_WEIGHTS = {"sigkill": 37, "gckill": 12, "failpoint": 31, "startup": 12, "sigterm": 8}
+
+#: Failpoints of garbage collection: chosen more often than the others (a third of the
+#: failpoint lifetimes) so that a long run fires each of them many times.
+GC_FAILPOINTS = ("gc-before-delete",)
 
 LAYER_RE = re.compile(
     r"^(?P<k0>[0-9A-F]{36})-(?P<k1>[0-9A-F]{36})__(?P<l0>[0-9A-F]{16})"
@@ -240,6 +258,7 @@ class DaemonProc:
         *,
         no_sync: bool = False,
         tenant_defaults: dict[str, Any] | None = None,
+        extra_toml: str = "",
     ) -> None:
         self.data_dir = data_dir
         self.sock = sock
@@ -261,6 +280,8 @@ class DaemonProc:
             if tenant_defaults:
                 lines.append("[tenant_config]")
                 lines += [f"{k} = {json.dumps(v)}" for k, v in tenant_defaults.items()]
+            if extra_toml:
+                lines.append(extra_toml.rstrip("\n"))
             with open(cfg, "w") as f:
                 f.write("\n".join(lines) + "\n")
                 f.flush()
@@ -406,6 +427,42 @@ def crash_state(data_dir: str, tl_dir: str) -> list[str]:
     return found
 
 
+def remote_index_problems(remote_dir: str, tenant: str = TENANT, timeline: str = TIMELINE) -> tuple[int, list[str]]:
+    """The newest ``index_part.json`` of the timeline under a ``local_path`` remote storage
+    (the highest generation): the layer objects it names that do not exist. Returns
+    (layers named, problems). Older generations' indexes may name layers a newer
+    generation removed (as in Neon); the newest one may not."""
+    tl = os.path.join(remote_dir, "tenants", tenant, "timelines", timeline)
+    try:
+        names = os.listdir(tl)
+    except FileNotFoundError:
+        return 0, []
+    indexes = []
+    for n in names:
+        m = re.fullmatch(r"index_part\.json(?:-([0-9a-f]{8}))?", n)
+        if m is not None:
+            indexes.append((int(m.group(1), 16) if m.group(1) else -1, n))
+    if not indexes:
+        return 0, []
+    _gen, newest = max(indexes)
+    try:
+        with open(os.path.join(tl, newest), "rb") as f:
+            doc = json.loads(f.read())
+        layers = doc["layer_metadata"]
+    except (OSError, ValueError, KeyError) as e:
+        return 0, [f"{newest}: unreadable: {e!r}"]
+    objects = set(names)
+    problems = []
+    for name, meta in layers.items():
+        gen = meta.get("generation")
+        obj = name if gen is None else f"{name}-{gen:08x}"
+        if obj not in objects:
+            problems.append(f"{newest} names {obj}, which does not exist")
+        elif os.path.getsize(os.path.join(tl, obj)) != meta.get("file_size"):
+            problems.append(f"{newest} says {obj} has {meta.get('file_size')} bytes, it has {os.path.getsize(os.path.join(tl, obj))}")
+    return len(layers), problems
+
+
 _TS_RE = re.compile(r"timestamp='([^']+)'.*?event='(pageserver starting|pageserver ready)'")
 
 
@@ -547,28 +604,52 @@ async def verify_reads(
 
 
 def read_plan(
-    stream: Stream, rng: random.Random, reported: int, dcl: int, samples: int, tail_lsns: int = 6
+    stream: Stream,
+    rng: random.Random,
+    reported: int,
+    dcl: int,
+    samples: int,
+    tail_lsns: int = 6,
+    floor: int = 1,
 ) -> list[tuple[int, int]]:
-    """Which (key, lsn) pairs to read after a restart (see the module docstring)."""
+    """Which (key, lsn) pairs to read after a restart (see the module docstring); none
+    below ``floor`` (the timeline's ``gc_cutoff_lsn``: those answer ``lsn_too_old``)."""
     pairs: list[tuple[int, int]] = []
-    if dcl <= 0:
+    floor = max(1, floor)
+    if dcl < floor:
         return pairs
-    for lsn in sorted({reported, dcl} - {0}):
+    for lsn in sorted({max(reported, floor), dcl} - {0}):
         pairs += [(k, lsn) for k in range(stream.keys)]
     # Every record of the last LSNs at or below the reported dcl, and up to the new dcl,
     # each at its own LSN: a record lost at the boundary shows up here.
-    lo = max(1, min(reported, dcl) - tail_lsns)
+    lo = max(floor, min(reported, dcl) - tail_lsns)
     for lsn in range(lo, dcl + 1):
         pairs += [(k, lsn) for k in stream.keys_at(lsn)]
+    top = max(reported if reported > 0 else dcl, floor)
     for _ in range(samples):
-        # Half uniform over the history, half near its end.
-        top = reported if reported > 0 else dcl
+        # Half uniform over the readable history, half near its end.
         if rng.random() < 0.5:
-            lsn = rng.randint(1, top)
+            lsn = rng.randint(floor, top)
         else:
-            lsn = max(1, top - int(rng.expovariate(1 / 200)))
+            lsn = max(floor, top - int(rng.expovariate(1 / 200)))
         pairs.append((rng.randrange(stream.keys), lsn))
     return pairs
+
+
+async def check_below_cutoff(
+    client: Client, rng: random.Random, keys: int, cutoff: int, n: int
+) -> tuple[int, list[str]]:
+    """``n`` random reads below ``cutoff``: each must answer ``lsn_too_old``."""
+    if cutoff <= 1 or n <= 0:
+        return 0, []
+    pairs = [(Stream.key(rng.randrange(keys)), rng.randint(max(1, cutoff - 500), cutoff - 1)) for _ in range(n)]
+    got = await read_many(client, TENANT, TIMELINE, pairs)
+    bad = [
+        f"lsn {lsn}: {value!r:.80}"
+        for (_k, lsn), value in zip(pairs, got, strict=True)
+        if not (isinstance(value, tuple) and value[0] == "lsn_too_old")
+    ]
+    return len(pairs), bad
 
 
 # ---------------------------------------------------------------------------------------------
@@ -606,10 +687,18 @@ class LoopState:
     layers_created: int = 0
     layers_removed: int = 0
     resumed: int = 0
+    #: Highest gc_cutoff_lsn any gc reply or status reported.
+    reported_cutoff: int = 0
+    gc_passes: int = 0
+    gc_layers_removed: int = 0
 
     def saw_dcl(self, dcl: int | None) -> None:
         if isinstance(dcl, int) and dcl > self.reported_dcl:
             self.reported_dcl = dcl
+
+    def saw_cutoff(self, cutoff: int | None) -> None:
+        if isinstance(cutoff, int) and cutoff > self.reported_cutoff:
+            self.reported_cutoff = cutoff
 
 
 @dataclass
@@ -633,6 +722,14 @@ class Report:
     killed_during: Counter[str] = field(default_factory=Counter)
     #: What the kills left on disk for the next startup to clean up.
     left_on_disk: Counter[str] = field(default_factory=Counter)
+    #: Seconds each ``gc`` request took (the ``gckill`` delays are drawn from them).
+    gc_times: list[float] = field(default_factory=list)
+    #: SIGKILLs that landed while a ``gc`` request was in flight.
+    gc_kills: int = 0
+    failpoints_fired_at_startup: int = 0
+    reads_below_cutoff: int = 0
+    remote_indexes_checked: int = 0
+    remote_layers_checked: int = 0
 
     def fail(self, iteration: int, kind: str, invariant: str, detail: str) -> None:
         self.failures.append(Failure(iteration, kind, invariant, detail))
@@ -650,12 +747,19 @@ class CrashLoop:
         os.makedirs(self.root, exist_ok=True)
         self.data_dir = os.path.join(self.root, "data")
         self.tl_dir = os.path.join(self.data_dir, "tenants", TENANT, "timelines", TIMELINE)
+        #: ``--remote``: a ``[remote_storage] local_path`` beside the data directory.
+        self.remote_dir = os.path.join(self.root, "remote") if args.remote else None
+        extra = ""
+        if self.remote_dir is not None:
+            os.makedirs(self.remote_dir, exist_ok=True)
+            extra = f'[remote_storage]\nlocal_path = "{self.remote_dir}"\n'
         self.daemon = DaemonProc(
             self.data_dir,
             os.path.join(self.root, "ps.sock"),
             self.engine,
             os.path.join(self.root, "logs"),
             no_sync=args.no_sync,
+            extra_toml=extra,
         )
         self.validator = LayerValidator()
         self.failpoints = known_failpoints()
@@ -672,9 +776,41 @@ class CrashLoop:
             return SHORT_SCHEDULE[i % len(SHORT_SCHEDULE)]
         kind = self.rng.choices(list(KIND_WEIGHTS), weights=list(KIND_WEIGHTS.values()))[0]
         if kind == "failpoint":
-            point = self.rng.choice(self.failpoints)
+            gc_points = [p for p in GC_FAILPOINTS if p in self.failpoints]
+            if gc_points and self.rng.random() < 1 / 3:
+                point = self.rng.choice(gc_points)
+            else:
+                point = self.rng.choice(self.failpoints)
             kind = f"failpoint:{point}={self.rng.choice(('exit', 'panic'))}"
         return kind
+
+    def fired_at_startup(self, fp: str) -> bool:
+        """Did the daemon die of the armed failpoint before it was ready (and of nothing else)?"""
+        assert self.daemon.proc is not None
+        rc = self.daemon.proc.poll()
+        text = self.daemon.log_text()
+        fatal, errors = log_problems(text)
+        if "pageserver ready" in text or fatal or errors:
+            return False
+        if fp.endswith("=panic"):
+            return rc == -signal.SIGABRT and f"failpoint {fp.split('=')[0]}: panic" in text
+        return rc == 1
+
+    def est_gc(self) -> float:
+        times = self.report.gc_times[-30:]
+        return statistics.median(times) if times else 0.05
+
+    def check_remote(self, i: int, kind: str) -> None:
+        """While no daemon runs: the newest index names only layer objects that exist."""
+        if self.remote_dir is None:
+            return
+        assert not self.daemon.alive()
+        named, problems = remote_index_problems(self.remote_dir)
+        self.report.remote_indexes_checked += 1
+        self.report.remote_layers_checked += named
+        if problems:
+            self.report.fail(i, kind, "the newest index_part.json names only existing layer objects",
+                             "\n".join(problems[:5]))  # fmt: skip
 
     def est_ready(self) -> float:
         times = self.report.ready_times[-20:]
@@ -713,11 +849,14 @@ class CrashLoop:
                         "compaction_threshold": self.args.compaction_threshold,
                         "image_creation_threshold": 2,
                         "compaction_period": "0s",
+                        "gc_horizon": self.args.gc_horizon,
+                        "gc_period": "0s",
                     },
                 )
                 await client.request("timeline_create", tenant_id=TENANT, timeline_id=TIMELINE)
             tl = await client.timeline_status(TENANT, TIMELINE)
             self.state.saw_dcl(tl["disk_consistent_lsn"])
+            self.state.saw_cutoff(tl.get("gc_cutoff_lsn"))
         self.daemon.signal(signal.SIGTERM)
         rc = await self.daemon.wait()
         if rc != 0:
@@ -731,6 +870,7 @@ class CrashLoop:
         base_kind, _, fp = kind.partition(":")
         rep = self.report
         failures_before = len(rep.failures)
+        self.check_remote(i, kind)
         left = crash_state(self.data_dir, self.tl_dir)
         rep.left_on_disk.update(left)
         if not left:
@@ -767,6 +907,15 @@ class CrashLoop:
         try:
             client = await self.daemon.connect(self.args.ready_timeout)
         except StartupFailed as e:
+            if base_kind == "failpoint" and self.fired_at_startup(fp):
+                # The armed point is on the startup path (with --remote: the generation
+                # claim's crash-safe writes): a kill during startup, not a failed startup.
+                rep.kills["failpoint"] += 1
+                rep.failpoints_fired[fp] += 1
+                rep.failpoints_fired_at_startup += 1
+                self.scan_log(i, kind)
+                self.finish_iteration(i, failures_before)
+                return
             rep.fail(i, kind, "startup ok (daemon ready)", f"{e}\n{self.daemon.log_text(3000)}")
             await self.daemon.kill()
             self.finish_iteration(i, failures_before)
@@ -826,7 +975,7 @@ class CrashLoop:
                 rep.fail(i, kind, "graceful stop exits 0", f"exit status {rc}\n{self.daemon.log_text(2000)}")
             return rc
         rc = await self.daemon.kill()
-        rep.kills["sigkill"] += 1
+        rep.kills["gckill" if base_kind == "gckill" else "sigkill"] += 1
         if rc != -signal.SIGKILL:
             rep.fail(i, kind, "daemon killed by SIGKILL", f"exit status {rc}\n{self.daemon.log_text(2000)}")
         return rc
@@ -848,6 +997,14 @@ class CrashLoop:
             )  # fmt: skip
         if lrl != dcl:
             rep.fail(i, kind, "last_record_lsn == disk_consistent_lsn after restart", f"lrl {lrl} dcl {dcl}")
+        cutoff = tl.get("gc_cutoff_lsn")
+        if not isinstance(cutoff, int):
+            rep.fail(i, kind, "status reports gc_cutoff_lsn", repr(tl))
+            cutoff = st.reported_cutoff
+        elif cutoff < st.reported_cutoff:
+            rep.fail(i, kind, "gc_cutoff_lsn never goes back",
+                     f"restart gc_cutoff_lsn {cutoff} < reported {st.reported_cutoff}")  # fmt: skip
+        st.saw_cutoff(cutoff)
         future = future_layers(self.tl_dir, dcl)
         if future:
             rep.fail(i, kind, "no future layers after startup", ", ".join(future[:5]))
@@ -856,7 +1013,7 @@ class CrashLoop:
         if problems:
             rep.fail(i, kind, "every layer file validates", "\n".join(problems[:5]))
         n = samples if samples is not None else (60 if self.args.short else 150)
-        pairs = read_plan(self.stream, self.rng, min(reported, dcl), dcl, n)
+        pairs = read_plan(self.stream, self.rng, min(reported, dcl), dcl, n, floor=cutoff)
         res = await verify_reads(client, self.stream, pairs, reported)
         rep.records_verified += res.compared
         rep.lost += res.lost
@@ -866,6 +1023,11 @@ class CrashLoop:
                 f"{res.lost} lost (<= reported dcl {reported}), {res.mismatched_above} wrong "
                 f"in ({reported}, {dcl}]: " + "; ".join(res.examples),
             )  # fmt: skip
+        below, bad = await check_below_cutoff(client, self.rng, self.stream.keys, cutoff, 8 if n else 0)
+        rep.reads_below_cutoff += below
+        if bad:
+            rep.fail(i, kind, "reads below gc_cutoff_lsn answer lsn_too_old",
+                     f"cutoff {cutoff}: " + "; ".join(bad[:5]))  # fmt: skip
         st.saw_dcl(dcl)
         st.acked_lsn = lrl
         self.next_lsn = lrl
@@ -937,8 +1099,34 @@ class CrashLoop:
             tl = await client.timeline_status(TENANT, TIMELINE)
             current = "idle"
             st.saw_dcl(tl["disk_consistent_lsn"])
+            st.saw_cutoff(tl.get("gc_cutoff_lsn"))
+
+        gc_started = trio.Event()
+
+        async def gc() -> None:
+            nonlocal current
+            current = "gc"
+            gc_started.set()
+            t0 = time.monotonic()
+            r = await client.request("gc", tenant_id=TENANT, timeline_id=TIMELINE)
+            rep.gc_times.append(time.monotonic() - t0)
+            current = "idle"
+            st.gc_passes += 1
+            st.gc_layers_removed += r.get("layers_removed", 0)
+            cutoff = r.get("gc_cutoff_lsn")
+            if isinstance(cutoff, int) and cutoff < st.reported_cutoff:
+                rep.fail(i, kind, "gc_cutoff_lsn never goes back", f"gc reply {cutoff} < {st.reported_cutoff}")
+            st.saw_cutoff(cutoff)
 
         async def ops() -> None:
+            if base_kind == "gckill":
+                # Ingest the budget, make layers and images, then GC until the kill.
+                while sent < budget:
+                    await (put_batch() if rng.random() < 0.9 else flush())
+                await flush()
+                await compact()
+                while True:
+                    await gc()
             if compact_first:
                 await compact()
             while True:
@@ -951,19 +1139,22 @@ class CrashLoop:
                     # kill (or, for a failpoint that has not fired, until the deadline).
                     await flush()
                     await compact()
+                    await gc()
                     await status()
                     await trio.sleep(0.01)
                     continue
                 x = rng.random()
-                if x < 0.82:
+                if x < 0.80:
                     ahead = sent / budget * pace_over - (time.monotonic() - began)
                     if ahead > 0:
                         await trio.sleep(ahead)
                     await put_batch()
-                elif x < 0.90:
+                elif x < 0.87:
                     await flush()
-                elif x < 0.97:
+                elif x < 0.93:
                     await compact()
+                elif x < 0.97:
+                    await gc()
                 else:
                     await status()
 
@@ -971,9 +1162,16 @@ class CrashLoop:
 
         async def killer() -> None:
             nonlocal killed
-            await trio.sleep(kill_after)
+            if base_kind == "gckill":
+                # A random instant of the first GC pass (or of one right after it).
+                await gc_started.wait()
+                await trio.sleep(rng.uniform(0, self.est_gc() * 1.5))
+            else:
+                await trio.sleep(kill_after)
             killed = True
             self.daemon.signal(signal.SIGKILL)
+            if current == "gc":
+                rep.gc_kills += 1
             rep.killed_during[current + ("" if sent < budget else " (after budget)")] += 1
 
         async def guarded() -> None:
@@ -982,17 +1180,18 @@ class CrashLoop:
             except ServerError as e:
                 rep.fail(i, kind, "requests succeed", repr(e))
             except ConnectionLost as e:
-                if base_kind == "failpoint" or (base_kind == "sigkill" and killed):
+                if base_kind == "failpoint" or (base_kind in ("sigkill", "gckill") and killed):
                     return
                 await trio.sleep(0.2)
                 rc = None if self.daemon.proc is None else self.daemon.proc.poll()
                 rep.fail(i, kind, "daemon alive until the kill",
                          f"{e}; exit status {rc}\n{self.daemon.log_text(2000)}")  # fmt: skip
 
-        if base_kind == "sigkill":
+        if base_kind in ("sigkill", "gckill"):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(killer)
                 await guarded()
+                gc_started.set()  # a gckill whose workload failed before its GC: kill now
             return
         await guarded()
         if base_kind == "sigterm":
@@ -1012,19 +1211,22 @@ class CrashLoop:
         """Restart once more, read a large sample (or everything) and stop gracefully."""
         self.apply_expectations()
         i = self.report.iterations
+        self.check_remote(i, "final")
         self.daemon.spawn(tag="-final")
         client = await self.daemon.connect(self.args.ready_timeout)
         async with client:
             await self.check_after_restart(i, "final", client, samples=0)
             dcl = self.state.reported_dcl
-            total = self.stream.records_upto(dcl)
+            # Every record at or above the cutoff, at its own LSN (below it: lsn_too_old).
+            floor = max(1, self.state.reported_cutoff)
+            total = self.stream.records_between(floor - 1, dcl)
             pairs: list[tuple[int, int]] = []
             if total <= self.args.final_reads:
-                for lsn in range(1, dcl + 1):
+                for lsn in range(floor, dcl + 1):
                     pairs += [(k, lsn) for k in self.stream.keys_at(lsn)]
-            else:
+            elif dcl >= floor:
                 for _ in range(self.args.final_reads):
-                    lsn = self.rng.randint(1, dcl)
+                    lsn = self.rng.randint(floor, dcl)
                     pairs.append((self.rng.choice(self.stream.keys_at(lsn)), lsn))
             res = await verify_reads(client, self.stream, pairs, dcl)
             self.report.records_verified += res.compared
@@ -1038,6 +1240,7 @@ class CrashLoop:
         rc = await self.daemon.wait()
         if rc != 0:
             self.report.fail(i, "final", "graceful stop exits 0", f"exit status {rc}")
+        self.check_remote(i, "final (stopped)")
 
     async def run(self) -> dict[str, Any]:
         await self.setup()
@@ -1071,6 +1274,7 @@ class CrashLoop:
             "kills": dict(sorted(r.kills.items())),
             "failpoints_fired": dict(sorted(r.failpoints_fired.items())),
             "failpoints_not_hit": dict(sorted(r.failpoints_not_hit.items())),
+            "failpoints_fired_at_startup": r.failpoints_fired_at_startup,
             "startup_kills_before_ready": r.startup_kills_before_ready,
             "startup_kills_during_load": r.startup_kills_during_load,
             "sigkill_during": dict(sorted(r.killed_during.items())),
@@ -1078,6 +1282,7 @@ class CrashLoop:
             "records_sent": st.records_sent,
             "records_acked": st.records_acked,
             "records_durable": self.stream.records_upto(st.reported_dcl),
+            "records_readable": self.stream.records_between(max(1, st.reported_cutoff) - 1, st.reported_dcl),
             "records_verified": r.records_verified,
             "final_reads": self.final_reads,
             "lost": r.lost,
@@ -1086,6 +1291,16 @@ class CrashLoop:
             "flushes": st.flushes,
             "compactions": st.compactions,
             "layers_created_by_compaction": st.layers_created,
+            "gc_passes": st.gc_passes,
+            "gc_layers_removed": st.gc_layers_removed,
+            "gc_cutoff_lsn": st.reported_cutoff,
+            "gc_kills": r.gc_kills,
+            "gc_failpoint_kills": sum(v for k, v in r.failpoints_fired.items() if k.split("=")[0] in GC_FAILPOINTS),
+            "gc_s_median": round(statistics.median(r.gc_times), 4) if r.gc_times else None,
+            "reads_below_cutoff": r.reads_below_cutoff,
+            "remote": self.remote_dir is not None,
+            "remote_indexes_checked": r.remote_indexes_checked,
+            "remote_layers_checked": r.remote_layers_checked,
             "layers_validated": self.validator.validated,
             "layer_files_at_end": len(layers),
             "image_layers_at_end": sum(1 for f in layers if "__" in f and f.count("-") == 1),
@@ -1107,7 +1322,10 @@ def summary_line(s: dict[str, Any]) -> str:
         f"crashloop engine={s['engine']} seed={s['seed']} iterations={s['iterations']} "
         f"kills[{kills}] failpoints_fired={fps} records_sent={s['records_sent']} "
         f"records_verified={s['records_verified']} lost={s['lost']} "
-        f"invariant_failures={len(s['failures'])} elapsed={s['elapsed_s']}s "
+        f"gc[passes={s['gc_passes']} removed={s['gc_layers_removed']} kills_during_gc={s['gc_kills']} "
+        f"failpoint_kills={s['gc_failpoint_kills']} cutoff={s['gc_cutoff_lsn']}] "
+        + (f"remote[indexes_checked={s['remote_indexes_checked']}] " if s["remote"] else "")
+        + f"invariant_failures={len(s['failures'])} elapsed={s['elapsed_s']}s "
         f"({s['s_per_iteration']}s/iteration) {'OK' if s['ok'] else 'FAILED'}"
     )
 
@@ -1127,6 +1345,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keys", type=int, default=256)
     p.add_argument("--checkpoint-distance", type=int, default=64 * 1024)
     p.add_argument("--compaction-threshold", type=int, default=3)
+    p.add_argument("--gc-horizon", type=int, default=None,
+                   help="the tenant's gc_horizon in LSNs (each LSN is 1-3 records; default 1500, --short 150)")
+    p.add_argument("--remote", action="store_true",
+                   help="run with [remote_storage] local_path (a directory beside the data directory) "
+                   "and check the newest index_part.json names only existing layer objects")
     p.add_argument("--no-sync", action="store_true", help="run the daemon with no_sync = true")
     p.add_argument("--final-reads", type=int, default=100_000, help="records read at the end (all if fewer)")
     p.add_argument("--ready-timeout", type=float, default=60.0)
@@ -1136,6 +1359,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.seed = int(time.time() * 1000) % 1_000_000
     if args.iterations is None:
         args.iterations = len(SHORT_SCHEDULE) if args.short else 200
+    if args.gc_horizon is None:
+        args.gc_horizon = 150 if args.short else 1500
     args.batch = 120
     if args.short:
         args.min_records, args.max_records, args.max_kill_delay = 100, 600, 0.5
