@@ -785,12 +785,14 @@ class CrashLoop:
         return kind
 
     def fired_at_startup(self, fp: str) -> bool:
-        """Did the daemon die of the armed failpoint before it was ready (and of nothing else)?"""
+        """Did the daemon die of the armed failpoint before we could connect (and of
+        nothing else)? With --remote, ``remote-before-index-upload`` fires right after
+        "pageserver ready": the upload queue sends an index at once."""
         assert self.daemon.proc is not None
         rc = self.daemon.proc.poll()
         text = self.daemon.log_text()
         fatal, errors = log_problems(text)
-        if "pageserver ready" in text or fatal or errors:
+        if fatal or errors:
             return False
         if fp.endswith("=panic"):
             return rc == -signal.SIGABRT and f"failpoint {fp.split('=')[0]}: panic" in text
@@ -909,7 +911,8 @@ class CrashLoop:
         except StartupFailed as e:
             if base_kind == "failpoint" and self.fired_at_startup(fp):
                 # The armed point is on the startup path (with --remote: the generation
-                # claim's crash-safe writes): a kill during startup, not a failed startup.
+                # claim's crash-safe writes, the first index upload): a kill, not a failed
+                # startup.
                 rep.kills["failpoint"] += 1
                 rep.failpoints_fired[fp] += 1
                 rep.failpoints_fired_at_startup += 1
