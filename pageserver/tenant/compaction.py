@@ -21,7 +21,8 @@ A crash can therefore leave new layers *beside* the ones they replace; reads are
 with both present (either copy holds the same records). Startup then removes what is
 redundant (:func:`redundant_layers`): an L0 whose LSN range lies inside a complete merge
 result, and the files of an incomplete merge (a group of L1 files of one LSN range without
-its last file, the one ending at Key.MAX; its L0s are therefore all still there).
+its last file, the one ending at Key.MAX, while the L0s it was merged from are still there;
+without them it is a group garbage collection thinned out, and stays).
 
 Both jobs run through ``ctx.run_job`` (a worker thread under std-fs, the loop under
 trio-uring) and use their own layer readers, so nothing they do races with reads on the
@@ -224,7 +225,10 @@ def redundant_layers(layers: list[HistoricLayer]) -> list[HistoricLayer]:
         )
         if complete:
             units.append(rng)
-        else:
+        elif any(rng[0] <= lay.lsn_start and lay.lsn_end <= rng[1] for lay in full):
+            # Its L0s are all still there: an interrupted merge. (A group with gaps and no
+            # L0s left is what garbage collection thinned out: it removes the files of a
+            # merge one by one, keeping those holding a key no image has.)
             doomed.extend(group)
     for lay in full:
         rng = (lay.lsn_start, lay.lsn_end)

@@ -28,10 +28,11 @@ The newest image holding a key is never itself removed for that key (no newer im
 within the window holds it), so removing several layers in one pass is as safe as
 removing them one by one.
 
-**Reads in flight.** A read already walking at an LSN below a cutoff that GC just raised
-must still find its layers: the timeline passes :func:`plan` the lowest LSN of the reads in
-flight when it is below the cutoff (``removal_cutoff``), and a running read pins every
-layer it has picked (``HistoricLayer.readers``) so the files outlive it.
+**Reads in flight.** A read that began before the pass (below the cutoff it just raised,
+or before compaction published the image the plan counts on) may still walk into the
+layers the plan removes: the timeline waits for every such read to end before it takes
+anything out of the layer map (``Timeline._reads_drained``), and a running read pins the
+layer it is reading (``HistoricLayer.readers``) so its file outlives it.
 """
 
 from __future__ import annotations
@@ -59,10 +60,18 @@ class Candidate:
     images: tuple[HistoricLayer, ...]
 
 
-def next_cutoff(previous: int, last_record_lsn: int, gc_horizon: int, start_lsn: int) -> int:
+def next_cutoff(
+    previous: int, last_record_lsn: int, gc_horizon: int, start_lsn: int, disk_consistent_lsn: int
+) -> int:
     """The cutoff a GC pass moves to: ``last_record_lsn - gc_horizon``, never back, never
-    below ``start_lsn``."""
-    return max(previous, start_lsn, last_record_lsn - gc_horizon)
+    below ``start_lsn``, and never above ``disk_consistent_lsn``.
+
+    The last bound is ours: the cutoff is durable, ``last_record_lsn`` is not. A cutoff
+    above ``disk_consistent_lsn`` would, after a crash (``last_record_lsn`` back at
+    ``disk_consistent_lsn``) or an attach elsewhere, leave no LSN readable at all. It costs
+    GC nothing: every image layer is at or below ``disk_consistent_lsn``.
+    """
+    return max(previous, start_lsn, min(last_record_lsn - gc_horizon, disk_consistent_lsn))
 
 
 def _window_start(layer: HistoricLayer) -> int:
@@ -106,6 +115,10 @@ def plan(layers: list[HistoricLayer], cutoff: int) -> list[Candidate]:
             and img.name.key_start < end
             and start < img.name.key_end
         ]
+        if layer.is_delta and layer.level0:
+            # SPEC section 11: an L0 (the whole key range) goes only when *an* image
+            # covers the whole key range, not a union of narrower ones.
+            above = [img for img in above if _names_cover(start, end, [img])]
         if above and _names_cover(start, end, above):
             out.append(Candidate(layer, tuple(above)))
     return out

@@ -154,6 +154,28 @@ class LayerMap:
                 best, best_top = layer, top
         return best
 
+    def image_floor(
+        self, key: bytes, delta: HistoricLayer, cont_lsn: int, exclude: Collection[HistoricLayer] = ()
+    ) -> int | None:
+        """The LSN of the newest image layer for ``key`` inside ``delta``'s LSN range and
+        below ``cont_lsn - 1``, if any (``exclude``: images known not to hold the key).
+
+        A delta that starts at or below an image's LSN and ends above it (an L1 merged from
+        L0s on both sides of the image) outranks the image in :meth:`search`; a read must
+        then take from the delta only the records above the image and continue at the
+        image (Neon's ``lsn_floor``), or it would walk past the image into older layers --
+        the ones garbage collection removes once the image stands above them.
+        """
+        best: int | None = None
+        lo = delta.lsn_start
+        for layer in self.layers:
+            if layer.is_delta or layer in exclude or not layer.contains_key(key):
+                continue
+            x = layer.lsn_start
+            if lo <= x < cont_lsn - 1 and (best is None or x > best):
+                best = x
+        return best
+
     def counts(self) -> dict[str, int]:
         l0 = sum(1 for layer in self.layers if layer.is_delta and layer.level0)
         delta = sum(1 for layer in self.layers if layer.is_delta and not layer.level0)

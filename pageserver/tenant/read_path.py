@@ -8,7 +8,10 @@ the LSNs still missing, and looks at:
 1. the in-memory layers, newest first (the open layer, then the frozen ones), each below
    ``cont``; after a layer, ``cont`` drops to its start;
 2. the historic layers the layer map picks for the key below ``cont``
-   (:meth:`LayerMap.search`), until none is left.
+   (:meth:`LayerMap.search`), until none is left. A delta is read only down to the newest
+   image layer inside its LSN range (:meth:`LayerMap.image_floor`); the walk goes on at
+   that image, never past it, so what garbage collection keeps (the layers above an image)
+   is all a read at or above the image needs.
 
 A historic layer that is not resident (remote storage: evicted, or attached and not read
 yet) is downloaded on demand before it is read (:meth:`LayerMap.make_resident`).
@@ -115,8 +118,11 @@ async def reconstruct(
             # for all reads waiting on it); counted above, so eviction leaves it alone.
             await layer_map.make_resident(hl)
             if hl.is_delta:
+                # Only down to an image inside the delta's range: that image comes next.
+                floor = layer_map.image_floor(key, hl, cont, missed_images)
+                low = hl.lsn_start if floor is None else floor + 1
                 delta = await hl.delta(ctx)
-                values = await delta.get_values_reconstruct_data(key, (hl.lsn_start, cont))
+                values = await delta.get_values_reconstruct_data(key, (low, cont))
                 for rec_lsn, raw in values:
                     if result.take(int(rec_lsn), raw):
                         return result
@@ -130,4 +136,4 @@ async def reconstruct(
         finally:
             if track:
                 hl.release()
-        cont = hl.lsn_start
+        cont = low

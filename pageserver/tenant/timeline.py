@@ -95,6 +95,9 @@ log = structlog.get_logger("pageserver.timeline")
 #: Records of one step of a ``put`` (one append and index update, then a checkpoint).
 PUT_STEP_RECORDS = 16384
 
+#: How long a GC pass waits for the reads that began before it (``Timeline._reads_drained``).
+READ_DRAIN_TIMEOUT = 30.0
+
 #: Frozen layers allowed to wait for the flush task before ``put`` waits. One (the layer
 #: being flushed) keeps ingest memory at about one open layer's index plus one flush.
 MAX_FROZEN_LAYERS = 1
@@ -138,8 +141,11 @@ class Timeline:
         self.next_layer_start = disk_consistent_lsn + 1
         #: Reads below it answer ``lsn_too_old`` (SPEC section 11); only ever rises.
         self.gc_cutoff_lsn = start_lsn if gc_cutoff_lsn is None else max(gc_cutoff_lsn, start_lsn)
-        #: LSNs of the reads walking the layers right now (GC keeps what they need).
-        self._read_lsns: Counter[int] = Counter()
+        #: Reads walking the layers right now, by the GC epoch they began in (a GC pass
+        #: starts a new epoch and waits for the older reads before removing layers).
+        self._read_epoch = 0
+        self._reads: Counter[int] = Counter()
+        self._read_ended = trio.Event()
         self.open_layer: InMemoryLayer | None = None
         self.frozen: deque[InMemoryLayer] = deque()
         self.layer_map = LayerMap()
@@ -604,7 +610,10 @@ class Timeline:
             if self.remote is not None:
                 self.remote.tenant.check_not_stale()
             conf = self._conf()
-            cutoff = next_cutoff(self.gc_cutoff_lsn, self.last_record_lsn, conf.gc_horizon, self.start_lsn)
+            cutoff = next_cutoff(
+                self.gc_cutoff_lsn, self.last_record_lsn, conf.gc_horizon, self.start_lsn,
+                self.disk_consistent_lsn,
+            )  # fmt: skip
             if cutoff > self.gc_cutoff_lsn:
                 # Durable before anything goes: a restart must not serve below it again.
                 async with self._metadata_lock:
@@ -614,9 +623,10 @@ class Timeline:
                 self._m_gc_cutoff.set(cutoff)
                 if self.remote is not None:
                     self.remote.schedule_index_upload(self.disk_consistent_lsn, cutoff)
-            # Reads that began below the new cutoff are still walking: keep their layers.
-            removal_cutoff = min([cutoff, *self._read_lsns])
-            candidates = plan(self.layer_map.layers, removal_cutoff)
+            # Reads that begin from here on walk the layer map as ``plan`` sees it.
+            self._read_epoch += 1
+            barrier = self._read_epoch
+            candidates = plan(self.layer_map.layers, cutoff)
             doomed: list[HistoricLayer] = []
             if candidates:
                 needed = list({id(hl): hl for c in candidates for hl in (c.layer, *c.images)}.values())
@@ -626,21 +636,45 @@ class Timeline:
                 finally:
                     unpin(pinned)
                 doomed = [c.layer for c, ok in zip(candidates, covered, strict=True) if ok]
+            if doomed and not await self._reads_drained(barrier):
+                self.log.warning(
+                    "gc: reads older than this pass still running; nothing removed this time",
+                    gc_cutoff_lsn=cutoff, layers=len(doomed),
+                )  # fmt: skip
+                doomed = []
             t0 = time.perf_counter()
             if doomed:
-                # Out of the layer map in one step (no await): no new read picks them.
-                for hl in doomed:
-                    self.layer_map.remove(hl)
-                self._schedule_remote([], doomed)
-                self._update_gauges()
-                await failpoints.failpoint("gc-before-delete")
-                await remove_layers(self.ctx, self.dir, doomed)
+                with cleanup_shield():
+                    # Out of the layer map in one step (no await): no new read picks them.
+                    for hl in doomed:
+                        self.layer_map.remove(hl)
+                    self._schedule_remote([], doomed)
+                    self._update_gauges()
+                    await failpoints.failpoint("gc-before-delete")
+                    await remove_layers(self.ctx, self.dir, doomed)
                 metrics.GC_LAYERS_REMOVED.inc(len(doomed))
             self.log.info(
                 "gc", gc_cutoff_lsn=cutoff, layers_removed=len(doomed),
                 candidates=len(candidates), delete_s=round(time.perf_counter() - t0, 4),
             )  # fmt: skip
             return GcResult(len(doomed), cutoff)
+
+    async def _reads_drained(self, barrier: int) -> bool:
+        """Wait until every read that began before epoch ``barrier`` has ended.
+
+        Such a read may have started before compaction published the image that GC counts
+        on (or below the cutoff GC just raised) and walk into layers the plan removes; a
+        read pins only the layer it is reading, not the ones below (as Neon's GC waits for
+        the readers of the old ``latest_gc_cutoff_lsn``). False after
+        ``READ_DRAIN_TIMEOUT`` (a read stuck on a download from an unreachable store):
+        the pass then removes nothing, and the next one tries again.
+        """
+        with trio.move_on_after(READ_DRAIN_TIMEOUT):
+            while any(epoch < barrier for epoch in self._reads):
+                self._read_ended = trio.Event()
+                await self._read_ended.wait()
+            return True
+        return False
 
     async def adopt_remote_state(self, disk_consistent_lsn: int, gc_cutoff_lsn: int) -> None:
         """The newest remote index is ahead of the local metadata (startup, attach): take
@@ -708,13 +742,15 @@ class Timeline:
         in_memory = ([self.open_layer] if self.open_layer is not None else []) + list(
             reversed(self.frozen)
         )
-        self._read_lsns[lsn] += 1
+        epoch = self._read_epoch
+        self._reads[epoch] += 1
         try:
             return await reconstruct(self.ctx, key, lsn, self.layer_map, in_memory)
         finally:
-            self._read_lsns[lsn] -= 1
-            if not self._read_lsns[lsn]:
-                del self._read_lsns[lsn]
+            self._reads[epoch] -= 1
+            if not self._reads[epoch]:
+                del self._reads[epoch]
+            self._read_ended.set()
 
     async def get(self, key: bytes, lsn: int) -> bytes | None:
         found = await self._reconstruct(key, lsn)
