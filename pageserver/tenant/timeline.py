@@ -574,21 +574,31 @@ class Timeline:
         period_of: Callable[[TenantConfig], float],
         job: Callable[[], Awaitable[object]],
     ) -> None:
-        """Run ``job`` every period of the tenant config (read again each time: a
-        ``tenant_config`` change applies from the next period); ``0`` turns it off, as in
-        Neon. A failure is logged and the job runs again next period."""
+        """Run ``job`` every period of the tenant config; ``0`` turns it off, as in Neon.
+
+        The period is read again at least every second, so a ``tenant_config`` change (say
+        ``gc_period`` from ``"1h"`` to ``"10s"``) applies at once rather than after the
+        period already being waited out. A failure is logged; the job runs again next period.
+        """
+        last = trio.current_time()
         while not (self._closed or self._stopping):
             period = period_of(self._conf())
             if period <= 0:
+                last = trio.current_time()
                 await trio.sleep(1.0)
                 continue
-            await trio.sleep(period)
+            due = last + period
+            now = trio.current_time()
+            if now < due:
+                await trio.sleep(min(due - now, 1.0))
+                continue
             try:
                 await job()
             except ShuttingDown:
                 return
             except Exception as e:  # noqa: BLE001 - logged, retried next period
                 self.log.error(f"{what} failed", error=repr(e))
+            last = trio.current_time()
 
     # -- garbage collection (SPEC section 11) ------------------------------------------------------
 

@@ -229,6 +229,22 @@ async def test_background_gc_runs_every_period(engine_kind: str, tmp_path: Path)
                 await trio.sleep(0.05)
 
 
+async def test_a_shorter_gc_period_applies_at_once(engine_kind: str, tmp_path: Path) -> None:
+    """``gc_period`` from 1h to 100ms: the background pass does not first wait out the hour."""
+    model = Model()
+    async with manager(engine_kind, tmp_path, cfg(horizon=50)) as mgr:
+        await mgr.create_tenant(TENANT, {"gc_horizon": 50, "gc_period": "1h"})
+        await mgr.create_timeline(TENANT, TIMELINE, start_lsn=0)
+        await ingest(mgr, model, range(1, 101))
+        await mgr.flush(TENANT, TIMELINE)
+        await trio.sleep(1.2)
+        assert timeline_status(mgr)["gc_cutoff_lsn"] == 0
+        await mgr.set_tenant_config(TENANT, {"gc_horizon": 50, "gc_period": "100ms"})
+        with trio.fail_after(10):
+            while timeline_status(mgr)["gc_cutoff_lsn"] != 50:
+                await trio.sleep(0.05)
+
+
 async def test_stale_metadata_without_cutoff_still_loads(engine_kind: str, tmp_path: Path) -> None:
     """A data directory written before GC existed (no gc_cutoff_lsn in metadata) starts,
     with the cutoff at start_lsn."""
