@@ -638,30 +638,38 @@ class Timeline:
             barrier = self._read_epoch
             candidates = plan(self.layer_map.layers, cutoff)
             doomed: list[HistoricLayer] = []
-            if candidates:
-                needed = list({id(hl): hl for c in candidates for hl in (c.layer, *c.images)}.values())
-                pinned = await self._pin_resident(needed)
-                try:
+            pinned: list[HistoricLayer] = []
+            try:
+                if candidates:
+                    needed = list(
+                        {id(hl): hl for c in candidates for hl in (c.layer, *c.images)}.values()
+                    )
+                    # Pinned until they leave the layer map: eviction must not make a doomed
+                    # layer remote-only while a read that began during the wait below may
+                    # still walk into it (its download would find no index naming it).
+                    pinned = await self._pin_resident(needed)
                     covered = await self.ctx.run_job(keys_covered, self.ctx, candidates)
-                finally:
-                    unpin(pinned)
-                doomed = [c.layer for c, ok in zip(candidates, covered, strict=True) if ok]
-            if doomed and not await self._reads_drained(barrier):
-                self.log.warning(
-                    "gc: reads older than this pass still running; nothing removed this time",
-                    gc_cutoff_lsn=cutoff, layers=len(doomed),
-                )  # fmt: skip
-                doomed = []
+                    doomed = [c.layer for c, ok in zip(candidates, covered, strict=True) if ok]
+                if doomed and not await self._reads_drained(barrier):
+                    self.log.warning(
+                        "gc: reads older than this pass still running; nothing removed this time",
+                        gc_cutoff_lsn=cutoff, layers=len(doomed),
+                    )  # fmt: skip
+                    doomed = []
+                # Out of the layer map in one step (no await): no new read picks them.
+                for hl in doomed:
+                    self.layer_map.remove(hl)
+            finally:
+                unpin(pinned)
             t0 = time.perf_counter()
             if doomed:
                 with cleanup_shield():
-                    # Out of the layer map in one step (no await): no new read picks them.
-                    for hl in doomed:
-                        self.layer_map.remove(hl)
-                    self._schedule_remote([], doomed)
                     self._update_gauges()
                     await failpoints.failpoint("gc-before-delete")
+                    # Waits for the reads still using them, then deletes the local files; only
+                    # then the index without them (remote deletions follow that index).
                     await remove_layers(self.ctx, self.dir, doomed)
+                    self._schedule_remote([], doomed)
                 metrics.GC_LAYERS_REMOVED.inc(len(doomed))
             self.log.info(
                 "gc", gc_cutoff_lsn=cutoff, layers_removed=len(doomed),
