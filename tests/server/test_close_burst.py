@@ -1,12 +1,19 @@
 """A thousand stalled peers that send one more byte and close at once must not stall a
-good client for a long scheduler pass (issue 11: its ``status`` p99 was 69-159 ms in that
-window against a 50 ms target).
+good client (issue 11: its ``status`` p99 was 69-159 ms in that window against a 50 ms
+target).
 
 The peers run in a subprocess (plain blocking sockets), so this process's loop does only
 the server's work and the good client's. Each peer holds 1-3 bytes of a frame header for
 longer than the server's "cold" threshold, then all send a byte (a third complete a
-zero-length header: a ``bad_frame`` reply) and close. Every scheduler pass of the burst is
-timed, and a good client keeps asking ``status`` throughout.
+zero-length header: a ``bad_frame`` reply) and close, while a good client keeps asking
+``status``.
+
+What is asserted is how much other work the loop does while one ``status`` is
+outstanding, counted in trio task steps, not milliseconds (wall-clock latency is the
+benchmark's business, ``scripts/slowloris.py``, and a shared 2-core CI machine would make
+a timed assertion flaky). Before the fix every peer's teardown ran ahead of the good
+client: 4,100-4,700 task steps for one round trip (114-130 ms); after it the woken cold
+peers are let through a few per pass: 120-224 steps (3-15 ms).
 """
 
 from __future__ import annotations
@@ -21,10 +28,9 @@ from pageserver.client import Client
 from tests.server.test_badinput import Harness, _raise_nofile, h  # noqa: F401 - fixture
 
 PEERS = 1000
-#: Far above what a pass takes with the fix (a few ms; ~12 ms for the first pass, where a
-#: thousand peers wake), far below what it took without (~50-140 ms here).
-MAX_PASS_MS = 40.0
-MAX_ROUND_TRIP_MS = 45.0
+#: Task steps while one ``status`` round trip is outstanding: far above the fix's 120-224,
+#: far below the 4,100+ of every peer's teardown first (module docstring).
+MAX_STEPS_PER_ROUND_TRIP = 1500
 
 ATTACKER = r"""
 import random, socket, sys
@@ -47,19 +53,14 @@ sys.stdin.readline()
 """
 
 
-class _PassTimer(trio.abc.Instrument):
-    """Times every scheduler pass (from the end of one I/O wait to the start of the next)."""
+class _StepCounter(trio.abc.Instrument):
+    """Counts the loop's task steps."""
 
     def __init__(self) -> None:
-        self.start: float | None = None  # the first pass timed starts after an I/O wait
-        self.longest = 0.0
+        self.steps = 0
 
-    def after_io_wait(self, timeout: float) -> None:
-        self.start = time.perf_counter()
-
-    def before_io_wait(self, timeout: float) -> None:
-        if self.start is not None:
-            self.longest = max(self.longest, time.perf_counter() - self.start)
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps += 1
 
 
 async def test_close_burst_keeps_passes_short(h: Harness) -> None:  # noqa: F811
@@ -82,16 +83,19 @@ async def test_close_burst_keeps_passes_short(h: Harness) -> None:  # noqa: F811
             while h.server.open_connections < PEERS:
                 await trio.sleep(0.01)
         await trio.sleep(1.5)  # stalled peers now (the server's COLD_AFTER is 1 s)
-        timer = _PassTimer()
+        timer = _StepCounter()
         round_trips: list[float] = []
+        step_counts: list[int] = []
         async with await Client.connect(h.addr) as c:
             done = trio.Event()
 
             async def good_client() -> None:
                 while not done.is_set():
                     t0 = time.perf_counter()
+                    s0 = timer.steps
                     await c.request("status")
                     round_trips.append(time.perf_counter() - t0)
+                    step_counts.append(timer.steps - s0)
                     await trio.sleep(0.002)
 
             async with trio.open_nursery() as nursery:
@@ -108,10 +112,12 @@ async def test_close_burst_keeps_passes_short(h: Harness) -> None:  # noqa: F811
                 finally:
                     trio.lowlevel.remove_instrument(timer)
                 done.set()
-        longest_ms = timer.longest * 1000
-        worst_ms = max(round_trips) * 1000
-        assert longest_ms < MAX_PASS_MS, f"a scheduler pass took {longest_ms:.1f} ms"
-        assert worst_ms < MAX_ROUND_TRIP_MS, f"a status round trip took {worst_ms:.1f} ms"
+        assert round_trips, "the good client was answered during the burst"
+        worst = max(step_counts)
+        assert worst < MAX_STEPS_PER_ROUND_TRIP, (
+            f"{worst} task steps ran while one status waited "
+            f"({max(round_trips) * 1000:.1f} ms): the burst went ahead of the good client"
+        )
         assert h.server.buffered_bytes == 0
     finally:
         say(b"bye\n")
