@@ -9,9 +9,11 @@ every other client for the whole hold before the server gave back a connection's
 read-pool bytes while it waits for a frame reservation; 200 did not always.)
 
 A separate well-behaved client meanwhile asks ``status`` in a loop: every round trip must
-succeed and the p99 stay below 200 ms, over the run and in each hold and close window
-(generous: CI machines are noisy; the long run's report uses 50 ms), and afterwards a fresh
-client must be served and the daemon must stop on SIGTERM.
+succeed and the p99 stay below 1 s, over the run and in each hold and close window, and
+afterwards a fresh client must be served and the daemon must stop on SIGTERM. The bound
+only catches a wedge (the bugs this guards against stalled every client for the whole
+2 s hold, or until the 30 s stall timeout); latency itself is the long run's business
+(``scripts/slowloris.py``, 50 ms p99), not a timed assertion on a shared CI machine.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def test_slowloris_short(engine: str) -> None:
     p = subprocess.run(
         [sys.executable, str(SCRIPT), "--engine", engine, "--connections", "300",
          "--duration", "2", "--phase", "all", "--auth",
-         "--baseline", "0.5", "--settle", "0.5", "--p99-limit-ms", "200", "--json"],
+         "--baseline", "0.5", "--settle", "0.5", "--p99-limit-ms", "1000", "--json"],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     elapsed = time.monotonic() - t0
@@ -55,5 +57,5 @@ def test_slowloris_short(engine: str) -> None:
         assert row["connect_failed"] == 0 and row["hello_failed"] == 0, row
     assert r["verdict"] == "PASS", f"{r['problems']}\n{summary}"
     assert r["overall"]["failures"] == 0
-    assert r["overall"]["p99_ms"] < 200
+    assert r["overall"]["p99_ms"] < 1000
     assert r["serves_after"], r["serves_after_error"]
