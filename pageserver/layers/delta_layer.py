@@ -19,7 +19,18 @@ import numpy as np
 import numpy.typing as npt
 
 from pageserver.io import IoContext, cooperative_checkpoint
-from pageserver.layers.blob_io import PAGE_SZ, BlobWriter, pack_blobs
+from pageserver.layers.blob_io import (
+    BYTE_UNCOMPRESSED,
+    BYTE_ZSTD,
+    LEN_COMPRESSION_BIT_MASK,
+    MAX_BLOB_LEN,
+    PAGE_SZ,
+    SHORT_BLOB_LEN,
+    BlobError,
+    BlobWriter,
+    decompress,
+    pack_blobs,
+)
 from pageserver.layers.common import (
     DELTA_KEY_SIZE,
     BatchIterator,
@@ -28,6 +39,7 @@ from pageserver.layers.common import (
     OpenLayerFile,
     reading_layer,
 )
+from pageserver.layers.disk_btree import BtreeError, Node
 from pageserver.layers.key import KEY_SIZE, MAX_LSN, Key, Lsn, TenantId, TimelineId
 from pageserver.layers.layer_name import DeltaLayerName, layer_name_text
 from pageserver.layers.summary import DeltaSummary
@@ -345,6 +357,73 @@ class DeltaLayer(OpenLayerFile[DeltaSummary]):
         """``(key, lsn, offset, will_init, value bytes)`` in (key, lsn) order."""
         return DeltaIndexIterator(self, start_key, with_values=True)
 
+    def iter_index_columns(self) -> DeltaIndexColumns:
+        """The whole index in (key, lsn) order as arrays, a leaf page at a time."""
+        return DeltaIndexColumns(self)
+
+    async def read_values(
+        self, offsets: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """The values (stored bytes, decompressed if zstd: what :meth:`iter_all` returns)
+        of the blobs at ``offsets`` (a run of entries, in file order) as
+        ``(buffer, start in it, length)`` per offset: one read of the span they cover.
+
+        The batch form of reading entries' values: headers decoded with array operations.
+        """
+        with reading_layer(self.path):
+            return await self._read_values(offsets)
+
+    async def _read_values(
+        self, offsets: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        n = len(offsets)
+        if not n:
+            return np.empty(0, np.uint8), np.empty(0, np.int64), np.empty(0, np.int64)
+        size = self.file_size
+        lo, hi = int(offsets.min()), int(offsets.max())
+        if lo < 0 or hi >= size:
+            raise BlobError(f"blob offset outside the file ({size} bytes)")
+        reader = self._reader
+        raw = await reader.read_at(lo, min(hi + 4, size) - lo)
+        buf = np.frombuffer(raw, np.uint8)
+        rel = offsets - lo
+        first = buf[rel]
+        hlen = np.where(first < SHORT_BLOB_LEN, 1, 4).astype(np.int64)
+        lens = first.astype(np.int64)
+        long = np.flatnonzero(hlen == 4)
+        bits = np.empty(0, np.int64)
+        if len(long):
+            at = rel[long]
+            if int(at.max()) + 4 > len(buf):
+                raise BlobError("blob header too short")
+            word = (
+                (buf[at].astype(np.int64) << 24) | (buf[at + 1].astype(np.int64) << 16)
+                | (buf[at + 2].astype(np.int64) << 8) | buf[at + 3].astype(np.int64)
+            )  # fmt: skip
+            bits = (word >> 24) & LEN_COMPRESSION_BIT_MASK
+            if not np.isin(bits, (BYTE_UNCOMPRESSED, BYTE_ZSTD)).all():
+                raise BlobError("invalid compression bits")
+            lens[long] = word & MAX_BLOB_LEN
+        starts = rel + hlen
+        end = int((starts + lens).max())
+        if end > len(buf):
+            if lo + end > size:
+                raise BlobError(f"read of a blob outside the file ({size} bytes)")
+            grown = bytearray(raw)
+            grown += await reader.read_at(lo + len(buf), end - len(buf))
+            buf = np.frombuffer(grown, np.uint8)
+        if len(long) and bool((bits == BYTE_ZSTD).any()):
+            zstd = set(long[bits == BYTE_ZSTD].tolist())
+            view = buf.data
+            parts = [
+                decompress(bytes(view[s : s + ln])) if i in zstd else bytes(view[s : s + ln])
+                for i, (s, ln) in enumerate(zip(starts.tolist(), lens.tolist(), strict=True))
+            ]
+            lens = np.fromiter(map(len, parts), np.int64, n)
+            starts = np.cumsum(lens) - lens
+            buf = np.frombuffer(b"".join(parts), np.uint8)
+        return buf, starts, lens
+
     async def load_all(self) -> list[tuple[Key, Lsn, bytes]]:
         """Every entry as ``(key, lsn, encoded value)`` (tests, dump, small layers)."""
         out: list[tuple[Key, Lsn, bytes]] = []
@@ -379,3 +458,59 @@ class DeltaIndexIterator(BatchIterator[DeltaEntry]):
             value = await read_blob(ref >> 1) if self._with_values else b""
             out.append((Key(dk[:KEY_SIZE]), Lsn(unpack(dk, KEY_SIZE)[0]), ref >> 1, bool(ref & 1), value))
         return out
+
+
+class DeltaIndexColumns:
+    """A delta layer's whole index in order, a leaf page at a time, as arrays:
+    ``(index keys, refs)``: ``(n, 26)`` bytes ``key ++ lsn`` (big-endian) and ``uint64``
+    ``blob_offset << 1 | will_init``; None at the end.
+
+    The batch form of :meth:`DeltaLayer.iter_index` (no Python object per entry), with the
+    same checks as the B-tree's iterator (each child's level and key range, through
+    :meth:`~pageserver.layers.disk_btree.DiskBtreeReader.descend`, and keys strictly
+    increasing across the whole scan).
+    """
+
+    def __init__(self, layer: DeltaLayer) -> None:
+        self._layer = layer
+        self._stack: list[tuple[Node, int, bytes | None, bytes | None]] = []
+        self._started = False
+        self._last: bytes | None = None
+
+    async def next_batch(self) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint64]] | None:
+        with reading_layer(self._layer.path):
+            return await self._next_batch()
+
+    async def _next_batch(self) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint64]] | None:
+        index = self._layer.index
+        if not self._started:
+            self._started = True
+            self._stack.append((await index.root(), 0, None, None))
+        while self._stack:
+            node, i, lo, hi = self._stack.pop()
+            if node.level == 0:
+                return self._leaf(node)
+            if i + 1 < node.n:
+                self._stack.append((node, i + 1, lo, hi))
+            child, clo, chi = await index.descend(node, i, lo, hi)
+            self._stack.append((child, 0, clo, chi))
+        return None
+
+    def _leaf(self, node: Node) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint64]]:
+        n, plen, slen = node.n, node.plen, node.slen
+        if plen + slen != DELTA_KEY_SIZE:
+            raise BtreeError(f"corrupt B-tree node: key size {plen + slen} != {DELTA_KEY_SIZE}")
+        keys = np.empty((n, DELTA_KEY_SIZE), np.uint8)
+        keys[:, :plen] = np.frombuffer(node.prefix, np.uint8)
+        keys[:, plen:] = np.frombuffer(node.page, np.uint8, n * slen, node.keys_off).reshape(n, slen)
+        v8 = np.zeros((n, 8), np.uint8)
+        v8[:, 8 - 5 :] = np.frombuffer(node.page, np.uint8, n * 5, node.vals_off).reshape(n, 5)
+        refs = v8.view(">u8").ravel().astype(np.uint64)
+        flat = keys.view(f"S{DELTA_KEY_SIZE}").ravel()
+        first = keys[0].tobytes()
+        if (n > 1 and not bool((flat[1:] > flat[:-1]).all())) or (
+            self._last is not None and first <= self._last
+        ):
+            raise BtreeError("corrupt B-tree: keys out of order in a forward scan")
+        self._last = keys[n - 1].tobytes()
+        return keys, refs
