@@ -415,10 +415,12 @@ class DeltaLayer(OpenLayerFile[DeltaSummary]):
         if len(long) and bool((bits == BYTE_ZSTD).any()):
             zstd = set(long[bits == BYTE_ZSTD].tolist())
             view = buf.data
-            parts = [
-                decompress(bytes(view[s : s + ln])) if i in zstd else bytes(view[s : s + ln])
-                for i, (s, ln) in enumerate(zip(starts.tolist(), lens.tolist(), strict=True))
-            ]
+            parts = []
+            for i, (s, ln) in enumerate(zip(starts.tolist(), lens.tolist(), strict=True)):
+                parts.append(decompress(bytes(view[s : s + ln])) if i in zstd else bytes(view[s : s + ln]))
+                if i % 64 == 63:
+                    # Decompression is CPU work: under trio-uring this runs on the loop.
+                    await cooperative_checkpoint()
             lens = np.fromiter(map(len, parts), np.int64, n)
             starts = np.cumsum(lens) - lens
             buf = np.frombuffer(b"".join(parts), np.uint8)
