@@ -31,11 +31,18 @@ writer unusable.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from pageserver.io.virtual_file import PendingWrite, VirtualFile
 
 DEFAULT_BUFFER_SIZE = 64 * 1024
 MIN_BUFFER_SIZE = 64 * 1024
+#: Borrowed writes at least this large are started through ``run_job`` (module docstring).
+OFFLOAD_MIN_BYTES = 256 * 1024
+
+#: What :meth:`IoContext.run_job` is: runs ``fn(*args)`` the way the engine runs jobs.
+RunJob = Callable[..., Awaitable[Any]]
 
 
 class BufferedWriter:
@@ -50,6 +57,7 @@ class BufferedWriter:
         file: VirtualFile,
         buffer_size: int = DEFAULT_BUFFER_SIZE,
         start_offset: int = 0,
+        run_job: RunJob | None = None,
     ) -> None:
         if buffer_size < MIN_BUFFER_SIZE:
             raise ValueError(f"buffer_size must be at least {MIN_BUFFER_SIZE}")
@@ -69,6 +77,8 @@ class BufferedWriter:
         #: Buffers whose write failed with an OSError, oldest first: (offset, buf, length).
         #: Written again before anything else; served from memory by ``read_at`` meanwhile.
         self._unwritten: list[tuple[int, bytearray | memoryview, int]] = []
+        #: Starts large borrowed writes (module docstring); None: on the caller's thread.
+        self._run_job = run_job
 
     @property
     def offset(self) -> int:
@@ -187,7 +197,12 @@ class BufferedWriter:
         while len(self._inflight) >= self._depth:
             await self._complete_oldest()
         try:
-            pending = await self.file.start_write_all_at(view, offset)
+            if self._run_job is not None and len(view) >= OFFLOAD_MIN_BYTES:
+                pending: PendingWrite = await self._run_job(
+                    self.file.start_write_all_at, view, offset
+                )
+            else:
+                pending = await self.file.start_write_all_at(view, offset)
         except OSError:
             self._unwritten.append((offset, view, len(view)))
             self._buf_offset = offset + len(view)

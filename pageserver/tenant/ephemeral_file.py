@@ -35,7 +35,9 @@ class EphemeralFile:
         self.ctx = ctx
         self.path = path
         self._vf = vf
-        self._writer = BufferedWriter(vf)
+        # Large appends (a put step's values) are written through ``ctx.run_job``: under
+        # std-fs the pwrite of several MiB then runs in a worker thread, not on the loop.
+        self._writer = BufferedWriter(vf, run_job=ctx.run_job)
         #: Set once :meth:`finish` has written everything: reads then go to the file.
         self._finished = False
 

@@ -210,3 +210,65 @@ async def test_borrowed_write_on_a_full_disk_is_kept_and_written_again(
     assert await w.finish() == len(logical)
     await vf.close()
     assert Path(path).read_bytes() == bytes(logical)
+
+
+@pytest.mark.parametrize("full_disk", [False, True])
+async def test_large_borrowed_writes_start_through_run_job(
+    io_ctx: IoContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, full_disk: bool
+) -> None:
+    """Given ``run_job``, a borrowed write of at least ``OFFLOAD_MIN_BYTES`` is started
+    through it (under std-fs: in the job's worker thread, not on the loop); smaller writes
+    are not. Offsets, bytes and the full-disk behaviour (kept, written again) are as without."""
+    import threading
+
+    from pageserver.io.buffered_writer import OFFLOAD_MIN_BYTES
+
+    loop_thread = threading.get_ident()
+    started: list[tuple[int, bool]] = []  # (length, on the loop's thread)
+    original = VirtualFile.start_write_all_at
+
+    async def spy(self: VirtualFile, data: bytes | bytearray | memoryview, offset: int):  # type: ignore[no-untyped-def]
+        started.append((len(data), threading.get_ident() == loop_thread))
+        # The 4th write: two of ``small``, then ``big``'s top-up buffer, then its run.
+        if full_disk and len(data) >= OFFLOAD_MIN_BYTES and len(started) == 4:
+            raise OSError(28, "No space left on device (injected)")
+        return await original(self, data, offset)
+
+    monkeypatch.setattr(VirtualFile, "start_write_all_at", spy)
+    jobs = 0
+
+    async def run_job(fn, *args):  # type: ignore[no-untyped-def]
+        nonlocal jobs
+        jobs += 1
+        return await io_ctx.run_job(fn, *args)
+
+    path = str(tmp_path / "bw")
+    vf = await io_ctx.create(path)
+    w = BufferedWriter(vf, BUF, run_job=run_job)
+    logical = bytearray(b"head" * 1000)
+    await w.write(bytes(logical), borrow=True)
+    small = bytes(range(256)) * (2 * BUF // 256)  # one topped-up buffer + one borrowed run
+    await w.write(small, borrow=True)
+    logical += small
+    assert jobs == 0
+    big = bytes(range(256)) * (OFFLOAD_MIN_BYTES // 256 + 3 * BUF // 256 + 5)
+    if full_disk:
+        # The top-up buffer is written, the borrowed run fails (in the job) and is kept.
+        with pytest.raises(OSError) as ei:
+            await w.write(big, borrow=True)
+        assert ei.value.errno == 28 and w.broken is None
+        logical += big[: w.offset - len(logical)]
+        assert await w.read_at(0, w.offset) == bytes(logical)
+    else:
+        assert await w.write(big, borrow=True) == len(logical)
+        logical += big
+    assert jobs == 1
+    big_starts = [on_loop for n, on_loop in started if n >= OFFLOAD_MIN_BYTES]
+    assert len(big_starts) == 1 and all(n >= OFFLOAD_MIN_BYTES for n, on in started if not on)
+    assert big_starts[0] is (not io_ctx.engine.runs_jobs_in_thread)
+    tail = b"tail" * 50_000
+    assert await w.write(tail, borrow=True) == len(logical)
+    logical += tail
+    assert await w.finish() == len(logical)
+    await vf.close()
+    assert Path(path).read_bytes() == bytes(logical)
