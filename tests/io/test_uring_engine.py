@@ -585,21 +585,11 @@ def test_one_ring_per_run(tmp_path: Path) -> None:
 
 
 _NO_THREADS_CHILD = r"""
-import os, sys, threading
+import os, sys
+sys.path.insert(0, sys.argv[2])
 import trio
 from pageserver.io import UringEngine
-
-def threads_and_tasks():
-    names = set()
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/comm") as f:
-                name = f.read().strip()
-        except FileNotFoundError:
-            continue
-        if not name.startswith("iou-"):
-            names.add(f"{tid}:{name}")
-    return threading.active_count(), names
+from tests.io.test_uring_engine import python_threads_and_tasks as threads_and_tasks
 
 async def main(tmp):
     e = UringEngine()
@@ -640,7 +630,7 @@ def test_no_python_threads_during_uring_io(tmp_path: Path) -> None:
 
     require_uring()
     p = subprocess.run(
-        [sys.executable, "-c", _NO_THREADS_CHILD, str(tmp_path)],
+        [sys.executable, "-c", _NO_THREADS_CHILD, str(tmp_path), str(Path(__file__).resolve().parents[2])],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert p.returncode == 0 and p.stdout.strip() == "ok", p.stdout + p.stderr

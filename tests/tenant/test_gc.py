@@ -64,6 +64,13 @@ def timeline_status(mgr) -> dict:  # type: ignore[no-untyped-def,type-arg]
     return mgr.status()[0]["timelines"][0]  # type: ignore[no-any-return]
 
 
+async def wait_for_cutoff(mgr, lsn: int, timeout: float) -> None:  # type: ignore[no-untyped-def]
+    """Wait until a background GC pass has moved the cutoff to ``lsn``."""
+    with trio.fail_after(timeout):
+        while timeline_status(mgr)["gc_cutoff_lsn"] != lsn:
+            await trio.sleep(0.05)
+
+
 # -- the rule, on names ------------------------------------------------------------------------
 
 
@@ -224,9 +231,7 @@ async def test_background_gc_runs_every_period(engine_kind: str, tmp_path: Path)
         await mgr.create_timeline(TENANT, TIMELINE, start_lsn=0)
         await ingest(mgr, model, range(1, 201))
         await mgr.flush(TENANT, TIMELINE)
-        with trio.fail_after(20):
-            while timeline_status(mgr)["gc_cutoff_lsn"] != 150:
-                await trio.sleep(0.05)
+        await wait_for_cutoff(mgr, 150, timeout=20)
 
 
 async def test_a_shorter_gc_period_applies_at_once(engine_kind: str, tmp_path: Path) -> None:
@@ -240,9 +245,7 @@ async def test_a_shorter_gc_period_applies_at_once(engine_kind: str, tmp_path: P
         await trio.sleep(1.2)
         assert timeline_status(mgr)["gc_cutoff_lsn"] == 0
         await mgr.set_tenant_config(TENANT, {"gc_horizon": 50, "gc_period": "100ms"})
-        with trio.fail_after(10):
-            while timeline_status(mgr)["gc_cutoff_lsn"] != 50:
-                await trio.sleep(0.05)
+        await wait_for_cutoff(mgr, 50, timeout=10)
 
 
 async def test_stale_metadata_without_cutoff_still_loads(engine_kind: str, tmp_path: Path) -> None:
