@@ -45,6 +45,7 @@ from pageserver.io import (
     FileStat,
     IoContext,
     IoEngine,
+    PendingIo,
     StdFsEngine,
     create_engine,
     drive_to_completion,
@@ -128,6 +129,9 @@ class PerOpOffloadEngine(IoEngine):
 
     async def fdatasync(self, fd: int) -> None:
         await _in_thread(self._std.fdatasync, fd)
+
+    async def submit_writeback(self, fd: int, offset: int, nbytes: int) -> PendingIo:
+        return await _in_thread(self._std.submit_writeback, fd, offset, nbytes)
 
     async def stat(self, fd: int) -> FileStat:
         return await _in_thread(self._std.stat, fd)

@@ -17,6 +17,21 @@ Reads. The logical file is the bytes on disk followed by the bytes still in the 
 buffer (and in buffers in flight). :meth:`read_at` serves the part that is not yet on
 disk from memory, so a reader never sees a hole or stale bytes.
 
+Early writeback. A file its owner will fsync (a layer file: ``will_fsync=True``) is
+written into the page cache, and the kernel would start writing it to the disk only when
+dirty memory passes ``dirty_background_ratio`` (gigabytes on a big machine) or after
+``dirty_expire_centisecs`` (30 s): so the disk sat idle while the file was produced, and
+the final fsync then waited for all of it. So, as RocksDB's ``bytes_per_sync`` does, each
+completed range of :data:`WRITEBACK_BYTES` is handed to the kernel's writeback at once
+(:meth:`VirtualFile.start_writeback`: ``sync_file_range(SYNC_FILE_RANGE_WRITE)``), and the
+fsync finds only the last range still dirty. Never waited for, and a hint only: its errors
+are ignored (the fsync, the durability point, still reports and aborts on any writeback
+error). Not under ``no_sync`` (nothing durable is promised; writing back early would only
+spend disk bandwidth), and not for the ephemeral file (never fsync'd; it is deleted after
+the flush, and writing it back would double the disk traffic of every ingested byte).
+Under std-fs the call runs where the writer runs: inside a layer-writing job, in its
+worker thread.
+
 Failed writes. A write error that reaches the writer is one the process survives (EIO,
 EROFS and EACCES abort in :mod:`virtual_file` before they get here): a full disk (ENOSPC,
 EDQUOT), say. The buffer whose write failed is kept, in memory, as *unwritten*: reads
@@ -30,6 +45,7 @@ writer unusable.
 
 from __future__ import annotations
 
+import mmap
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -41,6 +57,19 @@ MIN_BUFFER_SIZE = 64 * 1024
 #: Borrowed writes at least this large are started through ``run_job`` (module docstring).
 OFFLOAD_MIN_BYTES = 256 * 1024
 
+#: With ``will_fsync``, writeback of the file is started every time this many more bytes
+#: are written (module docstring). Large enough that the hint costs nothing (one syscall
+#: or SQE per 32 buffers of a layer file's 256 KiB) and that the disk gets big sequential
+#: requests; small enough that the disk starts early and the final fsync is left at most
+#: this much, plus the unfinished tail (~7 ms at the 1.2 GiB/s this VM's disk syncs at).
+#: RocksDB's ``bytes_per_sync`` is commonly set to 1 MiB for its SST files; we take 8 MiB
+#: because our layer files are written in 256 KiB buffers, and a flush writes hundreds
+#: of MiB.
+WRITEBACK_BYTES = 8 << 20
+#: Writeback ranges end on a page boundary: a page still being filled would be written
+#: twice, and a write into a page under writeback may have to wait for that I/O.
+_PAGE_MASK = ~(mmap.PAGESIZE - 1)
+
 #: What :meth:`IoContext.run_job` is: runs ``fn(*args)`` the way the engine runs jobs.
 RunJob = Callable[..., Awaitable[Any]]
 
@@ -50,6 +79,8 @@ class BufferedWriter:
 
     ``start_offset`` is where the first appended byte goes (layer writers start at 8192,
     after the summary page); offsets reported by :meth:`write` are absolute file offsets.
+    ``will_fsync``: the owner fsyncs the file once it is finished (layer files), so its
+    writeback is started early, every :data:`WRITEBACK_BYTES` (module docstring).
     """
 
     def __init__(
@@ -58,6 +89,8 @@ class BufferedWriter:
         buffer_size: int = DEFAULT_BUFFER_SIZE,
         start_offset: int = 0,
         run_job: RunJob | None = None,
+        *,
+        will_fsync: bool = False,
     ) -> None:
         if buffer_size < MIN_BUFFER_SIZE:
             raise ValueError(f"buffer_size must be at least {MIN_BUFFER_SIZE}")
@@ -79,6 +112,8 @@ class BufferedWriter:
         self._unwritten: list[tuple[int, bytearray | memoryview, int]] = []
         #: Starts large borrowed writes (module docstring); None: on the caller's thread.
         self._run_job = run_job
+        #: Where the next writeback range starts; -1: no early writeback (module docstring).
+        self._wb_from = start_offset & _PAGE_MASK if will_fsync and not file.no_sync else -1
 
     @property
     def offset(self) -> int:
@@ -244,6 +279,13 @@ class BufferedWriter:
         self._inflight.popleft()
         if buf is not self._buf and type(buf) is bytearray:  # not a borrowed view
             self._free.append(buf)
+        if self._wb_from >= 0:
+            # Everything below durable_offset is written, none of it is still in memory
+            # only (unwritten): start writing back the completed range once it is large.
+            end = self.durable_offset & _PAGE_MASK
+            if end - self._wb_from >= WRITEBACK_BYTES:
+                start, self._wb_from = self._wb_from, end
+                await self.file.start_writeback(start, end - start)
 
     async def _drain(self) -> None:
         first_error: BaseException | None = None
@@ -268,6 +310,9 @@ class BufferedWriter:
         After an error it may be called again: what failed is written again first.
         """
         self._check()
+        # The fsync that follows writes back what is left: a hint now would only add a
+        # syscall (or an SQE racing the fsync's).
+        self._wb_from = -1
         if self._unwritten:
             await self._write_unwritten()
         if self._fill:
@@ -282,6 +327,7 @@ class BufferedWriter:
         Errors of those writes are swallowed: the caller is already failing and is about
         to delete the file.
         """
+        self._wb_from = -1
         while self._inflight:
             try:
                 await self._complete_oldest(rewrite=False)

@@ -140,6 +140,21 @@ class IoEngine(abc.ABC):
         """
         return DoneIo(await self.write_at(fd, data, offset))
 
+    @abc.abstractmethod
+    async def submit_writeback(self, fd: int, offset: int, nbytes: int) -> PendingIo:
+        """Start writing ``[offset, offset + nbytes)``'s dirty pages to the disk; do not wait.
+
+        ``sync_file_range(fd, offset, nbytes, SYNC_FILE_RANGE_WRITE)``: the kernel queues
+        the writeback and returns (std-fs runs the syscall before returning, in whatever
+        thread runs the job; trio-uring queues ``IORING_OP_SYNC_FILE_RANGE`` and returns
+        at once, the handle completing when the kernel has queued the I/O). It promises
+        nothing about durability: ``fsync`` stays the one durability point. Without a
+        ``WAIT`` flag the call does not consume a writeback error either (the kernel keeps
+        it for the file's next ``fsync``), so the caller may ignore the result: the
+        buffered writer does (a hint). ``nbytes`` 0 means "to the end of the file", as in
+        the syscall. An error is raised here (std-fs) or by ``result()`` (trio-uring).
+        """
+
     async def fsync_dir(self, path: str) -> None:
         """Make a directory's entries durable: open it read-only, fsync, close."""
         fd = await self.open(path, os.O_RDONLY | os.O_DIRECTORY)

@@ -17,9 +17,10 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+from collections.abc import Callable
 
 from pageserver.io._jobstate import raise_if_job_cancelled
-from pageserver.io.engine import STD_FS, FileStat, IoEngine
+from pageserver.io.engine import STD_FS, DoneIo, FileStat, IoEngine, PendingIo
 
 # --------------------------------------------------------------------------------------
 # renameat2(RENAME_NOREPLACE): Python's ``os`` does not expose it.
@@ -59,6 +60,36 @@ def rename_noreplace_sync(src: str, dst: str) -> None:
     os.unlink(src)
 
 
+# --------------------------------------------------------------------------------------
+# sync_file_range: Python's ``os`` does not expose it either.
+
+#: ``SYNC_FILE_RANGE_WRITE`` (linux/fs.h): start writeback of the range's dirty pages, and
+#: nothing else. The ``WAIT_BEFORE``/``WAIT_AFTER`` flags would wait for the I/O and, worse,
+#: consume a writeback error the later fsync must report; we never pass them.
+SYNC_FILE_RANGE_WRITE = 2
+_sync_file_range: Callable[[int, int, int, int], int] | None = None
+
+
+def sync_file_range_write(fd: int, offset: int, nbytes: int) -> None:
+    """``sync_file_range(fd, offset, nbytes, SYNC_FILE_RANGE_WRITE)``; raises ``OSError``.
+
+    Through ctypes, which drops the GIL for the call: the kernel may block briefly while
+    it queues the I/O (a congested device), and other Python threads run meanwhile.
+    """
+    global _sync_file_range
+    fn = _sync_file_range
+    if fn is None:
+        cfn = getattr(_load_libc(), "sync_file_range", None)
+        if cfn is None:  # pragma: no cover - every Linux libc has it (glibc 2.6, musl)
+            raise OSError(errno.ENOSYS, "sync_file_range is not in this C library")
+        cfn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+        cfn.restype = ctypes.c_int
+        _sync_file_range = fn = cfn
+    if fn(fd, offset, nbytes, SYNC_FILE_RANGE_WRITE) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
 class StdFsEngine(IoEngine):
     """Blocking syscalls. The coroutines never suspend (see module docstring)."""
 
@@ -84,6 +115,11 @@ class StdFsEngine(IoEngine):
     async def fdatasync(self, fd: int) -> None:
         raise_if_job_cancelled()
         os.fdatasync(fd)
+
+    async def submit_writeback(self, fd: int, offset: int, nbytes: int) -> PendingIo:
+        raise_if_job_cancelled()
+        sync_file_range_write(fd, offset, nbytes)
+        return DoneIo(0)
 
     async def stat(self, fd: int) -> FileStat:
         st = os.fstat(fd)

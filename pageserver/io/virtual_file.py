@@ -316,6 +316,11 @@ class VirtualFile:
         return f"<VirtualFile {self.path!r}>"
 
     @property
+    def no_sync(self) -> bool:
+        """Whether fsyncs of this file are skipped (the context's ``no_sync``)."""
+        return self._no_sync
+
+    @property
     def write_behind_depth(self) -> int:
         """How many writes to this file may be in flight at once (its engine's depth)."""
         return self._table.engine.write_behind_depth
@@ -403,6 +408,36 @@ class VirtualFile:
             raise
         pending.add_done_callback(lambda: table.unpin(slot))
         return PendingWrite(self, view, offset, pending)
+
+    async def start_writeback(self, offset: int, nbytes: int) -> None:
+        """Start writing ``[offset, offset + nbytes)`` back to the disk; do not wait for it.
+
+        A hint (``sync_file_range(SYNC_FILE_RANGE_WRITE)``, see
+        :meth:`IoEngine.submit_writeback`): it makes the final fsync shorter by having the
+        disk work while the file is still being produced, and promises nothing. So an error
+        (``EINVAL`` or ``ESPIPE`` from a file system or file that does not support it,
+        ``EIO``...) is ignored here: never retried, never fatal. That is safe because
+        without a ``WAIT`` flag the call leaves a writeback error recorded for the
+        file's next fsync, which is the durability point and aborts on it as always.
+        A no-op under ``no_sync`` (nothing durable is promised there). The slot stays
+        pinned until the kernel is done with the request, as for a write in flight.
+        """
+        if self._no_sync:
+            return
+        table = self._table
+        slot = await table.pin(self)
+        try:
+            pending = await table.engine.submit_writeback(slot.fd, offset, nbytes)
+        except OSError as e:
+            table.unpin(slot)
+            log.debug("writeback hint failed", path=self.path, errno=e.errno)
+            return
+        except BaseException:
+            table.unpin(slot)
+            raise
+        # The result is never awaited: the unpin runs when the CQE comes (trio-uring) or
+        # at once (std-fs, which ran the syscall above).
+        pending.add_done_callback(lambda: table.unpin(slot))
 
     # -- durability and metadata ----------------------------------------------------------------
 

@@ -153,6 +153,7 @@ def test_constants_from_uapi() -> None:
     # enum io_uring_op numbering (the ABI): spot-check every opcode we use.
     assert _abi.IORING_OP_NOP == 0
     assert _abi.IORING_OP_FSYNC == 3
+    assert _abi.IORING_OP_SYNC_FILE_RANGE == 8
     assert _abi.IORING_OP_ASYNC_CANCEL == 14
     assert _abi.IORING_OP_OPENAT == 18
     assert _abi.IORING_OP_CLOSE == 19
@@ -171,6 +172,7 @@ def test_constants_from_uapi() -> None:
     assert _abi.IORING_ENTER_GETEVENTS == 1
     assert _abi.IORING_REGISTER_PROBE == 8
     assert _abi.IORING_FSYNC_DATASYNC == 1
+    assert _abi.SYNC_FILE_RANGE_WRITE == 2  # linux/fs.h
     assert _abi.IOSQE_ASYNC == 16
     assert _abi.IORING_SETUP_CLAMP == 16
     assert _abi.IORING_SETUP_SUBMIT_ALL == 128

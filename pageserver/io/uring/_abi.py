@@ -84,7 +84,8 @@ class IoUringSqe(ctypes.Structure):
 
     ``off`` doubles as ``addr2`` (RENAMEAT's new path, STATX's result buffer);
     ``op_flags`` is the per-opcode flags word (``rw_flags``, ``fsync_flags``,
-    ``open_flags``, ``statx_flags``, ``rename_flags``, ``unlink_flags``...).
+    ``sync_range_flags``, ``open_flags``, ``statx_flags``, ``rename_flags``,
+    ``unlink_flags``...).
     """
 
     _fields_ = [
@@ -246,9 +247,13 @@ IOSQE_ASYNC: Final = 1 << 4
 # sqe->fsync_flags
 IORING_FSYNC_DATASYNC: Final = 1 << 0
 
+# sqe->sync_range_flags (the flags of sync_file_range(2), linux/fs.h)
+SYNC_FILE_RANGE_WRITE: Final = 2
+
 # opcodes (enum io_uring_op; the numbering is the ABI)
 IORING_OP_NOP: Final = 0
 IORING_OP_FSYNC: Final = 3
+IORING_OP_SYNC_FILE_RANGE: Final = 8  # Linux 5.2
 IORING_OP_ASYNC_CANCEL: Final = 14
 IORING_OP_OPENAT: Final = 18
 IORING_OP_CLOSE: Final = 19
@@ -262,6 +267,7 @@ IORING_OP_FTRUNCATE: Final = 55  # Linux 6.9
 OP_NAMES: Final[dict[int, str]] = {
     IORING_OP_NOP: "NOP",
     IORING_OP_FSYNC: "FSYNC",
+    IORING_OP_SYNC_FILE_RANGE: "SYNC_FILE_RANGE",
     IORING_OP_ASYNC_CANCEL: "ASYNC_CANCEL",
     IORING_OP_OPENAT: "OPENAT",
     IORING_OP_CLOSE: "CLOSE",

@@ -46,6 +46,7 @@ from pageserver.io.uring._trio import (
 _OP_READ: Final = _abi.IORING_OP_READ
 _OP_WRITE: Final = _abi.IORING_OP_WRITE
 _OP_FSYNC: Final = _abi.IORING_OP_FSYNC
+_OP_SYNC_FILE_RANGE: Final = _abi.IORING_OP_SYNC_FILE_RANGE
 _OP_OPENAT: Final = _abi.IORING_OP_OPENAT
 _OP_CLOSE: Final = _abi.IORING_OP_CLOSE
 _OP_STATX: Final = _abi.IORING_OP_STATX
@@ -57,6 +58,8 @@ _AT_FDCWD_U32: Final = _abi.AT_FDCWD & 0xFFFFFFFF
 #: The kernel caps one read/write at MAX_RW_COUNT (INT_MAX rounded down to a page);
 #: larger requests come back short, which callers handle anyway.
 _MAX_RW: Final = 0x7FFFF000
+#: ``sqe->len`` is 32 bits: the most one SYNC_FILE_RANGE can name (page-aligned).
+_MAX_SYNC_RANGE: Final = 0xFFFFF000
 
 #: Opcodes the engine cannot do without.
 REQUIRED_OPS: Final = (
@@ -150,7 +153,8 @@ def _err(res: int, path: object = None, path2: object = None) -> OSError:
 
 
 class PendingUringWrite(PendingIo):
-    """A queued write: ``await result()`` waits, uncancellably, for its CQE."""
+    """A queued write (or writeback start): ``await result()`` waits, uncancellably, for
+    its CQE."""
 
     __slots__ = ("_op", "_driver")
 
@@ -290,6 +294,34 @@ class UringEngine(IoEngine):
 
     async def fdatasync(self, fd: int) -> None:
         await self._fsync(fd, _abi.IORING_FSYNC_DATASYNC)
+
+    async def submit_writeback(self, fd: int, offset: int, nbytes: int) -> PendingIo:
+        """Queue ``IORING_OP_SYNC_FILE_RANGE`` (``SYNC_FILE_RANGE_WRITE``); return at once.
+
+        The kernel always runs this opcode in an io-wq worker (it may block while queueing
+        the I/O), so the loop never waits for it, and nobody needs to await the handle:
+        the in-flight table keeps the entry until the CQE, like a dropped write-behind
+        handle. Not probed: the opcode (Linux 5.2) is older than ``IORING_FEAT_NODROP``
+        (5.5), which the engine requires; were it missing, the CQE would carry ``-EINVAL``,
+        which a hint's caller ignores. A range beyond ``sqe->len``'s 32 bits is cut to
+        what fits (the rest is left to the fsync, as with any hint).
+        """
+        if offset < 0 or nbytes < 0:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        drv = _RUN_DRIVER.get()
+        if drv is None or not drv.has_room():
+            drv = await self._driver()
+        op = drv.push(
+            _OP_SYNC_FILE_RANGE,
+            self._sqe_flags,
+            fd,
+            offset,
+            0,
+            min(nbytes, _MAX_SYNC_RANGE),
+            _abi.SYNC_FILE_RANGE_WRITE,
+            None,
+        )
+        return PendingUringWrite(drv, op)
 
     # -- metadata -----------------------------------------------------------------------
 
