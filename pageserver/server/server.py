@@ -578,7 +578,10 @@ class Server:
                     if self._in_flight == 0:
                         self._idle.set()
                 # Answered: the request's bytes go back to the pools *before* the send,
-                # which may wait as long as the peer does not read (see _send).
+                # which may wait as long as the peer does not read (see _send). The
+                # decoded request goes too: a put's values are a view of its frame's
+                # buffer, which would otherwise stay alive, uncharged, for that wait.
+                del ev
                 self._settle(c)
                 if not await self._send(c, reply):
                     return "peer read no reply for the stall timeout"
@@ -760,14 +763,38 @@ class Server:
     def _read_now(self, c: _Conn, want: int) -> int | None:
         """One non-blocking read of up to ``want`` bytes into the decoder (through the
         shared buffer, with no await in between): the count, 0 at end of stream, ``None``
-        if there was nothing to read."""
-        view = self._read_view[:want]
+        if there was nothing to read.
+
+        The rest of a large frame (``ServerConnection.direct_view``: 64 KiB or more) is
+        read straight into the buffer the frame is handed over in, and whatever ``want``
+        reads ahead past its end into the shared buffer, in the same ``readv``: the
+        frame's bytes are then never copied in the daemon before the ephemeral file's
+        append (they used to be copied three times: out of the shared buffer, out of the
+        stream buffer, out of the payload by msgpack). Asked only while the frame's
+        reservation is held, so that its buffer is made under the budget.
+        """
+        fd = c.stream.socket.fileno()
+        direct = c.proto.direct_view() if c.frame_charge else None
+        if direct is None:
+            view = self._read_view[:want]
+            try:
+                n = os.readv(fd, [view])
+            except BlockingIOError:
+                return None
+            if n:
+                c.proto.receive_data(view[:n])
+            return n
+        head = direct[:want]
+        k = len(head)
+        bufs = [head] if want <= k else [head, self._read_view[: want - k]]
         try:
-            n = os.readv(c.stream.socket.fileno(), [view])
+            n = os.readv(fd, bufs)
         except BlockingIOError:
             return None
         if n:
-            c.proto.receive_data(view[:n])
+            c.proto.commit(min(n, k))
+            if n > k:
+                c.proto.receive_data(self._read_view[: n - k])
         return n
 
     async def _wait_readable(self, c: _Conn, *, stalled_ok: bool) -> bool:

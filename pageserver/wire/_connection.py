@@ -184,6 +184,16 @@ class ServerConnection:
         """See :attr:`FrameDecoder.head_frame_bytes`."""
         return 0 if self.should_close else self._decoder.head_frame_bytes
 
+    def direct_view(self) -> memoryview | None:
+        """Where to read the rest of a large head frame straight into (then :meth:`commit`
+        the count), or ``None``: see :meth:`FrameDecoder.direct_view`. Always ``None`` once
+        the connection must close (it reads nothing more)."""
+        return None if self.should_close else self._decoder.direct_view()
+
+    def commit(self, n: int) -> None:
+        """``n`` bytes were read into the last :meth:`direct_view`."""
+        self._decoder.commit(n)
+
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Feed bytes from the peer; ``b""`` means end of stream (what trio returns)."""
         if self.should_close:
@@ -219,7 +229,7 @@ class ServerConnection:
             return ErrorEvent(ev.id, ev.code, ev.message, ev.close_after)
         return self._on_frame(ev.payload)
 
-    def _on_frame(self, payload: bytes) -> RequestEvent | ErrorEvent:
+    def _on_frame(self, payload: bytes | memoryview) -> RequestEvent | ErrorEvent:
         env = parse_envelope(payload)
         if isinstance(env, ProtocolError):
             return ErrorEvent(env.id, env.code, env.message)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 import msgpack
+import numpy as np
 
 from pageserver.config import DEFAULT_MAX_FRAME_BYTES
 from pageserver.wire.errors import ErrorCode, ProtocolError
@@ -22,6 +23,7 @@ from pageserver.wire.errors import ErrorCode, ProtocolError
 __all__ = [
     "CLOSED",
     "DEFAULT_MAX_FRAME_BYTES",
+    "DIRECT_FRAME_BYTES",
     "HEADER_LEN",
     "MAX_ALLOWED_FRAME",
     "NEED_DATA",
@@ -33,8 +35,11 @@ __all__ = [
 ]
 
 
-
 HEADER_LEN: Final = 4
+
+#: Frames at least this large are read into a buffer of their own (see
+#: :meth:`FrameDecoder.direct_view`) and handed over without a copy.
+DIRECT_FRAME_BYTES: Final = 64 * 1024
 
 MAX_ALLOWED_FRAME: Final = 0xFFFFFFFF  # what a 4-byte length can express
 
@@ -56,7 +61,10 @@ CLOSED: Final = Sentinel.CLOSED
 class Frame:
     """One complete frame's payload (the msgpack bytes, without the length prefix)."""
 
-    payload: bytes
+    payload: bytes | memoryview
+    """A read-only ``memoryview`` for a frame read through :meth:`FrameDecoder.direct_view`:
+    the buffer it was read into, handed over (the decoder keeps no reference to it, so
+    nothing ever writes into it again); ``bytes`` otherwise."""
 
 
 class FrameDecoder:
@@ -74,9 +82,14 @@ class FrameDecoder:
     Memory bound: the *incomplete* tail of the buffer never exceeds ``max_frame_bytes + 4``
     bytes. A caller that reads only after ``NEED_DATA`` and at most :attr:`room` bytes at a
     time therefore never has more than ``max_frame_bytes + 4`` bytes buffered in total.
+
+    Large frames (at least :data:`DIRECT_FRAME_BYTES`) may skip the stream buffer: a
+    reader that asks for :meth:`direct_view` once the header is in gets the rest of the
+    frame's own buffer to read into (then :meth:`commit`), and the frame is handed over in
+    that buffer. A reader that only ever calls :meth:`feed` sees no difference.
     """
 
-    __slots__ = ("_buf", "_closed", "_eof", "max_frame_bytes")
+    __slots__ = ("_buf", "_closed", "_eof", "_fill", "_frame", "max_frame_bytes")
 
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         if not 1 <= max_frame_bytes <= MAX_ALLOWED_FRAME:
@@ -85,6 +98,10 @@ class FrameDecoder:
         self._buf = bytearray()
         self._closed = False
         self._eof = False
+        # The head frame's own payload buffer once :meth:`direct_view` made one, and how
+        # much of it is filled; ``_buf`` then holds only bytes that came after the frame.
+        self._frame: memoryview | None = None
+        self._fill = 0
 
     @property
     def closed(self) -> bool:
@@ -93,7 +110,15 @@ class FrameDecoder:
 
     @property
     def buffered(self) -> int:
-        """Bytes held, not yet returned as frames."""
+        """Bytes held, not yet returned as frames.
+
+        While the head frame has a buffer of its own (:meth:`direct_view`) its 4 header
+        bytes still count, as they did in the stream buffer: the count is the same whichever
+        way the bytes came in, so :attr:`room` and a caller's ``head_frame_bytes -
+        buffered`` do not change meaning.
+        """
+        if self._frame is not None:
+            return HEADER_LEN + self._fill + len(self._buf)
         return len(self._buf)
 
     @property
@@ -104,7 +129,7 @@ class FrameDecoder:
         """
         if self._closed or self._eof:
             return 0
-        return max(0, self.max_frame_bytes + HEADER_LEN - len(self._buf))
+        return max(0, self.max_frame_bytes + HEADER_LEN - self.buffered)
 
     @property
     def head_frame_bytes(self) -> int:
@@ -115,8 +140,12 @@ class FrameDecoder:
         uses it to reserve a whole frame at once, so a connection never waits for budget
         in the middle of a frame it was allowed to start (no hold-and-wait deadlock).
         """
+        if self._closed:
+            return 0
+        if self._frame is not None:
+            return HEADER_LEN + len(self._frame)
         buf = self._buf
-        if self._closed or len(buf) < HEADER_LEN:
+        if len(buf) < HEADER_LEN:
             return 0
         n = int.from_bytes(buf[:HEADER_LEN], "big")
         return HEADER_LEN + n if 0 < n <= self.max_frame_bytes else 0
@@ -125,7 +154,60 @@ class FrameDecoder:
         """Append received bytes. Ignored once closed (a rejected frame is not buffered)."""
         if self._closed or self._eof:
             return
-        self._buf += data
+        frame = self._frame
+        if frame is None:
+            self._buf += data
+            return
+        # The head frame has its own buffer: fill it first, the rest goes after it.
+        fill = self._fill
+        with memoryview(data) as mv:
+            take = min(len(mv), len(frame) - fill)
+            frame[fill : fill + take] = mv[:take]
+            self._fill = fill + take
+            if take < len(mv):
+                self._buf += mv[take:]
+
+    def direct_view(self) -> memoryview | None:
+        """The unfilled rest of the head frame's own buffer, to read into directly (then
+        :meth:`commit` the count): one copy less than reading into a buffer of one's own
+        and :meth:`feed` ing it, and none when the frame is handed over. ``None`` unless the
+        head frame's header is in, its length is valid and at least
+        :data:`DIRECT_FRAME_BYTES`, and it is incomplete (then every buffered byte is
+        part of it).
+
+        The buffer is made here, on the first call, not when the header arrives: a server
+        asks only once it holds the frame's reservation, so a connection that waits for
+        budget keeps nothing but what it buffered. It comes from ``numpy.empty``: a
+        ``bytearray(n)`` would be zero-filled first (CPython memsets it), a pass over the
+        whole frame for bytes that are all overwritten before anyone sees them (a frame
+        is handed over only when full). The view handed out is writable: keep it no
+        longer than the read, since the frame it belongs to is handed over once filled.
+        """
+        if self._closed or self._eof:
+            return None
+        frame = self._frame
+        if frame is None:
+            buf = self._buf
+            have = len(buf)
+            if have < HEADER_LEN:
+                return None
+            n = int.from_bytes(buf[:HEADER_LEN], "big")
+            if not DIRECT_FRAME_BYTES <= n <= self.max_frame_bytes or have >= HEADER_LEN + n:
+                return None
+            frame = np.empty(n, np.uint8).data.cast("B")
+            with memoryview(buf) as mv:
+                frame[: have - HEADER_LEN] = mv[HEADER_LEN:]
+            buf.clear()
+            self._frame = frame
+            self._fill = have - HEADER_LEN
+        return frame[self._fill :]
+
+    def commit(self, n: int) -> None:
+        """``n`` bytes were written at the start of the last :meth:`direct_view`."""
+        frame = self._frame
+        if frame is None or not 0 <= n <= len(frame) - self._fill:
+            raise ValueError(f"commit({n}) does not fit the last direct_view")
+        self._fill += n
 
     def feed_eof(self) -> None:
         """The peer finished sending: complete frames still come out, then ``CLOSED``."""
@@ -135,6 +217,14 @@ class FrameDecoder:
         """Return the next complete frame or framing error, without blocking."""
         if self._closed:
             return CLOSED
+        frame = self._frame
+        if frame is not None:
+            if self._fill < len(frame):
+                return CLOSED if self._eof else NEED_DATA
+            # Handed over: the decoder forgets it, so nothing writes into it again.
+            self._frame = None
+            self._fill = 0
+            return Frame(frame.toreadonly())
         buf = self._buf
         have = len(buf)
         if have < HEADER_LEN:

@@ -82,7 +82,7 @@ class Reply:
     message: str | None = None
 
 
-def parse_reply(payload: bytes) -> Reply | ProtocolError:
+def parse_reply(payload: bytes | memoryview) -> Reply | ProtocolError:
     """Decode one reply payload; a malformed reply is a ``bad_frame`` ProtocolError.
 
     Arrays come out as lists here (clients index and extend them), unlike requests.

@@ -34,6 +34,7 @@ from pageserver.layers.batch import PUT_COLUMNS, CheckedBatch, PutRecord, check_
 from pageserver.layers.batch import check_put_batch as _check_batch
 from pageserver.layers.batch import check_put_columns as _check_columns
 from pageserver.layers.key import KEY_SIZE, MAX_LSN, parse_id_text
+from pageserver.wire._framing import DIRECT_FRAME_BYTES
 from pageserver.wire.errors import ErrorCode, Id, ProtocolError
 
 __all__ = [
@@ -395,7 +396,7 @@ OPS: Final = frozenset(_PARSERS)
 """Every op name of SPEC section 5."""
 
 
-def unpack_limited(payload: bytes, *, use_list: bool, map_cap: int | None) -> object:
+def unpack_limited(payload: bytes | memoryview, *, use_list: bool, map_cap: int | None) -> object:
     """``msgpack.unpackb`` with every length limit bounded by the payload itself.
 
     No msgpack object can legitimately claim more elements or bytes than the frame has, so
@@ -434,22 +435,129 @@ def _is_map_marker(b: int) -> bool:
     return 0x80 <= b <= 0x8F or b == 0xDE or b == 0xDF
 
 
-def parse_envelope(payload: bytes) -> tuple[Id, object, dict[object, object]] | ProtocolError:
+_VIEW_FIELD: Final = "values"
+"""The one field :func:`_flat_map` may hand over as a view: the columnar put's ``values``,
+the only field its consumer (``check_put_columns``) takes as a view; a view of any other
+field would be a different request than msgpack's ``bytes`` (``keys`` as a view is
+``bad_request``)."""
+
+_FLAT_MAX_FIELDS: Final = 32
+""":func:`_flat_map` decodes maps of at most this many fields (a ``put`` has 8); larger
+ones go to msgpack. Its loop is Python: a frame-sized map of tiny items would cost
+seconds of the event loop here, ~10x what msgpack's C takes for it."""
+
+
+class _NotFlat(Exception):
+    """Internal: :func:`_flat_map` met something it leaves to msgpack."""
+
+
+def _flat_scalar(mv: memoryview, pos: int, end: int, view_bin: bool) -> tuple[object, int]:
+    """The msgpack scalar at ``pos`` as ``msgpack.unpackb(raw=False)`` decodes it, and
+    where the next object starts; raises for anything else (floats, ext, containers, and
+    the reserved byte ``0xc1``), or if it runs past ``end``. A ``bin`` of at least half the
+    payload is a read-only view of ``mv`` when ``view_bin``, ``bytes`` otherwise."""
+    t = mv[pos]
+    if t <= 0x7F:  # positive fixint
+        return t, pos + 1
+    if t >= 0xE0:  # negative fixint
+        return t - 0x100, pos + 1
+    if 0xA0 <= t <= 0xBF:  # fixstr
+        start, stop = pos + 1, pos + 1 + (t & 0x1F)
+    elif 0xD9 <= t <= 0xDB:  # str 8/16/32
+        start = pos + 1 + (1 << (t - 0xD9))
+        stop = start + int.from_bytes(mv[pos + 1 : start], "big")
+    elif 0xC4 <= t <= 0xC6:  # bin 8/16/32
+        start = pos + 1 + (1 << (t - 0xC4))
+        stop = start + int.from_bytes(mv[pos + 1 : start], "big")
+        if stop > end:
+            raise _NotFlat
+        if view_bin and 2 * (stop - start) >= end:
+            return mv[start:stop], stop
+        return mv[start:stop].tobytes(), stop
+    elif t == 0xC0:
+        return None, pos + 1
+    elif t == 0xC2 or t == 0xC3:
+        return t == 0xC3, pos + 1
+    elif 0xCC <= t <= 0xD3:  # uint 8/16/32/64, int 8/16/32/64
+        w = 1 << ((t - 0xCC) & 3)
+        if pos + 1 + w > end:
+            raise _NotFlat
+        return int.from_bytes(mv[pos + 1 : pos + 1 + w], "big", signed=t >= 0xD0), pos + 1 + w
+    else:
+        raise _NotFlat
+    if stop > end:
+        raise _NotFlat
+    return str(mv[start:stop], "utf-8"), stop  # strict, as msgpack's raw=False
+
+
+def _flat_map(payload: bytes | memoryview) -> dict[object, object] | None:
+    """A flat top-level map (every key and value a msgpack scalar but float and ext: a
+    ``put``, say) decoded exactly as :func:`unpack_limited` would, except that a large
+    ``values`` bin is a read-only view of ``payload`` instead of a copy; ``None`` for
+    anything else, malformed or not, which then goes to msgpack as before.
+
+    It accepts exactly what msgpack accepts for such a map and decodes it the same:
+    non-minimal encodings (a str8 of 3 bytes), duplicate keys (the last value wins, the
+    first key object stays, as ``PyDict_SetItem`` in msgpack does), strict UTF-8; trailing
+    bytes, a truncated object or invalid UTF-8 give ``None``, and msgpack then reports
+    them as it always did. Handing over a view instead of a copy: the frame is one
+    large buffer (the framer's, :meth:`FrameDecoder.direct_view`) that nobody writes into
+    again, and the view keeps it alive for as long as anyone holds the value (the
+    ephemeral file's writer, for a write in flight). A view pins the whole frame, so only
+    a bin of at least half of it becomes one: what outlives the request is at most twice
+    the value's own bytes.
+    """
+    mv = memoryview(payload)
+    if not mv.readonly:
+        mv = mv.toreadonly()
+    end = len(mv)
+    try:
+        t = mv[0]
+        if 0x80 <= t <= 0x8F:
+            count, pos = t & 0x0F, 1
+        elif t == 0xDE:
+            count, pos = int.from_bytes(mv[1:3], "big"), 3
+        elif t == 0xDF:
+            count, pos = int.from_bytes(mv[1:5], "big"), 5
+        else:
+            return None
+        if count > _FLAT_MAX_FIELDS or pos > end:
+            return None
+        out: dict[object, object] = {}
+        for _ in range(count):
+            k, pos = _flat_scalar(mv, pos, end, False)
+            v, pos = _flat_scalar(mv, pos, end, k == _VIEW_FIELD)
+            out[k] = v
+    except (_NotFlat, IndexError, UnicodeDecodeError):
+        return None
+    return out if pos == end else None
+
+
+def parse_envelope(
+    payload: bytes | memoryview,
+) -> tuple[Id, object, dict[object, object]] | ProtocolError:
     """Decode the msgpack map and extract ``id`` and (unchecked) ``op``.
 
     Split from :func:`parse_request` so the connection can refuse non-``hello`` ops before
     authentication without validating their fields.
+
+    A large frame (a ``put`` of 8 KiB pages, ~1 MiB) is first tried as a flat map
+    (:func:`_flat_map`): its ``values`` column then stays in the frame's buffer, where the
+    columnar check and the ephemeral file's append read it, instead of being copied out
+    by msgpack. Anything else, and anything the flat decoder leaves alone, is msgpack's.
     """
     if payload and not _is_map_marker(payload[0]):
         # Whatever follows, the frame is not one map: reject it without decoding, since a
         # frame-sized array of tiny items costs ~30x its size in Python objects.
         return ProtocolError(ErrorCode.BAD_FRAME, "frame does not hold a msgpack map")
-    try:
-        # Tuples, not lists: ``put`` records arrive as the (key, lsn, value) tuples the
-        # request holds, with no per-record conversion.
-        m = unpack_limited(payload, use_list=False, map_cap=_MAX_MAPS_PER_REQUEST)
-    except Exception:  # msgpack raises many types (ValueError, ExtraData, StackError, ...)
-        return ProtocolError(ErrorCode.BAD_FRAME, "frame is not msgpack")
+    m: object = _flat_map(payload) if len(payload) >= DIRECT_FRAME_BYTES else None
+    if m is None:
+        try:
+            # Tuples, not lists: ``put`` records arrive as the (key, lsn, value) tuples the
+            # request holds, with no per-record conversion.
+            m = unpack_limited(payload, use_list=False, map_cap=_MAX_MAPS_PER_REQUEST)
+        except Exception:  # msgpack raises many types (ValueError, ExtraData, StackError, ...)
+            return ProtocolError(ErrorCode.BAD_FRAME, "frame is not msgpack")
     if type(m) is not dict:
         return ProtocolError(
             ErrorCode.BAD_FRAME, f"frame holds a msgpack {_type_name(m)}, not a map"
@@ -478,7 +586,7 @@ def parse_op(op: object, m: dict[object, object], rid: Id) -> Request | Protocol
         return ProtocolError(e.code, e.message, rid)
 
 
-def parse_request(payload: bytes) -> Request | ProtocolError:
+def parse_request(payload: bytes | memoryview) -> Request | ProtocolError:
     """Validate one frame's payload into a typed request, or say why not.
 
     Never raises on any input. Error codes: ``bad_frame`` (not msgpack, not a map),

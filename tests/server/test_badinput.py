@@ -64,10 +64,11 @@ async def _start(
     max_frame_bytes: int = 1 << 20,
     max_buffered_bytes: int | None = 8 << 20,
     auth_token: str | None = None,
+    engine_kind: str = "std-fs",
 ) -> Harness:
     tmp = tempfile.mkdtemp(prefix="pst", dir="/tmp")  # unix socket paths must be < 108 bytes
     stack.callback(shutil.rmtree, tmp, True)
-    engine = create_engine("std-fs")
+    engine = create_engine(engine_kind)
     ctx = IoContext(engine, max_file_descriptors=100, no_sync=True)
 
     async def close_engine() -> None:
@@ -80,7 +81,7 @@ async def _start(
     listeners = await open_listeners(f"unix:{sock}")
     server = Server(
         mgr,
-        io_engine="std-fs",
+        io_engine=engine_kind,
         max_frame_bytes=max_frame_bytes,
         auth_token=auth_token,
         max_buffered_bytes=max_buffered_bytes,
