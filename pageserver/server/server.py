@@ -734,7 +734,9 @@ class Server:
 
     async def _read_into_decoder(self, c: _Conn, want: int) -> int | None:
         """Read up to ``want`` bytes into the connection's decoder: the count, 0 at end of
-        stream, ``None`` if a header-unknown read found nothing after all.
+        stream, ``None`` if a header-unknown read found nothing after all, or if a read in
+        the middle of a frame had to wait for the peer (the caller then reads again, and
+        takes its chunk of read-ahead anew).
 
         ``SocketStream.receive_some`` allocates a fresh ``bytes`` of ``want`` per call,
         which for reads of 64 KiB and more costs an mmap/munmap plus page faults each time
@@ -747,11 +749,22 @@ class Server:
         unknown the caller has just waited (a read of at most 64 KiB, then one frame's
         work, follows, with no yield needed), and a spurious wake-up returns ``None`` so
         that the caller gives the chunk back before waiting again.
+
+        Mid-frame, the chunk of read-ahead the caller took for a read that found nothing
+        goes back before the wait for the peer too: the frame's reservation covers all the
+        peer still has to send. It used to be kept across that wait, up to the stall
+        timeout: 64 peers that stalled inside large frames held the whole read pool, and
+        no other request could be read meanwhile.
         """
         while True:
             n = self._read_now(c, want)
             if n is None:
                 if c.frame_charge == 0:
+                    return None
+                if c.read_charge:
+                    self._charge_buffered(c)  # every buffered byte is the frame's
+                    if not await self._wait_readable(c, stalled_ok=False):
+                        return 0
                     return None
                 if not await self._wait_readable(c, stalled_ok=False):
                     return 0

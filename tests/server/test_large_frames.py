@@ -255,3 +255,38 @@ def test_frame_sizes_here_take_the_direct_path() -> None:
     """The frames above are large enough for the direct read (a guard for the constants)."""
     assert len(big_put(1)) > DIRECT_FRAME_BYTES + 70_000
     assert struct.unpack(">I", big_put(1)[:4])[0] >= DIRECT_FRAME_BYTES
+
+
+async def test_peers_stalled_mid_frame_hold_no_read_pool(
+    nursery: trio.Nursery, engine_kind: str
+) -> None:
+    """Peers that send a large frame's header and part of its body, then stall, hold their
+    frame's reservation and nothing of the read pool: the chunk of read-ahead taken for a
+    read that finds nothing goes back before the wait for the peer. It used to be kept
+    across that wait: 64 such peers took the whole 4 MiB read pool, and no one else's
+    request could be read until the stall timeout closed them (here 600 s)."""
+    async with AsyncExitStack() as stack:
+        h = await _start(nursery, stack, engine_kind=engine_kind)
+        await _setup(h)
+        h.server.stall_timeout = 600.0  # only the fix can save the good client
+        f = encode_request("status", 1, pad=b"p" * 100_000)
+        peers = [await Raw.open(h) for _ in range(70)]
+        for r in peers:
+            await r.send(f[:10_000])
+        # Every peer's frame gets reserved (70 x ~100 KB fit the 8 MiB frame pool); with
+        # the read pool taken, the last ones never got to read their headers.
+        with trio.move_on_after(10):
+            while h.server.frame_pool.used < 70 * len(f):
+                await trio.sleep(0.02)
+        await trio.sleep(0.2)  # let every connection reach its wait for the peer
+        assert h.server.read_pool.used == 0, h.server.read_pool.used
+        assert h.server.frame_pool.used == 70 * len(f)
+        with trio.fail_after(10):
+            async with await Client.connect(h.addr) as c:
+                assert (await c.request("status"))["io_engine"] == engine_kind
+        for r in peers:  # the stalled peers finish their frames and are answered
+            await r.send(f[10_000:])
+        for r in peers:
+            assert (await r.reply()).ok
+            await r.aclose()
+        await _until(lambda: h.server.buffered_bytes == 0)
