@@ -149,6 +149,11 @@ def decompress(data: bytes, limit: int = MAX_DECOMPRESSED_BYTES) -> bytes:
     return b"".join(parts)
 
 
+def blob_sizes(lengths: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Bytes each uncompressed blob of ``lengths`` takes (header included)."""
+    return lengths + np.where(lengths < SHORT_BLOB_LEN, 1, 4)
+
+
 #: Equal-length values are copied as rows of a 2-D view (one gather, one scatter) when a
 #: length has at least this many values; rarer lengths are copied one slice at a time.
 _ROW_COPY_MIN = 16
@@ -168,8 +173,12 @@ def pack_blobs(
     n = len(lengths)
     if not n:
         return np.empty(0, np.uint8), np.empty(0, np.int64)
-    if int(lengths.max()) > MAX_BLOB_LEN:
-        raise BlobError(f"blob too large ({int(lengths.max())} bytes)")
+    longest = int(lengths.max())
+    if longest > MAX_BLOB_LEN:
+        raise BlobError(f"blob too large ({longest} bytes)")
+    src = data if isinstance(data, np.ndarray) else np.frombuffer(data, np.uint8)
+    if int(lengths.min()) == longest:
+        return _pack_equal(src, offsets, longest)
     short = lengths < SHORT_BLOB_LEN
     hlen = np.where(short, 1, 4)
     sizes = hlen + lengths
@@ -182,9 +191,28 @@ def pack_blobs(
         word = lengths[~short] | (BYTE_UNCOMPRESSED << 24)
         for b in range(4):
             out[at + b] = (word >> (24 - 8 * b)) & 0xFF
-    src = data if isinstance(data, np.ndarray) else np.frombuffer(data, np.uint8)
     copy_segments(src, offsets, out, starts + hlen, lengths)
     return out, starts
+
+
+def _pack_equal(
+    src: npt.NDArray[np.uint8], offsets: npt.NDArray[np.int64], length: int
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
+    """:func:`pack_blobs` of values that all have ``length`` bytes (a layer of one value
+    size, e.g. all page images): the blobs are the rows of an ``(n, header + length)``
+    array, so the headers are one column assignment and the values one gather into a
+    strided view of the rows, with no per-blob offsets, sort or scatter (which cost the
+    general path as much again as the gather, the part that touches the values)."""
+    n = len(offsets)
+    header = encode_blob_header(length)
+    size = len(header) + length
+    out = np.empty(n * size, np.uint8)
+    out.reshape(n, size)[:, : len(header)] = np.frombuffer(header, np.uint8)
+    if length:
+        item = f"V{length}"
+        values = np.ndarray((len(src) - length + 1,), item, src, strides=(1,))
+        np.ndarray((n,), item, out, offset=len(header), strides=(size,))[...] = values[offsets]
+    return out, np.arange(0, n * size, size, dtype=np.int64)
 
 
 def copy_segments(

@@ -39,6 +39,15 @@ NODE_HDR_SIZE: Final = 5
 MAX_VALUE: Final = 0x7F_FFFF_FFFF
 
 _HDR = struct.Struct(">HBBB")
+#: A B-tree entry's value, 5 bytes big-endian, as a byte and a u32 (packed: no padding).
+_VALUE5: Final = np.dtype([("hi", "u1"), ("lo", ">u4")])
+_ZEROS: Final = bytes(PAGE_SZ)
+
+
+def _common_prefix(a: bytes | bytearray, b: bytes | bytearray) -> int:
+    """How many leading bytes two equally long keys share: their XOR as an integer has
+    as many leading zero bytes."""
+    return len(a) - ((int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).bit_length() + 7) // 8
 
 
 class BtreeError(ValueError):
@@ -94,9 +103,7 @@ class _BuildNode:
         keys = self.keys
         last = (self.n - 1) * kl
         p = self.plen
-        c = 0
-        while p + c < kl and keys[p + c] == keys[last + p + c]:
-            c += 1
+        c = _common_prefix(keys[p:kl], keys[last + p : last + kl])
         if c == 0:
             return False
         self.plen = p + c
@@ -113,19 +120,12 @@ class _BuildNode:
         if p == 0:
             suffixes: bytes | bytearray = self.keys
         else:
-            suffixes = bytearray(n * s)
-            keys = self.keys
-            for j in range(s):
-                suffixes[j::s] = keys[p + j :: kl]
-        page = bytearray(PAGE_SZ)
-        _HDR.pack_into(page, 0, n, self.level, p, s)
-        pos = NODE_HDR_SIZE
-        page[pos : pos + p] = self.prefix
-        pos += p
-        page[pos : pos + n * s] = suffixes
-        pos += n * s
-        page[pos : pos + n * VALUE_SZ] = self.vals
-        return bytes(page)
+            # The keys as rows, less their first ``p`` bytes: one strided copy.
+            suffixes = np.frombuffer(self.keys, np.uint8).reshape(n, kl)[:, p:].tobytes()
+        return b"".join(
+            (_HDR.pack(n, self.level, p, s), self.prefix, suffixes, self.vals,
+             bytes(PAGE_SZ - NODE_HDR_SIZE - p - n * (s + VALUE_SZ)))
+        )  # fmt: skip
 
 
 class DiskBtreeBuilder:
@@ -197,16 +197,23 @@ class DiskBtreeBuilder:
             self._last_key = last
             self.num_entries += count
 
-    def extend_sorted(self, keys: npt.NDArray[np.uint8], values: npt.NDArray[np.uint64]) -> None:
+    def extend_sorted(
+        self, keys: npt.NDArray[np.uint8], values: npt.NDArray[np.uint64], *, ordered: bool = False
+    ) -> None:
         """Append many entries given as arrays: ``keys`` is ``(n, key_len)`` bytes, strictly
         increasing, ``values`` one ``uint64`` each. Same pages as :meth:`append` in a loop.
 
-        The leaf's fast path (room left, the key carries the leaf's prefix) holds for a
-        whole *range* of sorted keys at a time: up to the leaf's capacity and, once the
-        leaf has a prefix, up to the last key with that prefix (one binary search). That
-        range is appended with two ``bytearray +=``; the one entry after it takes the
-        per-entry slow path (compress, or write the node), exactly as :meth:`append`
-        would. So the Python work is per node, not per entry.
+        ``ordered=True``: the caller has checked that the keys are strictly increasing
+        (:meth:`~pageserver.layers.delta_layer.DeltaLayerWriter.put_sorted` does, once per
+        batch); only the first key against the last one appended is checked here.
+
+        The Python work is per leaf, not per entry: a leaf that starts and ends inside the
+        batch is worked out from a few keys (:meth:`_leaf_end`) and written straight from
+        the batch's bytes; the leaf left open at either end of the batch takes whole ranges
+        of keys (:meth:`_fill_open_leaf`). Either way the key a leaf refuses takes
+        :meth:`append`'s slow path in the same order (compress, retry, else write the node
+        and start a new one), so the pages are the same, and so is the number of pages
+        written at any point (the compaction's cut rule reads it).
         """
         n = len(values)
         kl = self.key_len
@@ -214,38 +221,117 @@ class DiskBtreeBuilder:
             raise ValueError(f"keys must be an array of shape ({n}, {kl})")
         if not n:
             return
-        flat = np.ascontiguousarray(keys).view(f"S{kl}").ravel()
-        first = keys[0].tobytes()
+        keys = np.ascontiguousarray(keys)
+        flat = keys.view(f"S{kl}").ravel()
+        kb = keys.tobytes()
         if (
-            first <= self._last_key
-            or (n > 1 and not bool((flat[1:] > flat[:-1]).all()))
+            kb[:kl] <= self._last_key
             or int(values.max()) > MAX_VALUE
+            or (not ordered and n > 1 and not bool((flat[1:] > flat[:-1]).all()))
         ):
             # Not sorted, or a value too large: the per-entry path finds and names it.
-            self.extend([keys[i].tobytes() for i in range(n)], values.tolist())
+            self.extend([kb[i * kl : (i + 1) * kl] for i in range(n)], values.tolist())
             return
-        val5 = values.astype(">u8").view(np.uint8).reshape(n, 8)[:, 8 - VALUE_SZ :]
-        i = 0
+        # The values as 5 big-endian bytes each (a byte and a u32 per entry: ~3x faster
+        # than cutting 5 of 8 bytes out of each big-endian u64).
+        v5 = np.empty(n, _VALUE5)
+        v5["hi"] = values >> np.uint64(32)
+        v5["lo"] = values  # the low 32 bits (a narrowing assignment)
+        vb = v5.tobytes()
+        i = self._fill_open_leaf(kb, vb, flat, 0) if self._stack[-1].n else 0
         while i < n:
-            leaf = self._stack[-1]
-            if leaf.n == 0:
-                j = i + 1
-            else:
-                j = min(n, i + max(0, leaf.cap - leaf.n))
-                if leaf.plen and j > i:
-                    upper = leaf.prefix + b"\xff" * (kl - leaf.plen)
-                    j = min(j, int(flat.searchsorted(upper, "right")))
+            i = self._fill_open_leaf(kb, vb, flat, self._write_leaves(keys, kb, vb, flat, i))
+        self._last_key = kb[(n - 1) * kl :]
+        self.num_entries += n
+
+    def _fill_open_leaf(self, kb: bytes, vb: bytes, flat: npt.NDArray[np.bytes_], i: int) -> int:
+        """Append entries ``i``... of the batch to the open leaf, until it is written out
+        or the batch ends; where the batch now stands."""
+        kl = self.key_len
+        n = len(flat)
+        stack = self._stack
+        while i < n:
+            leaf = stack[-1]
+            # The range [i, j) the leaf takes as it stands (without a prefix, a leaf takes
+            # any key while it has room; an empty one always has).
+            j = min(n, i + leaf.cap - leaf.n)
+            if leaf.plen and j > i:
+                upper = leaf.prefix + b"\xff" * (kl - leaf.plen)
+                j = min(j, int(flat.searchsorted(upper, "right")))
             if j > i:
-                leaf.keys += keys[i:j].tobytes()
-                leaf.vals += val5[i:j].tobytes()
+                leaf.keys += kb[i * kl : j * kl]
+                leaf.vals += vb[i * VALUE_SZ : j * VALUE_SZ]
                 leaf.n += j - i
                 i = j
-                if i == n:
-                    break
-            self._append_internal(keys[i].tobytes(), val5[i].tobytes())
-            i += 1
-        self._last_key = keys[n - 1].tobytes()
-        self.num_entries += n
+                continue
+            # Key i is refused as the leaf stands: append's slow path.
+            key = kb[i * kl : (i + 1) * kl]
+            if leaf.compress() and leaf.n < leaf.cap and key.startswith(leaf.prefix):
+                continue  # the compressed leaf takes it (and maybe more): the range above
+            self._flush_node()
+            stack.append(_BuildNode(0, kl, self._caps))
+            return i
+        return i
+
+    def _write_leaves(
+        self, keys: npt.NDArray[np.uint8], kb: bytes, vb: bytes, flat: npt.NDArray[np.bytes_], i: int
+    ) -> int:
+        """Write the leaves that start at entry ``i`` (an empty leaf is open) and end
+        inside the batch; where the first leaf that does not starts."""
+        kl = self.key_len
+        stack = self._stack
+        assert stack[-1].n == 0 and stack[-1].level == 0
+        leaf = stack.pop()
+        try:
+            while True:
+                end = self._leaf_end(kb, flat, i)
+                if end is None:
+                    return i
+                e, p = end
+                s = kl - p
+                m = e - i
+                suffixes = keys[i:e, p:].tobytes() if p else kb[i * kl : e * kl]
+                blk = len(self.pages)
+                self.pages.append(
+                    b"".join(
+                        (_HDR.pack(m, 0, p, s), kb[i * kl : i * kl + p], suffixes,
+                         vb[i * VALUE_SZ : e * VALUE_SZ], _ZEROS[: PAGE_SZ - NODE_HDR_SIZE - p - m * (s + VALUE_SZ)])
+                    )
+                )  # fmt: skip
+                # As _flush_node: the leaf's first key into the level above.
+                if not stack:
+                    stack.append(_BuildNode(1, kl, self._caps))
+                self._append_internal(kb[i * kl : (i + 1) * kl], b"\x80" + blk.to_bytes(4, "big"))
+                i = e
+        finally:
+            stack.append(leaf)
+
+    def _leaf_end(self, kb: bytes, flat: npt.NDArray[np.bytes_], i: int) -> tuple[int, int] | None:
+        """``(end, prefix length)`` of the leaf :meth:`append` would build from entry ``i``
+        on (an empty leaf), if the batch holds the key that ends it; else None.
+
+        What append does, worked out: the leaf takes ``caps[0]`` keys (no prefix yet);
+        the next is refused, so the leaf is compressed: its prefix is what its first and
+        last keys share (``c`` bytes). If ``c > 0`` the leaf goes on taking the keys with
+        that prefix up to ``caps[c]``; the first key refused then makes it compress again,
+        which finds nothing more (the first and the last key share exactly the prefix,
+        keys being sorted) unless, against that reasoning, it does: then None, and
+        :meth:`_fill_open_leaf` follows append step by step.
+        """
+        kl = self.key_len
+        n = len(flat)
+        caps = self._caps
+        e = i + caps[0]
+        if e >= n:
+            return None
+        first = kb[i * kl : (i + 1) * kl]
+        c = _common_prefix(first, kb[(e - 1) * kl : e * kl])
+        if c == 0:
+            return e, 0
+        e = min(i + caps[c], int(flat.searchsorted(first[:c] + b"\xff" * (kl - c), "right")))
+        if e >= n or _common_prefix(first, kb[(e - 1) * kl : e * kl]) != c:
+            return None
+        return e, c
 
     def _append_internal(self, key: bytes, val5: bytes) -> None:
         last = self._stack[-1]

@@ -40,7 +40,7 @@ import numpy.typing as npt
 
 from pageserver.io import IoContext, cleanup_shield, cooperative_checkpoint
 from pageserver.layers.batch import KEY_DTYPE
-from pageserver.layers.blob_io import PAGE_SZ, SHORT_BLOB_LEN, STAGING_BYTES
+from pageserver.layers.blob_io import PAGE_SZ, STAGING_BYTES, blob_sizes
 from pageserver.layers.common import DELTA_KEY_SIZE, LayerInfo
 from pageserver.layers.delta_layer import STAGING_ENTRIES, DeltaLayer, DeltaLayerWriter
 from pageserver.layers.image_layer import ImageLayer, ImageLayerWriter
@@ -95,11 +95,6 @@ class _L0Source:
 
     def flat(self) -> npt.NDArray[np.bytes_]:
         return self.dk.view(_DK).ravel()
-
-
-def _blob_sizes(lens: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    """Bytes :meth:`~pageserver.layers.blob_io.BlobWriter.stage_blob` writes per value."""
-    return lens + np.where(lens < SHORT_BLOB_LEN, 1, 4)
 
 
 async def merge_l0_layers(
@@ -259,7 +254,7 @@ class _Cutter:
         newkey[1:] = (kb[1:] != kb[:-1]).any(axis=1)
         newkey[0] = self.last_key is None or kb[0].tobytes() != self.last_key
         key_starts = np.flatnonzero(newkey)
-        sizes = _blob_sizes(lens)
+        sizes = blob_sizes(lens)
         cum = np.zeros(n + 1, np.int64)  # cum[i]: blob bytes of entries [0, i)
         np.cumsum(sizes, out=cum[1:])
         i = 0

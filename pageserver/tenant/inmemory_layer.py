@@ -76,6 +76,9 @@ MAX_MERGE_RECORDS: Final = RUN_RECORDS * FANIN**3
 FLUSH_SLICE_RECORDS: Final = 16384
 
 _KEY_INTS: Final = np.dtype([("a", ">u8"), ("b", ">u8"), ("c", ">u2")])
+#: A key as its first 10 bytes and its last 8 as a big-endian integer (``_slice_order``).
+_KEY_HEAD: Final = 10
+_KEY_TAIL: Final = np.dtype([("head", f"V{_KEY_HEAD}"), ("tail", ">u8")])
 #: The same 18 bytes as native integers: for equality only (no byte swap; ~4x faster
 #: than comparing ``S18`` strings).
 _KEY_INTS_EQ: Final = np.dtype([("a", "=u8"), ("b", "=u8"), ("c", "=u2")])
@@ -95,9 +98,11 @@ class Entries:
         return len(self.lsns)
 
     def take(self, order: npt.NDArray[np.intp]) -> Entries:
+        # ``np.take`` rather than ``a[order]``: the same result, without fancy indexing's
+        # set-up (~1.5x faster on a 16k-record slice's keys).
         return Entries(
-            self.keys[order], self.lsns[order], self.offs[order], self.lens[order],
-            self.will_init[order],
+            np.take(self.keys, order), np.take(self.lsns, order), np.take(self.offs, order),
+            np.take(self.lens, order), np.take(self.will_init, order),
         )  # fmt: skip
 
     def part(self, start: int, end: int) -> Entries:
@@ -144,12 +149,33 @@ def _dedup(e: Entries) -> Entries:
     """Keep the last of each run of equal (key, lsn) in a sorted ``e`` (replaced values)."""
     if len(e) < 2:
         return e
-    dup = (e.keys[1:] == e.keys[:-1]) & (e.lsns[1:] == e.lsns[:-1])
-    if not dup.any():
+    # LSNs first (integers; neighbours rarely share one unless they are the same key and a
+    # replaced value), keys only where they do.
+    same = np.flatnonzero(e.lsns[1:] == e.lsns[:-1])
+    if not len(same):
+        return e
+    ints = e.keys.view(_KEY_INTS_EQ)
+    dup = same[ints[same] == ints[same + 1]]
+    if not len(dup):
         return e
     keep = np.ones(len(e), np.bool_)
-    keep[:-1] = ~dup
+    keep[dup] = False
     return e.take(np.flatnonzero(keep))
+
+
+def _slice_order(keys: KeyArray, lo: bytes, hi: bytes) -> npt.NDArray[np.intp]:
+    """The stable sort order of ``keys``, all of them between ``lo`` and ``hi``.
+
+    When ``lo`` and ``hi`` share their first 10 bytes, so does every key between them,
+    and the last 8 order the keys: one ``uint64`` each, sorted by a stable ``argsort``,
+    which for 64-bit integers is a timsort: it finds the sorted parts the slice is made
+    of (one per run of the layer) and merges them, ~3x faster than ``key_order``'s
+    ``lexsort`` of three columns. Keys of one relation (Neon's field1-field5) differ only
+    in their last 4 bytes, so a flush slice nearly always takes this path.
+    """
+    if lo[:_KEY_HEAD] == hi[:_KEY_HEAD]:
+        return np.argsort(keys.view(_KEY_TAIL)["tail"].astype(np.uint64), kind="stable")
+    return key_order(keys)
 
 
 @dataclass(frozen=True, slots=True)
@@ -412,10 +438,12 @@ class InMemoryLayer:
             )  # fmt: skip
             async with writer:
                 for part in self.sorted_entries():
+                    # Merging a slice is a step of its own (put_sorted yields after each
+                    # of its steps, the last one included).
+                    await cooperative_checkpoint()
                     await writer.put_sorted(
                         part.keys, part.lsns, mapped.data, part.offs, part.lens, part.will_init
                     )
-                    await cooperative_checkpoint()
                 info = await writer.finish(Key.MAX)
         finally:
             mapped.close()
@@ -473,6 +501,10 @@ def sorted_slices(runs: list[Entries], slice_records: int = FLUSH_SLICE_RECORDS)
     ]
     for j in range(len(splitters) + 1):
         parts = [r.part(int(b[j]), int(b[j + 1])) for r, b in zip(runs, bounds, strict=True)]
-        part = Entries.concat([p for p in parts if len(p)] or parts[:1])
-        if len(part):
-            yield _dedup(part.sorted())
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            continue
+        part = Entries.concat(parts)
+        lo = min(p.keys[:1].tobytes() for p in parts)
+        hi = max(p.keys[-1:].tobytes() for p in parts)
+        yield _dedup(part.take(_slice_order(part.keys, lo, hi)))

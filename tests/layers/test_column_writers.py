@@ -1,6 +1,7 @@
 """The flush's array paths write exactly what the per-entry paths write:
 ``DiskBtreeBuilder.extend_sorted`` vs ``append`` (page for page) and ``pack_blobs`` vs
-``BlobWriter.stage_blob`` (byte for byte)."""
+``BlobWriter.stage_blob`` (byte for byte); ``first_not_above``, the order check of
+``put_sorted``, is tuple order."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pageserver.layers.blob_io import BlobError, pack_blobs
+from pageserver.layers.delta_layer import first_not_above
 from pageserver.layers.disk_btree import BtreeError, DiskBtreeBuilder
 
 
@@ -121,3 +123,106 @@ def test_extend_sorted_refuses_what_append_refuses() -> None:
     b = DiskBtreeBuilder(4)
     with pytest.raises(BtreeError, match="does not fit"):
         b.extend_sorted(np.frombuffer(b"\x00\x00\x00\x02", np.uint8).reshape(1, 4), np.array([1 << 40], np.uint64))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.sampled_from([0, 1, 5, 127, 128, 129, 300, 8192]), st.integers(1, 40), st.randoms()
+)
+def test_pack_blobs_of_one_length_matches_the_per_blob_encoding(length: int, count: int, rnd: object) -> None:
+    """All values of one length take their own path (rows of header + value)."""
+    values = [bytes(rnd.getrandbits(8) for _ in range(length)) for _ in range(count)]  # type: ignore[attr-defined]
+    order = list(range(count))
+    rnd.shuffle(order)  # type: ignore[attr-defined]
+    buf = bytearray(b"#" * 3)
+    offs = [0] * count
+    for i in order:
+        offs[i] = len(buf)
+        buf += values[i] + b"!"
+    packed, starts = pack_blobs(buf, np.array(offs, np.int64), np.full(count, length, np.int64))
+    assert (packed.tobytes(), starts.tolist()) == _stage_ref(values)
+
+
+# Keys that differ anywhere: in the first byte (a leaf without a prefix), in the middle,
+# only at the end; runs of neighbours, so that leaves get long prefixes too.
+wide_keys = st.lists(
+    st.tuples(st.integers(0, 2), st.integers(0, 3), st.integers(0, 2**16), st.integers(0, 3)),
+    min_size=1,
+    max_size=4000,
+    unique=True,
+).map(
+    lambda xs: sorted(
+        bytes([a]) + bytes(9) + bytes([b]) + bytes(5) + c.to_bytes(4, "big") + bytes(5) + bytes([d])
+        for a, b, c, d in xs
+    )
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(wide_keys, st.lists(st.integers(1, 5000), max_size=6), st.booleans())
+def test_extend_sorted_in_chunks_builds_the_same_pages(keys: list[bytes], sizes: list[int], ordered: bool) -> None:
+    """Chunks of any size (leaves written whole from a chunk, or carried across chunks),
+    with and without the order check (``ordered=True``: put_sorted has checked it)."""
+    values = [(i * 2654435761) % (1 << 39) for i in range(len(keys))]
+    ref_pages, ref_root = _pages_by_append(keys, values, 26)
+    b = DiskBtreeBuilder(26)
+    pos = 0
+    sizes = sizes or [len(keys)]
+    while pos < len(keys):
+        size = sizes[pos % len(sizes)]
+        arr = np.frombuffer(b"".join(keys[pos : pos + size]), np.uint8).reshape(-1, 26)
+        b.extend_sorted(arr, np.array(values[pos : pos + size], np.uint64), ordered=ordered)
+        pos += size
+    root = b.finish()
+    assert b.pages == ref_pages and root == ref_root
+    assert b.num_entries == len(keys)
+
+
+def _first_not_above_ref(keys: list[bytes], lsns: list[int]) -> int | None:
+    for i in range(1, len(keys)):
+        if (keys[i], lsns[i]) <= (keys[i - 1], lsns[i - 1]):
+            return i
+    return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 17), st.integers(0, 3), st.integers(0, 3)), min_size=0, max_size=12
+    ),
+    st.booleans(),
+)
+def test_first_not_above_is_tuple_order(rows: list[tuple[int, int, int]], sort: bool) -> None:
+    """Keys differing in any one of their 18 bytes (each of the three integers the check
+    reads them as, and a trailing NUL), and LSN ties."""
+    entries = [(bytes(b) + bytes([v]) + bytes(17 - b), lsn) if b < 17 else (bytes(17) + bytes([v]), lsn)
+               for b, v, lsn in rows]  # fmt: skip
+    if sort:
+        entries.sort()
+    keys = [k for k, _ in entries]
+    lsns = [lsn for _, lsn in entries]
+    got = first_not_above(np.array(keys, dtype="S18"), np.array(lsns, np.uint64))
+    assert got == _first_not_above_ref(keys, lsns)
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+def test_extend_sorted_random_keys_leaves_without_prefix(ordered: bool) -> None:
+    """Random 26-byte keys: nearly every leaf's first and 264th keys differ in their first
+    byte, so leaves are written without a prefix (the other way a leaf ends)."""
+    rng = np.random.default_rng(11)
+    keys = sorted({rng.bytes(26) for _ in range(20_000)})
+    values = [int(v) for v in rng.integers(0, 1 << 39, len(keys))]
+    ref = _pages_by_append(keys, values, 26)
+    for sizes in ([len(keys)], [1, 263, 264, 265, 4000, 9000]):
+        b = DiskBtreeBuilder(26)
+        pos = 0
+        i = 0
+        while pos < len(keys):
+            size = sizes[i % len(sizes)]
+            i += 1
+            arr = np.frombuffer(b"".join(keys[pos : pos + size]), np.uint8).reshape(-1, 26)
+            b.extend_sorted(arr, np.array(values[pos : pos + size], np.uint64), ordered=ordered)
+            pos += size
+        root = b.finish()
+        assert (b.pages, root) == ref
+    assert sum(1 for p in ref[0] if p[2] == 0 and p[3] == 0) > 50  # level-0 pages, no prefix

@@ -1,0 +1,105 @@
+"""The flush's steps are bounded by size, not measured by time: under trio-uring the job
+runs on the event loop, and everything between two checkpoints is one step that every
+other task waits for. Each piece of work the flush does (merging a slice of the runs,
+extending the B-tree, packing and writing values) is counted, and between two
+checkpoints there must be at most one piece, of bounded records and bytes."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from pageserver.io import IoContext
+from pageserver.layers import blob_io, delta_layer
+from pageserver.layers.batch import check_put_batch
+from pageserver.layers.delta_layer import DeltaLayer
+from pageserver.layers.disk_btree import DiskBtreeBuilder
+from pageserver.layers.key import TenantId, TimelineId
+from pageserver.tenant import inmemory_layer as iml
+from pageserver.tenant.inmemory_layer import Entries, InMemoryLayer
+from tests.helpers.tenant import image, key
+
+TID = TenantId.parse("0123456789abcdef0123456789abcdef")
+TLID = TimelineId.parse("fedcba9876543210fedcba9876543210")
+
+Piece = tuple[str, int, int]  # (what, records, value bytes)
+
+
+@pytest.mark.parametrize("payload", [3, 100, 3000])
+async def test_no_flush_step_does_more_than_one_bounded_piece(
+    io_ctx: IoContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, payload: int
+) -> None:
+    # 3-byte images (encoded: 16 bytes): a byte bound alone would let 512 KiB / 17 B =
+    # ~30k values into one step, where the gather costs ~50 ns a value however short.
+    rnd = random.Random(payload)
+    layer = await InMemoryLayer.create(io_ctx, str(tmp_path), 0, 10)
+    records = 60_000 if payload < 1000 else 6000
+    keys = [key(i) for i in range(records // 3)]
+    lsn = 10
+    for _ in range(records // 1000):
+        batch = []
+        for _ in range(1000):
+            lsn += 1
+            batch.append((rnd.choice(keys), lsn, image(rnd.randbytes(payload))))
+        await layer.put_batch(check_put_batch(batch))
+    await layer.freeze(lsn + 1)
+
+    steps: list[list[Piece]] = [[]]
+
+    async def checkpoint() -> None:
+        steps.append([])
+
+    real_pack = blob_io.pack_blobs
+
+    def pack(
+        data: Any, offs: npt.NDArray[np.int64], lens: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
+        steps[-1].append(("values", len(lens), int(lens.sum())))
+        return real_pack(data, offs, lens)
+
+    real_extend = DiskBtreeBuilder.extend_sorted
+
+    def extend(self: DiskBtreeBuilder, keys: Any, values: Any, **kw: Any) -> None:
+        steps[-1].append(("index", len(values), 0))
+        real_extend(self, keys, values, **kw)
+
+    real_slices = iml.sorted_slices
+
+    def slices(runs: list[Entries], *a: Any) -> Iterator[Entries]:
+        for part in real_slices(runs, *a):
+            steps[-1].append(("merge", len(part), 0))
+            yield part
+
+    monkeypatch.setattr(delta_layer, "cooperative_checkpoint", checkpoint)
+    monkeypatch.setattr(iml, "cooperative_checkpoint", checkpoint)
+    monkeypatch.setattr(delta_layer, "pack_blobs", pack)
+    monkeypatch.setattr(DiskBtreeBuilder, "extend_sorted", extend)
+    monkeypatch.setattr(iml, "sorted_slices", slices)
+    try:
+        info = await layer.write_delta_layer(str(tmp_path), TID, TLID)
+    finally:
+        await layer.delete()
+
+    work = [s for s in steps if s]
+    assert [s for s in work if len(s) > 1][:3] == []
+    pieces = [s[0] for s in work]
+    bound = {
+        # A slice is cut by sampled splitter keys: about FLUSH_SLICE_RECORDS, not exactly.
+        "merge": 2 * iml.FLUSH_SLICE_RECORDS,
+        "index": delta_layer.SORTED_INDEX_RECORDS,
+        "values": delta_layer.SORTED_CHUNK_RECORDS,
+    }
+    assert [p for p in pieces if p[1] > bound[p[0]]] == []
+    # Bytes: a chunk stops at the first value that reaches SORTED_CHUNK_BYTES.
+    assert max(p[2] for p in pieces if p[0] == "values") <= delta_layer.SORTED_CHUNK_BYTES + payload + 20
+    written = sum(p[1] for p in pieces if p[0] == "values")
+    assert written == sum(p[1] for p in pieces if p[0] == "index") == info.num_entries
+    assert {p[0] for p in pieces} == {"merge", "index", "values"}
+    async with await DeltaLayer.open(io_ctx, info.path) as dl:
+        assert len(await dl.load_all()) == written
