@@ -85,11 +85,17 @@ def test_sigkill_at_random_instants(engine_kind: str, tmp_path: Path) -> None:
             ["crashsafe", str(path), str(first), str(first + 100_000)], child_env(engine_kind)
         )
         assert proc.stdout is not None
-        proc.stdout.readline()  # wait until the first version is on disk
+        out = proc.stdout.readline()  # wait until the first version is on disk
         time.sleep(rng.uniform(0.0, 0.15))
         proc.send_signal(signal.SIGKILL)
-        out, _ = proc.communicate()
-        last_reported = out.strip().splitlines()[-1] if out.strip() else f"wrote {first}"
+        # The rest through the same buffered reader: readline may have buffered more lines
+        # than the first, and communicate() reads the raw descriptor, so it would never
+        # see them (a loaded machine made the test read "wrote 57" with 62 on disk).
+        out += proc.stdout.read()
+        proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
+        last_reported = out.strip().splitlines()[-1]
         v = version_of(path.read_bytes())
         # The file holds the last reported version or the one after it, never less.
         reported = int(last_reported.split()[1])
