@@ -163,28 +163,32 @@ def pack_blobs(
     data: bytes | bytearray | memoryview | npt.NDArray[np.uint8],
     offsets: npt.NDArray[np.int64],
     lengths: npt.NDArray[np.int64],
+    out: npt.NDArray[np.uint8] | None = None,
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
     """Uncompressed blobs of ``data[offsets[i]:offsets[i] + lengths[i]]``, back to back:
     ``(the bytes, where each blob starts in them)``. Byte for byte what
     :meth:`BlobWriter.stage_blob` writes for the same values, for a whole batch at once:
     headers are written with array operations, and values of one length with one gather
     and one scatter of rows (the delta flush's path; a per-byte gather or a loop per value
-    would cost more than the rest of the flush)."""
+    would cost more than the rest of the flush).
+
+    ``out``: pack into this array (exactly :func:`blob_sizes` bytes in all) instead of a
+    new one, e.g. a part of a larger block written at once."""
     n = len(lengths)
     if not n:
-        return np.empty(0, np.uint8), np.empty(0, np.int64)
+        return np.empty(0, np.uint8) if out is None else out, np.empty(0, np.int64)
     longest = int(lengths.max())
     if longest > MAX_BLOB_LEN:
         raise BlobError(f"blob too large ({longest} bytes)")
     src = data if isinstance(data, np.ndarray) else np.frombuffer(data, np.uint8)
     if int(lengths.min()) == longest:
-        return _pack_equal(src, offsets, longest)
+        return _pack_equal(src, offsets, longest, out)
     short = lengths < SHORT_BLOB_LEN
     hlen = np.where(short, 1, 4)
     sizes = hlen + lengths
     ends = np.cumsum(sizes)
     starts = ends - sizes
-    out = np.empty(int(ends[-1]), np.uint8)
+    out = _output(out, int(ends[-1]))
     out[starts[short]] = lengths[short]
     if not short.all():
         at = starts[~short]
@@ -195,8 +199,19 @@ def pack_blobs(
     return out, starts
 
 
+def _output(out: npt.NDArray[np.uint8] | None, size: int) -> npt.NDArray[np.uint8]:
+    if out is None:
+        return np.empty(size, np.uint8)
+    if out.shape != (size,) or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a contiguous array of {size} bytes")
+    return out
+
+
 def _pack_equal(
-    src: npt.NDArray[np.uint8], offsets: npt.NDArray[np.int64], length: int
+    src: npt.NDArray[np.uint8],
+    offsets: npt.NDArray[np.int64],
+    length: int,
+    out: npt.NDArray[np.uint8] | None,
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
     """:func:`pack_blobs` of values that all have ``length`` bytes (a layer of one value
     size, e.g. all page images): the blobs are the rows of an ``(n, header + length)``
@@ -206,7 +221,7 @@ def _pack_equal(
     n = len(offsets)
     header = encode_blob_header(length)
     size = len(header) + length
-    out = np.empty(n * size, np.uint8)
+    out = _output(out, n * size)
     out.reshape(n, size)[:, : len(header)] = np.frombuffer(header, np.uint8)
     if length:
         item = f"V{length}"

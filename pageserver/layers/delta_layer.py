@@ -53,12 +53,18 @@ _LSN = struct.Struct(">Q")
 #: buffered writer, also after ``blob_io.STAGING_BYTES``); also where the job yields under
 #: trio-uring, where it runs on the loop.
 STAGING_ENTRIES: Final = 2048
-#: Blob bytes and values per chunk of :meth:`DeltaLayerWriter.put_sorted` (one packed
-#: block, one step on the loop under trio-uring). Both bound the step: bytes for large
-#: values (a copy of each), values for small ones (a gather of scattered values costs
-#: ~50 ns each however short). About 0.3-0.5 ms each on the development VM.
+#: Blob bytes and values per chunk of :meth:`DeltaLayerWriter.put_sorted` (a piece of a
+#: packed block, one step on the loop under trio-uring). Both bound the step: bytes for
+#: large values (a copy of each), values for small ones (gathering values scattered over
+#: the frozen layer costs ~50 ns each however short). About 0.3-0.5 ms each on the
+#: development VM.
 SORTED_CHUNK_BYTES: Final = 256 << 10
 SORTED_CHUNK_RECORDS: Final = 4096
+#: Blob bytes per write of :meth:`DeltaLayerWriter.put_sorted` (a block packed in chunks).
+#: The buffered writer takes a block's whole buffers without copying them (``borrow``),
+#: but copies what tops up its current buffer and what is left over, about one buffer
+#: (256 KiB) per write: a block of many buffers keeps that copy small.
+SORTED_WRITE_BYTES: Final = 2 << 20
 #: Index entries per step of :meth:`DeltaLayerWriter.put_sorted` (~40 ns each).
 SORTED_INDEX_RECORDS: Final = 16384
 _NEW, _OPEN, _CLOSED = 0, 1, 2
@@ -286,20 +292,29 @@ class DeltaLayerWriter(LayerWriter):
                 end = min(n, start + SORTED_INDEX_RECORDS)
                 self._tree.extend_sorted(dk2d[start:end], refs[start:end].view(np.uint64), ordered=True)
                 await cooperative_checkpoint()
-            # Values a chunk at a time: at most SORTED_CHUNK_BYTES of blobs and
-            # SORTED_CHUNK_RECORDS values per step.
+            # Values: blocks of about SORTED_WRITE_BYTES, each packed in steps of at most
+            # SORTED_CHUNK_BYTES of blobs and SORTED_CHUNK_RECORDS values, then written
+            # in one call (a step of its own).
             start = 0
             while start < n:
-                done = int(ends[start - 1]) if start else 0
-                end = min(
-                    n, start + SORTED_CHUNK_RECORDS,
-                    max(start + 1, int(ends.searchsorted(done + SORTED_CHUNK_BYTES, "right"))),
-                )  # fmt: skip
-                packed, _rel = pack_blobs(data, offs[start:end], lens[start:end])
-                at = await blobs.write_packed(packed)
-                assert at == first + done, "blobs not where the index says"
+                base = int(ends[start - 1]) if start else 0
+                stop = max(start + 1, int(ends.searchsorted(base + SORTED_WRITE_BYTES, "right")))
+                block = np.empty(int(ends[stop - 1]) - base, np.uint8)
+                while start < stop:
+                    done = int(ends[start - 1]) if start else 0
+                    end = min(
+                        stop, start + SORTED_CHUNK_RECORDS,
+                        max(start + 1, int(ends.searchsorted(done + SORTED_CHUNK_BYTES, "right"))),
+                    )  # fmt: skip
+                    pack_blobs(
+                        data, offs[start:end], lens[start:end],
+                        out=block[done - base : int(ends[end - 1]) - base],
+                    )  # fmt: skip
+                    await cooperative_checkpoint()
+                    start = end
+                at = await blobs.write_packed(block)
+                assert at == first + base, "blobs not where the index says"
                 await cooperative_checkpoint()
-                start = end
             self._last_dk = dk2d[n - 1].tobytes()
             self._max_lsn = max(self._max_lsn, int(lsns.max()))
             self.num_entries += n

@@ -226,3 +226,19 @@ def test_extend_sorted_random_keys_leaves_without_prefix(ordered: bool) -> None:
         root = b.finish()
         assert (b.pages, root) == ref
     assert sum(1 for p in ref[0] if p[2] == 0 and p[3] == 0) > 50  # level-0 pages, no prefix
+
+
+@pytest.mark.parametrize("lengths", [[112] * 50, [0, 5, 127, 128, 300] * 10])
+def test_pack_blobs_into_a_part_of_a_block(lengths: list[int]) -> None:
+    """``out=``: packed into a slice of a larger array, bytes around it untouched."""
+    rng = np.random.default_rng(len(set(lengths)))
+    values = [bytes(rng.integers(0, 256, n, dtype=np.uint8)) for n in lengths]
+    buf = b"".join(values)
+    offs = np.cumsum([0, *lengths[:-1]]).astype(np.int64)
+    ref, _starts = _stage_ref(values)
+    block = np.full(len(ref) + 10, 0xEE, np.uint8)
+    packed, _ = pack_blobs(buf, offs, np.array(lengths, np.int64), out=block[7 : 7 + len(ref)])
+    assert block[7 : 7 + len(ref)].tobytes() == ref == packed.tobytes()
+    assert block[:7].tolist() == [0xEE] * 7 and block[7 + len(ref) :].tolist() == [0xEE] * 3
+    with pytest.raises(ValueError, match="contiguous array"):
+        pack_blobs(buf, offs, np.array(lengths, np.int64), out=block[: len(ref) - 1])

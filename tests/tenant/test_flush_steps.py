@@ -2,7 +2,10 @@
 runs on the event loop, and everything between two checkpoints is one step that every
 other task waits for. Each piece of work the flush does (merging a slice of the runs,
 extending the B-tree, packing and writing values) is counted, and between two
-checkpoints there must be at most one piece, of bounded records and bytes."""
+checkpoints there must be at most one piece, of bounded records and bytes (a write's
+bytes are what it hands to the buffered writer; under trio-uring the kernel copies a
+buffered write into the page cache inside the ``io_uring_enter`` that submits it, on the
+loop's thread, so they count)."""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import pytest
 from pageserver.io import IoContext
 from pageserver.layers import blob_io, delta_layer
 from pageserver.layers.batch import check_put_batch
+from pageserver.layers.blob_io import BlobWriter
 from pageserver.layers.delta_layer import DeltaLayer
 from pageserver.layers.disk_btree import DiskBtreeBuilder
 from pageserver.layers.key import TenantId, TimelineId
@@ -58,16 +62,22 @@ async def test_no_flush_step_does_more_than_one_bounded_piece(
     real_pack = blob_io.pack_blobs
 
     def pack(
-        data: Any, offs: npt.NDArray[np.int64], lens: npt.NDArray[np.int64]
+        data: Any, offs: npt.NDArray[np.int64], lens: npt.NDArray[np.int64], **kw: Any
     ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
         steps[-1].append(("values", len(lens), int(lens.sum())))
-        return real_pack(data, offs, lens)
+        return real_pack(data, offs, lens, **kw)
 
     real_extend = DiskBtreeBuilder.extend_sorted
 
     def extend(self: DiskBtreeBuilder, keys: Any, values: Any, **kw: Any) -> None:
         steps[-1].append(("index", len(values), 0))
         real_extend(self, keys, values, **kw)
+
+    real_write = BlobWriter.write_packed
+
+    async def write_packed(self: BlobWriter, packed: Any) -> int:
+        steps[-1].append(("write", 0, len(packed)))
+        return await real_write(self, packed)
 
     real_slices = iml.sorted_slices
 
@@ -80,6 +90,7 @@ async def test_no_flush_step_does_more_than_one_bounded_piece(
     monkeypatch.setattr(iml, "cooperative_checkpoint", checkpoint)
     monkeypatch.setattr(delta_layer, "pack_blobs", pack)
     monkeypatch.setattr(DiskBtreeBuilder, "extend_sorted", extend)
+    monkeypatch.setattr(BlobWriter, "write_packed", write_packed)
     monkeypatch.setattr(iml, "sorted_slices", slices)
     try:
         info = await layer.write_delta_layer(str(tmp_path), TID, TLID)
@@ -94,12 +105,14 @@ async def test_no_flush_step_does_more_than_one_bounded_piece(
         "merge": 2 * iml.FLUSH_SLICE_RECORDS,
         "index": delta_layer.SORTED_INDEX_RECORDS,
         "values": delta_layer.SORTED_CHUNK_RECORDS,
+        "write": 0,
     }
     assert [p for p in pieces if p[1] > bound[p[0]]] == []
-    # Bytes: a chunk stops at the first value that reaches SORTED_CHUNK_BYTES.
+    # Bytes: a chunk (a block) stops at the first value that reaches its bound.
     assert max(p[2] for p in pieces if p[0] == "values") <= delta_layer.SORTED_CHUNK_BYTES + payload + 20
+    assert max(p[2] for p in pieces if p[0] == "write") <= delta_layer.SORTED_WRITE_BYTES + payload + 20
     written = sum(p[1] for p in pieces if p[0] == "values")
     assert written == sum(p[1] for p in pieces if p[0] == "index") == info.num_entries
-    assert {p[0] for p in pieces} == {"merge", "index", "values"}
+    assert {p[0] for p in pieces} == {"merge", "index", "values", "write"}
     async with await DeltaLayer.open(io_ctx, info.path) as dl:
         assert len(await dl.load_all()) == written
