@@ -80,7 +80,9 @@ class LayerFileWriter:
             self._created = True
             raise
         self._created = True
-        self.bw = BufferedWriter(self.vf, LAYER_WRITE_BUFFER, start_offset=PAGE_SZ)
+        # will_fsync: the file is fsync'd when finished, so its writeback starts while it
+        # is written (the disk works during the flush instead of all at the final fsync).
+        self.bw = BufferedWriter(self.vf, LAYER_WRITE_BUFFER, start_offset=PAGE_SZ, will_fsync=True)
         return self.bw
 
     async def finish(self, tree: DiskBtreeBuilder, make_summary: Callable[[int, int], Summary],
