@@ -13,7 +13,8 @@ Layers, bottom up, one private module each (import from this package, not from t
 * ``_framing`` -- :class:`FrameDecoder`, the incremental framer (4-byte big-endian length
   ``N``, then ``N`` bytes), and :func:`encode_frame`. It never holds more than one
   incomplete frame, and rejects an oversized frame from its header alone, before buffering
-  any of its payload.
+  any of its payload. A large frame can be read straight into a buffer of its own
+  (``direct_view``/``commit``) and is then handed over in it, uncopied.
 * ``_requests`` -- :func:`parse_request`: one frame's payload to a typed, validated, frozen
   request dataclass, or a :class:`ProtocolError` carrying the SPEC error code.
   :func:`check_put_batch` is the wire's view of the one whole-batch ``put`` check of

@@ -12,9 +12,10 @@ ops before authentication without validating their fields.
 
 Memory: buffered bytes per connection are bounded by the framer (see
 :class:`~pageserver.wire.FrameDecoder`). Decoding one payload into Python objects is a
-transient on top of that: ~1x for ``put`` batches of page images, ~5x for tiny records, and
-up to ~32x ``max_frame_bytes`` for a hostile frame of nested tiny arrays (measured: ~520 MiB
-for 16 MiB). A payload that does not start with a map is rejected before decoding, and maps
+transient on top of that: ~0x for columnar ``put`` batches of page images (their values
+stay in the frame's buffer, see :func:`parse_envelope`), ~1x in the records form, ~5x for
+tiny records, and up to ~32x ``max_frame_bytes`` for a hostile frame of nested tiny arrays
+(measured: ~520 MiB for 16 MiB). A payload that does not start with a map is rejected before decoding, and maps
 are capped, which removes the worst (~64x) shapes. Parse on the event loop, one frame at a
 time, and that transient is a process-wide constant rather than a per-connection one.
 """
