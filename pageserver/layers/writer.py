@@ -31,7 +31,13 @@ from collections.abc import Callable
 from typing import ClassVar, Self, TypeVar
 
 from pageserver.failpoints import failpoint
-from pageserver.io import TEMP_SUFFIX, BufferedWriter, IoContext, VirtualFile
+from pageserver.io import (
+    TEMP_SUFFIX,
+    BufferedWriter,
+    IoContext,
+    VirtualFile,
+    cooperative_checkpoint,
+)
 from pageserver.layers.blob_io import COMPRESSION_DISABLED, PAGE_SZ, BlobWriter, check_compression
 from pageserver.layers.common import LayerInfo, run_cleanup
 from pageserver.layers.disk_btree import DiskBtreeBuilder
@@ -41,6 +47,10 @@ from pageserver.layers.summary import Summary
 
 #: Buffered writer size for layer files: large buffers mean few syscalls/submissions.
 LAYER_WRITE_BUFFER = 256 * 1024
+#: Index pages written per step (~1-2 us of Python and an 8 KiB copy each; the buffered
+#: writer yields only when it waits for a write, under trio-uring when 4 are in flight:
+#: 800 pages of a 400k-record layer took steps of up to ~2 ms).
+INDEX_PAGES_PER_STEP = 64
 
 T = TypeVar("T")
 
@@ -93,8 +103,10 @@ class LayerFileWriter:
         await bw.pad_to(PAGE_SZ)
         index_start_blk = bw.offset // PAGE_SZ
         root_blk = tree.finish()
-        for page in tree.pages:
+        for i, page in enumerate(tree.pages, 1):
             await bw.write(page)
+            if not i % INDEX_PAGES_PER_STEP:
+                await cooperative_checkpoint()
         file_size = await bw.finish()
         summary = make_summary(index_start_blk, root_blk)
         await vf.write_all_at(summary.pack_page(), 0)

@@ -79,11 +79,11 @@ async def test_no_flush_step_does_more_than_one_bounded_piece(
         steps[-1].append(("write", 0, len(packed)))
         return await real_write(self, packed)
 
-    real_slices = iml.sorted_slices
+    real_merge = iml.merge_steps
 
-    def slices(runs: list[Entries], *a: Any) -> Iterator[Entries]:
-        for part in real_slices(runs, *a):
-            steps[-1].append(("merge", len(part), 0))
+    def merge(runs: list[Entries], *a: Any) -> Iterator[Entries | None]:
+        for part in real_merge(runs, *a):
+            steps[-1].append(("merge", 0 if part is None else len(part), 0))
             yield part
 
     monkeypatch.setattr(delta_layer, "cooperative_checkpoint", checkpoint)
@@ -91,7 +91,7 @@ async def test_no_flush_step_does_more_than_one_bounded_piece(
     monkeypatch.setattr(delta_layer, "pack_blobs", pack)
     monkeypatch.setattr(DiskBtreeBuilder, "extend_sorted", extend)
     monkeypatch.setattr(BlobWriter, "write_packed", write_packed)
-    monkeypatch.setattr(iml, "sorted_slices", slices)
+    monkeypatch.setattr(iml, "merge_steps", merge)
     try:
         info = await layer.write_delta_layer(str(tmp_path), TID, TLID)
     finally:
