@@ -272,10 +272,16 @@ class SlotTable:
             return sum(1 for s in self._slots if s.fd >= 0)
 
     async def close_all(self) -> None:
-        """Close every descriptor (context shutdown). Operations must have finished."""
+        """Close every descriptor (context shutdown).
+
+        The caller's operations must have finished, but a slot may still be pinned by
+        one nobody awaits: a writeback hint (:meth:`VirtualFile.start_writeback`) under
+        trio-uring holds its pin until its CQE comes. So pinned slots are taken too, and
+        :meth:`release` waits for their pins to drop; skipping them leaked the fd.
+        """
         while True:
             with self._lock:
-                busy = [s for s in self._slots if s.owner is not None and s.pins == 0]
+                busy = [s for s in self._slots if s.owner is not None]
             if not busy:
                 return
             for slot in busy:
