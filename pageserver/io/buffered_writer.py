@@ -68,7 +68,8 @@ OFFLOAD_MIN_BYTES = 256 * 1024
 WRITEBACK_BYTES = 8 << 20
 #: Writeback ranges end on a page boundary: a page still being filled would be written
 #: twice, and a write into a page under writeback may have to wait for that I/O.
-_PAGE_MASK = ~(mmap.PAGESIZE - 1)
+_PAGE_SIZE = mmap.PAGESIZE
+_PAGE_MASK = ~(_PAGE_SIZE - 1)
 
 #: What :meth:`IoContext.run_job` is: runs ``fn(*args)`` the way the engine runs jobs.
 RunJob = Callable[..., Awaitable[Any]]
@@ -113,7 +114,13 @@ class BufferedWriter:
         #: Starts large borrowed writes (module docstring); None: on the caller's thread.
         self._run_job = run_job
         #: Where the next writeback range starts; -1: no early writeback (module docstring).
-        self._wb_from = start_offset & _PAGE_MASK if will_fsync and not file.no_sync else -1
+        #: Rounded *up* to a page: a page holding bytes below ``start_offset`` is one the
+        #: owner writes later (a layer's summary at 0, written by ``finish``; with 64 KiB
+        #: pages the first data bytes share that page), so a hint would have it written back
+        #: twice, and the summary's write might wait for that I/O.
+        self._wb_from = (
+            -(-start_offset // _PAGE_SIZE) * _PAGE_SIZE if will_fsync and not file.no_sync else -1
+        )
 
     @property
     def offset(self) -> int:

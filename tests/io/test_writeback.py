@@ -104,6 +104,27 @@ def pattern(n: int, seed: int = 0) -> bytes:
     return (block * (n // 8192 + 1))[:n]
 
 
+def round_up(n: int, page: int = mmap.PAGESIZE) -> int:
+    return -(-n // page) * page
+
+
+def expected_ranges(
+    start: int, completed: int, buf: int = LAYER_BUF, page: int = mmap.PAGESIZE
+) -> list[tuple[int, int]]:
+    """The hints of a writer appending from ``start`` in whole buffers, of which the
+    first ``completed`` are written: from ``start`` rounded up to a page (bytes below it
+    belong to a page the owner writes later), a range each time the page-aligned written
+    end is 8 MiB past the last one."""
+    frm = round_up(start, page)
+    out = []
+    for n in range(1, completed + 1):
+        end = (start + n * buf) // page * page
+        if end - frm >= W:
+            out.append((frm, end - frm))
+            frm = end
+    return out
+
+
 # -- the engine operation -----------------------------------------------------------------
 
 
@@ -235,9 +256,11 @@ async def test_every_completed_range_is_hinted_once_written(
     finally:
         await ctx.aclose()
     assert end == 8192 + 44 * MIB + 5000
-    # 44 MiB: five whole ranges under both engines (trio-uring's up to three writes in
-    # flight at the end are completed by finish, which hints no more).
-    assert [(o, n) for _p, o, n in hints] == [(8192 + k * W, W) for k in range(5)]
+    # 44 MiB: five ranges under both engines (trio-uring's up to three writes in flight at
+    # the end are completed by finish, which hints no more); with 4 KiB pages exactly
+    # (8192 + k * W, W).
+    assert [(o, n) for _p, o, n in hints] == expected_ranges(8192, 44 * MIB // LAYER_BUF - 3)
+    assert len(hints) == 5
     assert {p for p, _o, _n in hints} == {path}
 
 
@@ -270,12 +293,46 @@ async def test_borrowed_writes_are_hinted_in_page_aligned_contiguous_ranges(
         await ctx.aclose()
     assert Path(path).read_bytes()[8192:] == model
     ranges = [(o, n) for _p, o, n in hints]
-    assert ranges and ranges[0][0] == 8192
+    assert ranges and ranges[0][0] == round_up(8192)
     for (o1, n1), (o2, _n2) in zip(ranges, ranges[1:], strict=False):
         assert o1 + n1 == o2
     assert all(n >= W and (o + n) % mmap.PAGESIZE == 0 for o, n in ranges)
     last_end = ranges[-1][0] + ranges[-1][1]
     assert last_end > 8192 + len(model) - W - 4 * LAYER_BUF
+
+
+@pytest.mark.parametrize("page", [mmap.PAGESIZE, 64 * 1024], ids=["native", "64k"])
+async def test_first_range_never_covers_the_page_below_start_offset(
+    engine_kind: str,
+    tmp_path: Path,
+    hints: list[tuple[str, int, int]],
+    monkeypatch: pytest.MonkeyPatch,
+    page: int,
+) -> None:
+    """The page holding bytes below ``start_offset`` is the owner's to write later (a
+    layer's summary at 0, written at finish): the first hinted range starts at
+    ``start_offset`` rounded *up* to a page. With 64 KiB pages (aarch64, ppc64) and a
+    layer's 8192, rounding down would cover page 0, the summary's page."""
+    from pageserver.io import buffered_writer
+
+    monkeypatch.setattr(buffered_writer, "_PAGE_SIZE", page)
+    monkeypatch.setattr(buffered_writer, "_PAGE_MASK", ~(page - 1))
+    start = 8192 if page > 8192 else page + 100
+    ctx = make_ctx(engine_kind, no_sync=False)
+    try:
+        vf = await ctx.create_new(str(tmp_path / "p"))
+        bw = BufferedWriter(vf, LAYER_BUF, start_offset=start, will_fsync=True)
+        for _ in range(20 * MIB // 8192):
+            await bw.write(pattern(8192))
+        await bw.finish()
+        await vf.close()
+    finally:
+        await ctx.aclose()
+    ranges = [(o, n) for _p, o, n in hints]
+    assert ranges and ranges[0][0] == round_up(start, page) > start
+    assert (
+        ranges == expected_ranges(start, len(ranges) * W // LAYER_BUF + 1, page=page)[: len(ranges)]
+    )
 
 
 @pytest.mark.parametrize(
@@ -542,7 +599,7 @@ def test_std_fs_hints_from_the_jobs_worker_thread(tmp_path: Path) -> None:
     sfr = [(tid, args) for tid, name, args in calls if name == "sync_file_range"]
     writers = {tid for tid, name, _ in calls if name == "pwrite64"}
     assert [re.sub(r"^\d+, ", "", args) for _tid, args in sfr] == [
-        f"{8192 + k * W}, {W}, SYNC_FILE_RANGE_WRITE" for k in range(2)
+        f"{o}, {n}, SYNC_FILE_RANGE_WRITE" for o, n in expected_ranges(8192, 20 * 4)
     ]
     assert {tid for tid, _ in sfr} == writers and main_tid not in writers
     names = [name for _tid, name, _ in calls if name in ("sync_file_range", "fsync")]
