@@ -232,6 +232,16 @@ class SlotTable:
         self._hand = hand
         return None
 
+    def pin_if_open(self, vf: VirtualFile) -> _Slot | None:
+        """``vf``'s slot pinned if it holds an open descriptor now, else None: never opens,
+        never waits, never raises (for :meth:`VirtualFile.start_writeback`)."""
+        with self._lock:
+            slot = vf._slot
+            if slot is not None and slot.owner is vf and slot.fd >= 0:
+                slot.pins += 1
+                return slot
+        return None
+
     def unpin(self, slot: _Slot) -> None:
         with self._lock:
             slot.pins -= 1
@@ -427,11 +437,21 @@ class VirtualFile:
         file's next fsync, which is the durability point and aborts on it as always.
         A no-op under ``no_sync`` (nothing durable is promised there). The slot stays
         pinned until the kernel is done with the request, as for a write in flight.
+
+        Also a no-op when the file holds no descriptor now (its slot was taken since the
+        caller's write): the hint is skipped rather than the file reopened for it. A
+        reopen would cost an open and a close (and evict another file) for a hint, and
+        it can fail (EMFILE, the ``virtual-file-open`` failpoint; EIO/EROFS/EACCES even
+        abort in :meth:`SlotTable.pin`): that would fail the caller's write after its
+        bytes were written, which a hint must never do. The skipped range is left to the
+        kernel and the fsync, as without hints.
         """
         if self._no_sync:
             return
         table = self._table
-        slot = await table.pin(self)
+        slot = table.pin_if_open(self)
+        if slot is None:
+            return
         try:
             pending = await table.engine.submit_writeback(slot.fd, offset, nbytes)
         except OSError as e:

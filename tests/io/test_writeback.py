@@ -461,6 +461,57 @@ async def test_hint_errors_never_fail_the_write(
     assert Path(path).read_bytes() == data
 
 
+async def test_no_reopen_for_a_hint_so_a_failing_open_never_fails_the_write(
+    engine_kind: str, tmp_path: Path, engine_calls: list[tuple[int, int]]
+) -> None:
+    """Between a write and its hint another file may take the writer's slot. The hint is
+    then skipped, not made by reopening the file: a reopen can fail (EMFILE here, through
+    the ``virtual-file-open`` failpoint), and that failed the write whose bytes were
+    already written. Every other hint is made; the file is complete."""
+    from pageserver import failpoints
+
+    ctx = IoContext(create_engine(engine_kind), max_file_descriptors=2, no_sync=False)
+    path = str(tmp_path / "w")
+    data = pattern(3 * W + 2 * MIB + 12345)
+    skipped = 0
+    original = VirtualFile.start_writeback
+
+    async def evict_then_hint(self: VirtualFile, offset: int, nbytes: int) -> None:
+        nonlocal skipped
+        if offset == 0:  # the first hint: take the slot away, make every open fail
+            others = [await ctx.create_new(str(tmp_path / f"o{i}")) for i in range(3)]
+            assert self._slot is None or self._slot.owner is not self, "not evicted"
+            for o in others:
+                await o.close()
+            reopens = ctx.table.reopen_count
+            failpoints.configure({"virtual-file-open": "return(24)"})  # EMFILE
+            try:
+                await original(self, offset, nbytes)
+            finally:
+                failpoints.clear()
+            assert ctx.table.reopen_count == reopens
+            skipped += 1
+            return
+        await original(self, offset, nbytes)
+
+    try:
+        vf = await ctx.create_new(path)
+        bw = BufferedWriter(vf, LAYER_BUF, will_fsync=True)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(VirtualFile, "start_writeback", evict_then_hint)
+            for i in range(0, len(data), 8192):
+                await bw.write(data[i : i + 8192])
+        assert await bw.finish() == len(data)
+        await vf.sync_all()
+        await vf.close()
+    finally:
+        failpoints.clear()
+        await ctx.aclose()
+    assert skipped == 1
+    assert [o for o, _n in engine_calls] == [W, 2 * W]
+    assert Path(path).read_bytes() == data
+
+
 async def test_aclose_closes_a_file_with_a_hint_in_flight(engine_kind: str, tmp_path: Path) -> None:
     """Nobody awaits a hint: under trio-uring its pin is released only when its CQE comes.
     Closing the context right after one (an abandoned layer, shutdown) still closes the
