@@ -137,6 +137,18 @@ class MappedFile:
             np.frombuffer(mm, np.uint8) if mm is not None else np.empty(0, np.uint8)
         )
 
+    def release(self, ranges: list[tuple[int, int]]) -> None:
+        """Drop the pages of byte ``ranges`` (``(start, end)``, ``start`` page-aligned)
+        from this process's mapping: ``MADV_DONTNEED`` on a shared file mapping removes
+        only the page-table entries (the pages stay in the page cache, nothing is written),
+        so RSS falls, and touching them again is a minor fault that maps the same bytes."""
+        mm = self._mm
+        if mm is None:
+            return
+        for start, end in ranges:
+            if end > start:
+                mm.madvise(mmap.MADV_DONTNEED, start, end - start)
+
     def close(self) -> None:
         self.data = np.empty(0, np.uint8)
         mm, self._mm = self._mm, None

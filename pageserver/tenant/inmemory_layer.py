@@ -47,6 +47,19 @@ tail still in memory. The flush maps the whole frozen ephemeral file read-only
 pages, no copy) and gathers values in (key, lsn) order from it: one value per ``pread``
 would make the flush cost a syscall per record, and reading the file into a buffer costs
 a copy of the layer (and, for a ``bytearray``, a memset of it under the GIL).
+
+Every page of the mapping the gather touches counts in the process's RSS until it is
+unmapped (page-cache pages, shared and reclaimable, but ``ru_maxrss`` and a container's
+memory limit count them): left mapped, a 256 MiB layer added 256 MiB to the peak of every
+flush, as the old whole-layer ``bytearray`` did. So the flush keeps mapped only the
+64 KiB blocks of the file between the first and the last slice that read them
+(:class:`_BlockPlan`, worked out a slice per step once the slices are cut): a block is
+faulted in just before its first slice and released (``MADV_DONTNEED``: the pages stay
+cached, nothing is read twice) after its last; and a slice stops at about
+:data:`FLUSH_SLICE_BYTES` of values. When the file holds a slice's values close together
+(keys arriving in runs, large values) the mapping holds a few slices' worth of pages; when
+every block holds keys of every slice (small values in random key order) the first slice
+faults in the whole file and nothing goes before the end, as before.
 """
 
 from __future__ import annotations
@@ -66,7 +79,7 @@ from pageserver.layers.batch import KEY_DTYPE, BoolArray, CheckedBatch, I64Array
 from pageserver.layers.common import LayerInfo
 from pageserver.layers.delta_layer import DeltaLayerWriter
 from pageserver.layers.key import Key, TenantId, TimelineId
-from pageserver.tenant.ephemeral_file import EphemeralFile
+from pageserver.tenant.ephemeral_file import EphemeralFile, MappedFile
 
 #: Records of the unsorted tail; a full tail is sorted into a run.
 RUN_RECORDS: Final = 4096
@@ -77,6 +90,15 @@ FANIN: Final = 2
 MAX_MERGE_RECORDS: Final = RUN_RECORDS * FANIN**3
 #: Records per key-range slice of the flush's merge (one ``lexsort`` each).
 FLUSH_SLICE_RECORDS: Final = 16384
+#: Value bytes per slice of the flush (fewer records when values are large): about the
+#: pages of the mapped ephemeral file a slice brings in before they can be released
+#: (module docstring). 16384 records of 8 KiB would be 128 MiB.
+FLUSH_SLICE_BYTES: Final = 4 << 20
+#: Blocks of the mapped ephemeral file faulted in and released together: the kernel maps
+#: a file's cached pages 64 KiB-aligned, 64 KiB at a time on a fault (fault-around), so a
+#: smaller unit would only be mapped again by a neighbour's fault.
+_BLOCK_SHIFT: Final = 16
+_BLOCK_BYTES: Final = 1 << _BLOCK_SHIFT
 
 _KEY_INTS: Final = np.dtype([("a", ">u8"), ("b", ">u8"), ("c", ">u2")])
 #: A key as its first 10 bytes and its last 8 as a big-endian integer (``_slice_order``).
@@ -148,22 +170,14 @@ def _rows(e: Entries, at: slice | npt.NDArray[np.intp]) -> list[tuple[int, int, 
     )
 
 
-#: Bytes of the mapped frozen layer whose pages one step faults in (:func:`_prefault`).
+#: Bytes of the mapped frozen layer whose pages one step faults in, before the slice that
+#: first reads them (``_BlockPlan.prefault``). The gather of a slice touches pages all over
+#: the file (a slice takes a key range from every run, and a run's values lie in arrival
+#: order), so without this a gather step took the page faults of those pages (the first
+#: slices: ~700 faults on a 45 MB layer, with the kernel's fault-around; 1.2-2.4 ms) in one
+#: step of several milliseconds on the loop under trio-uring. The faults cost the same in
+#: steps of this size.
 PREFAULT_BYTES: Final = 4 << 20
-
-
-async def _prefault(data: npt.NDArray[np.uint8]) -> None:
-    """Touch every page of the mapped frozen layer, a few MiB per step.
-
-    The gather of the first slices touches pages all over the file (a slice takes a key
-    range from every run, and a run's values lie in arrival order), so without this its
-    first steps took the page faults of the whole mapping (~700 on a 45 MB layer, with
-    the kernel's fault-around; 1.2-2.4 ms), in one step of several milliseconds on the loop
-    under trio-uring. The faults cost the same here, in steps of :data:`PREFAULT_BYTES`.
-    """
-    for start in range(0, len(data), PREFAULT_BYTES):
-        data[start : start + PREFAULT_BYTES : mmap.PAGESIZE].max()
-        await cooperative_checkpoint()
 
 
 def _dedup(e: Entries) -> Entries:
@@ -457,9 +471,11 @@ class InMemoryLayer:
                 self.ctx, timeline_dir, tenant_id, timeline_id, Key.MIN, self.start_lsn,
                 self.end_lsn,
             )  # fmt: skip
+            # Mean value size from the file (replaced values included: an estimate).
+            slice_records = FLUSH_SLICE_BYTES * max(1, self.num_records) // max(1, self.size)
+            slice_records = max(16, min(FLUSH_SLICE_RECORDS, slice_records))
             async with writer:
-                await _prefault(mapped.data)
-                for part in merge_steps([r.entries for r in self._runs]):
+                for part in merge_steps([r.entries for r in self._runs], slice_records, mapped):
                     # Every item of the merge is a step of its own (put_sorted yields
                     # after each of its steps, the last one included).
                     await cooperative_checkpoint()
@@ -489,7 +505,7 @@ class InMemoryLayer:
         await self._file.delete()
 
 
-def sorted_slices(runs: list[Entries], slice_records: int = FLUSH_SLICE_RECORDS) -> Iterator[Entries]:
+def sorted_slices(runs: list[Entries], slice_records: int | None = None) -> Iterator[Entries]:
     """Merge key-sorted runs (oldest first) into (key, lsn) order, a key range at a time.
 
     Splitter keys sampled from the runs cut the key space; every record of a key falls in
@@ -501,45 +517,170 @@ def sorted_slices(runs: list[Entries], slice_records: int = FLUSH_SLICE_RECORDS)
     return (part for part in merge_steps(runs, slice_records) if part is not None)
 
 
-def merge_steps(runs: list[Entries], slice_records: int = FLUSH_SLICE_RECORDS) -> Iterator[Entries | None]:
+def merge_steps(
+    runs: list[Entries], slice_records: int | None = None, mapped: MappedFile | None = None
+) -> Iterator[Entries | None]:
     """:func:`sorted_slices`' work cut into steps: each item is a slice, or None where a
     step ends without one (after the splitters are chosen, and between sorting a slice
     and gathering it in that order), so that the flush can checkpoint after every item:
-    each is about half a millisecond of work for slices of :data:`FLUSH_SLICE_RECORDS`.
+    each is about half a millisecond of work for slices of :data:`FLUSH_SLICE_RECORDS`
+    (``slice_records``, read when called).
+
+    With ``mapped`` (the flush: the mapped file the runs' offsets point into), it also
+    keeps only the pages the coming slices read mapped (module docstring): a
+    :class:`_BlockPlan` built one slice per step once the slices are cut, then before
+    each slice the blocks it is the first to read are faulted in (steps of
+    :data:`PREFAULT_BYTES`), and once the consumer asks for the next item (it has
+    written the slice) those it is the last to read are released.
     """
+    if slice_records is None:
+        slice_records = FLUSH_SLICE_RECORDS
     runs = [r for r in runs if len(r)]
     total = sum(len(r) for r in runs)
     if not total:
         return
-    if len(runs) == 1:
-        whole = _dedup(runs[0])
-        for start in range(0, len(whole), slice_records):
-            yield whole.part(start, start + slice_records)
-        return
-    nslices = -(-total // slice_records)
-    if nslices > 1:
-        # About 8 samples per slice from each run: a small sort, however many records
-        # (by ``key_order``: sorting ``S18`` strings directly is ~10x slower).
-        sample = np.concatenate([r.keys[:: max(1, len(r) // (8 * nslices))] for r in runs])
-        sample = sample[key_order(sample)]
-        pick = np.linspace(0, len(sample), nslices + 1)[1:-1].astype(np.int64)
-        splitters = sample[pick]
-        if len(splitters) > 1:
-            splitters = splitters[np.concatenate(([True], splitters[1:] != splitters[:-1]))]
+    merged = len(runs) == 1
+    if merged:
+        # One run is sorted already: its slices need no sort, only the replaced values
+        # dropped (a single run is at most MAX_MERGE_RECORDS plus the tail: one step).
+        runs = [_dedup(runs[0])]
+        cuts = np.arange(0, len(runs[0]), slice_records, dtype=np.int64)
+        bounds = [np.concatenate((cuts, [len(runs[0])]))]
     else:
-        splitters = np.empty(0, KEY_DTYPE)
-    bounds = [
-        np.concatenate(([0], r.keys.searchsorted(splitters, "left"), [len(r)])) for r in runs
-    ]
-    yield None
-    for j in range(len(splitters) + 1):
-        parts = [r.part(int(b[j]), int(b[j + 1])) for r, b in zip(runs, bounds, strict=True)]
-        parts = [p for p in parts if len(p)]
-        if not parts:
-            continue
-        part = Entries.concat(parts)
-        lo = min(p.keys[:1].tobytes() for p in parts)
-        hi = max(p.keys[-1:].tobytes() for p in parts)
-        order = _slice_order(part.keys, lo, hi)
+        nslices = -(-total // slice_records)
+        if nslices > 1:
+            # About 8 samples per slice from each run: a small sort, however many records
+            # (by ``key_order``: sorting ``S18`` strings directly is ~10x slower).
+            sample = np.concatenate([r.keys[:: max(1, len(r) // (8 * nslices))] for r in runs])
+            sample = sample[key_order(sample)]
+            pick = np.linspace(0, len(sample), nslices + 1)[1:-1].astype(np.int64)
+            splitters = sample[pick]
+            if len(splitters) > 1:
+                splitters = splitters[np.concatenate(([True], splitters[1:] != splitters[:-1]))]
+        else:
+            splitters = np.empty(0, KEY_DTYPE)
+        bounds = [
+            np.concatenate(([0], r.keys.searchsorted(splitters, "left"), [len(r)])) for r in runs
+        ]
         yield None
-        yield _dedup(part.take(order))
+    nslices = len(bounds[0]) - 1
+    plan: _BlockPlan | None = None
+    if mapped is not None and len(mapped.data):
+        plan = _BlockPlan(len(mapped.data), nslices)
+        at: list[list[int]] = [b.tolist() for b in bounds]
+        for j in range(nslices):
+            # One array of the slice's offsets (and lengths) from every run: the plan's
+            # work is then a few operations on ~slice_records values, not a few per run
+            # (a 2.4M-record layer has ~70 runs: that was ~0.4 ms of call overhead a slice).
+            spans = [(r, c[j], c[j + 1]) for r, c in zip(runs, at, strict=True) if c[j] < c[j + 1]]
+            if spans:
+                plan.add(
+                    j, np.concatenate([r.offs[a:z] for r, a, z in spans]),
+                    np.concatenate([r.lens[a:z] for r, a, z in spans]),
+                )  # fmt: skip
+            yield None
+        plan.finish()
+    for j in range(nslices):
+        if plan is not None:
+            assert mapped is not None
+            for _ in plan.prefault(j, mapped.data):
+                yield None
+        if merged:
+            b = bounds[0]
+            yield runs[0].part(int(b[j]), int(b[j + 1]))
+        else:
+            parts = [r.part(int(b[j]), int(b[j + 1])) for r, b in zip(runs, bounds, strict=True)]
+            parts = [p for p in parts if len(p)]
+            if parts:
+                part = Entries.concat(parts)
+                lo = min(p.keys[:1].tobytes() for p in parts)
+                hi = max(p.keys[-1:].tobytes() for p in parts)
+                order = _slice_order(part.keys, lo, hi)
+                yield None
+                yield _dedup(part.take(order))
+        if plan is not None:
+            assert mapped is not None
+            mapped.release(plan.released_after(j))
+
+
+class _BlockPlan:
+    """Which slices of a flush read each :data:`_BLOCK_BYTES` block of the mapped file:
+    the first (it faults the block in) and the last (the block is released after it).
+
+    A value marks the block it starts in, the one it ends in, and any strictly between
+    (a value longer than a block: only it reads those). Built a slice at a time in slice
+    order, so a block's last reader is simply the last slice to write it (every index of
+    one assignment gets the same value: repeated indices are harmless), and its first
+    the minimum with what is there. Replaced values count as read (they are dropped only
+    after the sort): at worst a block stays mapped a little longer. A block no slice
+    reads is never faulted in (the kernel's fault-around stays within a 64 KiB-aligned
+    window), and counts as released after slice 0.
+    """
+
+    def __init__(self, size: int, nslices: int) -> None:
+        self.size = size
+        self.nslices = nslices
+        nblocks = -(-size >> _BLOCK_SHIFT)
+        self.first = np.full(nblocks, nslices, np.int64)
+        self.last = np.full(nblocks, -1, np.int64)
+        self._by_first: npt.NDArray[np.intp] = np.empty(0, np.intp)
+        self._first_starts: npt.NDArray[np.intp] = np.empty(0, np.intp)
+        self._by_last: npt.NDArray[np.intp] = np.empty(0, np.intp)
+        self._last_starts: npt.NDArray[np.intp] = np.empty(0, np.intp)
+
+    def add(self, j: int, offs: I64Array, lens: I64Array) -> None:
+        """Mark the blocks of the values (``offs``, ``lens``) slice ``j`` reads (slices in
+        increasing order)."""
+        first, last = self.first, self.last
+        lo = offs >> _BLOCK_SHIFT
+        hi = (offs + np.maximum(lens, 1) - 1) >> _BLOCK_SHIFT
+        # Most values lie in one block (all but ~0.2% at 100 B, ~12% at 8 KiB): the
+        # blocks values end in, and any between, only for those that cross one.
+        cross = np.flatnonzero(hi != lo)
+        blocks = np.concatenate((lo, hi[cross])) if len(cross) else lo
+        last[blocks] = j
+        first[blocks] = np.minimum(first[blocks], j)
+        for i in cross[hi[cross] - lo[cross] > 1].tolist():
+            inner = slice(int(lo[i]) + 1, int(hi[i]))
+            last[inner] = j
+            first[inner] = np.minimum(first[inner], j)
+
+    def finish(self) -> None:
+        """Order the blocks by first and by last reader (a few thousand: one sort each)."""
+        last = np.where(self.last < 0, 0, self.last)
+        slices = np.arange(self.nslices + 1)
+        self._by_last = np.argsort(last, kind="stable")
+        self._last_starts = np.searchsorted(last[self._by_last], slices)
+        self._by_first = np.argsort(self.first, kind="stable")
+        self._first_starts = np.searchsorted(self.first[self._by_first], slices)
+
+    def _ranges(self, blocks: npt.NDArray[np.intp]) -> list[tuple[int, int]]:
+        """Byte ranges of ``blocks`` (sorted), neighbours coalesced."""
+        if not len(blocks):
+            return []
+        cut = np.flatnonzero(np.diff(blocks) != 1) + 1
+        firsts = blocks[np.concatenate(([0], cut))].tolist()
+        lasts = blocks[np.concatenate((cut - 1, [len(blocks) - 1]))].tolist()
+        return [
+            (a << _BLOCK_SHIFT, min(self.size, (b + 1) << _BLOCK_SHIFT))
+            for a, b in zip(firsts, lasts, strict=True)
+        ]
+
+    def released_after(self, j: int) -> list[tuple[int, int]]:
+        """Byte ranges no slice after ``j`` reads."""
+        return self._ranges(self._by_last[self._last_starts[j] : self._last_starts[j + 1]])
+
+    def prefault(self, j: int, data: npt.NDArray[np.uint8]) -> Iterator[int]:
+        """Touch every page of the blocks slice ``j`` is the first to read, yielding the
+        bytes touched after each :data:`PREFAULT_BYTES` (see :data:`PREFAULT_BYTES`)."""
+        blocks = self._by_first[self._first_starts[j] : self._first_starts[j + 1]]
+        if not len(blocks):
+            return
+        blocks = np.sort(blocks)
+        per_step = max(1, PREFAULT_BYTES >> _BLOCK_SHIFT)
+        pages = np.arange(0, _BLOCK_BYTES, mmap.PAGESIZE, dtype=np.int64)
+        for start in range(0, len(blocks), per_step):
+            at = ((blocks[start : start + per_step, None] << _BLOCK_SHIFT) + pages).ravel()
+            data[at[at < len(data)]].max()
+            group = blocks[start : start + per_step]
+            yield int(np.minimum(len(data), (group + 1) << _BLOCK_SHIFT).sum() - (group << _BLOCK_SHIFT).sum())

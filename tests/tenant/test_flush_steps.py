@@ -83,8 +83,30 @@ async def test_no_flush_step_does_more_than_one_bounded_piece(
 
     def merge(runs: list[Entries], *a: Any) -> Iterator[Entries | None]:
         for part in real_merge(runs, *a):
-            steps[-1].append(("merge", 0 if part is None else len(part), 0))
+            # A None ends a step: its work is what the hooks below recorded, or, if none,
+            # the merge's own (choosing the splitters).
+            if part is not None or not steps[-1]:
+                steps[-1].append(("merge", 0 if part is None else len(part), 0))
             yield part
+
+    real_order = iml._slice_order
+
+    def order(keys: Any, lo: bytes, hi: bytes) -> npt.NDArray[np.intp]:
+        steps[-1].append(("sort", len(keys), 0))
+        return real_order(keys, lo, hi)
+
+    real_plan_add = iml._BlockPlan.add
+
+    def plan_add(self: iml._BlockPlan, j: int, offs: Any, lens: Any) -> None:
+        steps[-1].append(("plan", len(offs), 0))
+        real_plan_add(self, j, offs, lens)
+
+    real_prefault = iml._BlockPlan.prefault
+
+    def prefault(self: iml._BlockPlan, j: int, data: Any) -> Iterator[int]:
+        for n in real_prefault(self, j, data):
+            steps[-1].append(("prefault", 0, n))
+            yield n
 
     monkeypatch.setattr(delta_layer, "cooperative_checkpoint", checkpoint)
     monkeypatch.setattr(iml, "cooperative_checkpoint", checkpoint)
@@ -92,6 +114,9 @@ async def test_no_flush_step_does_more_than_one_bounded_piece(
     monkeypatch.setattr(DiskBtreeBuilder, "extend_sorted", extend)
     monkeypatch.setattr(BlobWriter, "write_packed", write_packed)
     monkeypatch.setattr(iml, "merge_steps", merge)
+    monkeypatch.setattr(iml, "_slice_order", order)
+    monkeypatch.setattr(iml._BlockPlan, "add", plan_add)
+    monkeypatch.setattr(iml._BlockPlan, "prefault", prefault)
     try:
         info = await layer.write_delta_layer(str(tmp_path), TID, TLID)
     finally:
@@ -103,6 +128,9 @@ async def test_no_flush_step_does_more_than_one_bounded_piece(
     bound = {
         # A slice is cut by sampled splitter keys: about FLUSH_SLICE_RECORDS, not exactly.
         "merge": 2 * iml.FLUSH_SLICE_RECORDS,
+        "sort": 2 * iml.FLUSH_SLICE_RECORDS,
+        "plan": 2 * iml.FLUSH_SLICE_RECORDS,
+        "prefault": 0,
         "index": delta_layer.SORTED_INDEX_RECORDS,
         "values": delta_layer.SORTED_CHUNK_RECORDS,
         "write": 0,
@@ -113,6 +141,9 @@ async def test_no_flush_step_does_more_than_one_bounded_piece(
     assert max(p[2] for p in pieces if p[0] == "write") <= delta_layer.SORTED_WRITE_BYTES + payload + 20
     written = sum(p[1] for p in pieces if p[0] == "values")
     assert written == sum(p[1] for p in pieces if p[0] == "index") == info.num_entries
-    assert {p[0] for p in pieces} == {"merge", "index", "values", "write"}
+    # Prefault: the pages of whole 64 KiB blocks, up to PREFAULT_BYTES of them a step.
+    assert max(p[2] for p in pieces if p[0] == "prefault") <= iml.PREFAULT_BYTES
+    assert sum(p[2] for p in pieces if p[0] == "prefault") >= layer.size
+    assert {p[0] for p in pieces} == {"merge", "sort", "plan", "prefault", "index", "values", "write"}
     async with await DeltaLayer.open(io_ctx, info.path) as dl:
         assert len(await dl.load_all()) == written

@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -137,6 +138,16 @@ async def test_large_flush_is_byte_identical_to_the_per_value_writer(
     monkeypatch.setattr(iml, "FLUSH_SLICE_RECORDS", 3000)
     monkeypatch.setattr(delta_layer, "SORTED_INDEX_RECORDS", 1100)
     monkeypatch.setattr(delta_layer, "SORTED_CHUNK_RECORDS", 700)
+    slices: list[int] = []
+    real_merge = iml.merge_steps
+
+    def merge(runs: list[Entries], *a: Any) -> Iterator[Entries | None]:
+        for part in real_merge(runs, *a):
+            if part is not None:
+                slices.append(len(part))
+            yield part
+
+    monkeypatch.setattr(iml, "merge_steps", merge)
     rnd = random.Random(len(value_sizes))
     keys = sorted({key(rnd.randrange(1 << 20)) for _ in range(6000)})
     layer = await InMemoryLayer.create(io_ctx, str(tmp_path), 0, 10)
@@ -164,5 +175,9 @@ async def test_large_flush_is_byte_identical_to_the_per_value_writer(
             ref = await w.finish(Key.MAX)
         assert Path(info.path).read_bytes() == Path(ref.path).read_bytes()
         assert info.file_size > 60 * 8192  # many index pages
+        # The slices really are small (the flush reads FLUSH_SLICE_RECORDS when it runs):
+        # ~24k records in slices of ~3000 (fewer records where 8 KiB values fill
+        # FLUSH_SLICE_BYTES first, which they do not here).
+        assert len(slices) >= 6 and max(slices) <= 2 * 3000, slices
     finally:
         await layer.delete()
