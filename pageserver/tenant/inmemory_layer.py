@@ -90,6 +90,9 @@ FANIN: Final = 2
 MAX_MERGE_RECORDS: Final = RUN_RECORDS * FANIN**3
 #: Records per key-range slice of the flush's merge (one ``lexsort`` each).
 FLUSH_SLICE_RECORDS: Final = 16384
+#: Runs sampled, or searched for the splitters, per step of the flush's merge (~30-45 us
+#: a run of 32k records).
+_SPLIT_RUNS_PER_STEP: Final = 8
 #: Value bytes per slice of the flush (fewer records when values are large): about the
 #: pages of the mapped ephemeral file a slice brings in before they can be released
 #: (module docstring). 16384 records of 8 KiB would be 128 MiB.
@@ -547,22 +550,37 @@ def merge_steps(
         cuts = np.arange(0, len(runs[0]), slice_records, dtype=np.int64)
         bounds = [np.concatenate((cuts, [len(runs[0])]))]
     else:
+        # Choosing the splitters is cut into steps of a few runs each (sampling them,
+        # then finding the splitters in them) and one sort: a 2.4M-record layer (~70 runs,
+        # ~90k samples) took ~8 ms as one step.
         nslices = -(-total // slice_records)
+        splitters = np.empty(0, KEY_DTYPE)
         if nslices > 1:
-            # About 8 samples per slice from each run: a small sort, however many records
-            # (by ``key_order``: sorting ``S18`` strings directly is ~10x slower).
-            sample = np.concatenate([r.keys[:: max(1, len(r) // (8 * nslices))] for r in runs])
-            sample = sample[key_order(sample)]
+            # About 8 samples per slice from each run: a small sort, however many records.
+            samples = []
+            for k in range(0, len(runs), _SPLIT_RUNS_PER_STEP):
+                group = runs[k : k + _SPLIT_RUNS_PER_STEP]
+                samples.append(np.concatenate([r.keys[:: max(1, len(r) // (8 * nslices))] for r in group]))  # fmt: skip
+                yield None
+            sample = np.concatenate(samples)
+            # Ordered like a slice (every sample lies between the runs' first and last
+            # keys): equal keys are equal bytes, so the order statistics are the same
+            # whichever sort finds them; only those are gathered.
+            lo = min(r.keys[:1].tobytes() for r in runs)
+            hi = max(r.keys[-1:].tobytes() for r in runs)
+            order = _slice_order(sample, lo, hi)
             pick = np.linspace(0, len(sample), nslices + 1)[1:-1].astype(np.int64)
-            splitters = sample[pick]
+            splitters = np.take(sample, order[pick])
             if len(splitters) > 1:
                 splitters = splitters[np.concatenate(([True], splitters[1:] != splitters[:-1]))]
-        else:
-            splitters = np.empty(0, KEY_DTYPE)
-        bounds = [
-            np.concatenate(([0], r.keys.searchsorted(splitters, "left"), [len(r)])) for r in runs
-        ]
-        yield None
+            yield None
+        bounds = []
+        for k in range(0, len(runs), _SPLIT_RUNS_PER_STEP):
+            bounds.extend(
+                np.concatenate(([0], r.keys.searchsorted(splitters, "left"), [len(r)]))
+                for r in runs[k : k + _SPLIT_RUNS_PER_STEP]
+            )
+            yield None
     nslices = len(bounds[0]) - 1
     plan: _BlockPlan | None = None
     if mapped is not None and len(mapped.data):
