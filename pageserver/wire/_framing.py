@@ -64,7 +64,8 @@ class Frame:
     payload: bytes | memoryview
     """A read-only ``memoryview`` for a frame read through :meth:`FrameDecoder.direct_view`:
     the buffer it was read into, handed over (the decoder keeps no reference to it, so
-    nothing ever writes into it again); ``bytes`` otherwise."""
+    nothing ever writes into it again); ``bytes`` otherwise. The view's ``.obj`` (a numpy
+    array) is read-only too: nothing reached from the frame can change it."""
 
 
 class FrameDecoder:
@@ -89,7 +90,7 @@ class FrameDecoder:
     that buffer. A reader that only ever calls :meth:`feed` sees no difference.
     """
 
-    __slots__ = ("_buf", "_closed", "_eof", "_fill", "_frame", "max_frame_bytes")
+    __slots__ = ("_array", "_buf", "_closed", "_eof", "_fill", "_frame", "max_frame_bytes")
 
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         if not 1 <= max_frame_bytes <= MAX_ALLOWED_FRAME:
@@ -101,6 +102,7 @@ class FrameDecoder:
         # The head frame's own payload buffer once :meth:`direct_view` made one, and how
         # much of it is filled; ``_buf`` then holds only bytes that came after the frame.
         self._frame: memoryview | None = None
+        self._array: np.ndarray | None = None  # _frame's owner, made read-only at hand-over
         self._fill = 0
 
     @property
@@ -194,11 +196,13 @@ class FrameDecoder:
             n = int.from_bytes(buf[:HEADER_LEN], "big")
             if not DIRECT_FRAME_BYTES <= n <= self.max_frame_bytes or have >= HEADER_LEN + n:
                 return None
-            frame = np.empty(n, np.uint8).data.cast("B")
+            array = np.empty(n, np.uint8)
+            frame = array.data.cast("B")
             with memoryview(buf) as mv:
                 frame[: have - HEADER_LEN] = mv[HEADER_LEN:]
             buf.clear()
             self._frame = frame
+            self._array = array
             self._fill = have - HEADER_LEN
         return frame[self._fill :]
 
@@ -221,8 +225,15 @@ class FrameDecoder:
         if frame is not None:
             if self._fill < len(frame):
                 return CLOSED if self._eof else NEED_DATA
-            # Handed over: the decoder forgets it, so nothing writes into it again.
+            # Handed over: the decoder forgets it, so nothing writes into it again. The
+            # array goes read-only too: the view's ``.obj`` is a way to it that
+            # ``toreadonly`` does not close. (Views exported before stay writable: the
+            # decoder's ``frame`` is dropped here, and direct_view's end with the read.)
+            array = self._array
+            assert array is not None
+            array.flags.writeable = False
             self._frame = None
+            self._array = None
             self._fill = 0
             return Frame(frame.toreadonly())
         buf = self._buf

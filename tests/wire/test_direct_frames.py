@@ -261,7 +261,7 @@ def test_handed_over_frame_belongs_to_its_holders() -> None:
     owner = weakref.ref(ev.payload.obj)
     part = ev.payload[1000:2000]
     with pytest.raises(TypeError):
-        part[0] = 0  # read-only all the way down
+        part[0] = 0  # the view is read-only...
     del ev
     gc.collect()
     assert owner() is not None and part == payload[1000:2000]
@@ -270,6 +270,27 @@ def test_handed_over_frame_belongs_to_its_holders() -> None:
     del part
     gc.collect()
     assert owner() is None
+
+
+def test_handed_over_frame_has_no_writable_alias() -> None:
+    """The read-only view's ``.obj`` is the array the frame was read into: it is made
+    read-only at hand-over, so no holder can change the frame (a request validated from
+    it, a put's values) through it."""
+    payload = os.urandom(BIG)
+    d = FrameDecoder(1 << 20)
+    d.feed(framed(payload)[:100])
+    view = d.direct_view()
+    assert view is not None
+    view[:] = payload[96:]
+    d.commit(len(view))
+    del view
+    ev = d.next_event()
+    assert isinstance(ev, Frame) and isinstance(ev.payload, memoryview)
+    with pytest.raises(ValueError, match="read-only"):
+        ev.payload.obj[0] = 0  # type: ignore[index]
+    with pytest.raises(TypeError):
+        memoryview(ev.payload.obj)[0] = 0  # type: ignore[call-overload]
+    assert ev.payload == payload
 
 
 def test_connection_that_must_close_offers_no_direct_view() -> None:
