@@ -32,6 +32,18 @@ the flush, and writing it back would double the disk traffic of every ingested b
 Under std-fs the call runs where the writer runs: inside a layer-writing job, in its
 worker thread.
 
+Known limitation: early writeback makes writeback errors happen *before* the owner's
+fsync, while the file is still being written, and nothing keeps the file's descriptor
+open meanwhile (the slot table may evict it for another file). The kernel keeps an
+error no one has seen for the next opener (errseq: the reopened descriptor's fsync still
+reports it), but only while the inode stays in memory: were the inode reclaimed with no
+descriptor open between the failed writeback and the fsync (memory pressure), the error
+would be lost with it and the fsync would succeed. Without hints the same holds for the
+kernel's own background writeback, only less often (it starts later). Pinning a
+``will_fsync`` writer's slot until the fsync would close that window, but a pin nobody
+drops (a writer never finished nor abandoned) would stall every close of that file, and
+held slots shrink the table for the others: not done.
+
 Failed writes. A write error that reaches the writer is one the process survives (EIO,
 EROFS and EACCES abort in :mod:`virtual_file` before they get here): a full disk (ENOSPC,
 EDQUOT), say. The buffer whose write failed is kept, in memory, as *unwritten*: reads
@@ -81,7 +93,9 @@ class BufferedWriter:
     ``start_offset`` is where the first appended byte goes (layer writers start at 8192,
     after the summary page); offsets reported by :meth:`write` are absolute file offsets.
     ``will_fsync``: the owner fsyncs the file once it is finished (layer files), so its
-    writeback is started early, every :data:`WRITEBACK_BYTES` (module docstring).
+    writeback is started early, every :data:`WRITEBACK_BYTES` (module docstring). Known
+    limitation (module docstring): the file's descriptor is not kept open until the
+    fsync, so a writeback error can be lost if its inode is reclaimed in between.
     """
 
     def __init__(
