@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, TypeAlias
 
 import msgpack
+import numpy as np
 
 from pageserver.errors import PageserverError
 from pageserver.errors import short_repr as _short
@@ -491,6 +492,23 @@ def _flat_scalar(mv: memoryview, pos: int, end: int, view_bin: bool) -> tuple[ob
     return str(mv[start:stop], "utf-8"), stop  # strict, as msgpack's raw=False
 
 
+def _unchanging(payload: bytes | memoryview) -> bool:
+    """Whether nobody can change ``payload``'s bytes while a view of them is held: ``bytes``,
+    or a read-only view of ``bytes`` or of a read-only numpy array that owns its memory
+    (the framer's handed-over frame). A ``bytearray`` or any writable exporter behind the
+    view is its caller's to change or resize: a view of it would let the validated request
+    change after the check, and would keep the caller from resizing it (``BufferError``).
+    """
+    if type(payload) is bytes:
+        return True
+    if type(payload) is not memoryview or not payload.readonly:
+        return False
+    obj: object = payload.obj
+    if type(obj) is bytes:
+        return True
+    return isinstance(obj, np.ndarray) and not obj.flags.writeable and bool(obj.flags.owndata)
+
+
 def _flat_map(payload: bytes | memoryview) -> dict[object, object] | None:
     """A flat top-level map (every key and value a msgpack scalar but float and ext: a
     ``put``, say) decoded exactly as :func:`unpack_limited` would, except that a large
@@ -506,11 +524,11 @@ def _flat_map(payload: bytes | memoryview) -> dict[object, object] | None:
     again, and the view keeps it alive for as long as anyone holds the value (the
     ephemeral file's writer, for a write in flight). A view pins the whole frame, so only
     a bin of at least half of it becomes one: what outlives the request is at most twice
-    the value's own bytes.
+    the value's own bytes. Only from a payload nobody can change (:func:`_unchanging`):
+    any other (a caller's ``bytearray``) gets a copy, as from msgpack.
     """
+    view_ok = _unchanging(payload)  # then it is read-only already: so are views of it
     mv = memoryview(payload)
-    if not mv.readonly:
-        mv = mv.toreadonly()
     end = len(mv)
     try:
         t = mv[0]
@@ -527,7 +545,7 @@ def _flat_map(payload: bytes | memoryview) -> dict[object, object] | None:
         out: dict[object, object] = {}
         for _ in range(count):
             k, pos = _flat_scalar(mv, pos, end, False)
-            v, pos = _flat_scalar(mv, pos, end, k == _VIEW_FIELD)
+            v, pos = _flat_scalar(mv, pos, end, view_ok and k == _VIEW_FIELD)
             out[k] = v
     except (_NotFlat, IndexError, UnicodeDecodeError):
         return None
@@ -594,6 +612,11 @@ def parse_request(payload: bytes | memoryview) -> Request | ProtocolError:
     ``bad_request`` (missing/mistyped field, named in the message; a non-scalar ``id``),
     ``unknown_op``, ``invalid_id``, and for ``put`` the batch codes of
     :func:`check_put_batch`. The id is echoed in the error whenever it could be read.
+
+    A large columnar ``put``'s ``values`` may be a read-only view of ``payload`` (no copy),
+    but only when nobody can change its bytes: ``bytes``, or the framer's handed-over frame.
+    From a ``bytearray`` or a writable buffer they are copied, so the request stays what was
+    checked and the caller's buffer stays its own.
     """
     env = parse_envelope(payload)
     if isinstance(env, ProtocolError):

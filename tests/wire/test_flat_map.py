@@ -437,3 +437,52 @@ def test_mutated_frames_give_the_same_result(data: st.DataObject) -> None:
         )
     )
     _check_same(data.draw(mutated(base)))
+
+
+# -- views only of bytes nobody can change -------------------------------------------------
+
+
+def _mutable_payloads(payload: bytes) -> Iterator[tuple[str, Any, bytes | memoryview]]:
+    """``payload`` in buffers its caller can still change: (name, the buffer, what is
+    parsed)."""
+    import numpy as np
+
+    ba = bytearray(payload)
+    yield "bytearray", ba, ba  # type: ignore[misc]  # accepted at run time
+    ba = bytearray(payload)
+    yield "writable memoryview", ba, memoryview(ba)
+    ba = bytearray(payload)
+    yield "read-only view of a bytearray", ba, memoryview(ba).toreadonly()
+    arr = np.frombuffer(bytearray(payload), np.uint8)
+    assert arr.flags.writeable
+    yield "writable numpy array", arr, arr.data
+    base = np.frombuffer(bytearray(payload), np.uint8)
+    ro = base[:]
+    ro.flags.writeable = False  # read-only, but a view of a writable array
+    yield "read-only view of a writable numpy array", base, ro.data
+
+
+def test_values_from_a_mutable_buffer_are_copied() -> None:
+    """``parse_request`` is public: given a buffer its caller can still change, the
+    validated request must not change with it, and the caller's ``bytearray`` must stay
+    resizable. Only bytes nobody can change are handed out as a view."""
+    records = recs(128, 8192)
+    payload = columnar_payload(records)
+    for name, buf, p in _mutable_payloads(payload):
+        got = parse_request(p)
+        assert isinstance(got, PutRequest), name
+        assert type(got.records.values) is bytes, name
+        values = got.records.value_buffer()
+        first = bytes(values[:8192])
+        at = payload.index(first)
+        buf[at] ^= 0xFF  # the caller edits its buffer after the check
+        assert bytes(values[:8192]) == first == records[0][2], name
+        assert got.records == records, name
+        if isinstance(p, memoryview):
+            p.release()  # the test's own export; the request must hold none
+        if isinstance(buf, bytearray):
+            buf += b"x"  # resizable (BufferError while anything still views it)
+    # And still a view where nobody can change the bytes.
+    for p in (payload, memoryview(payload), framer_payload(payload)):
+        got = parse_request(p)
+        assert isinstance(got, PutRequest) and type(got.records.values) is memoryview
