@@ -11,8 +11,10 @@ read only under the frame's reservation.
 
 from __future__ import annotations
 
+import gc
 import socket
 import struct
+import weakref
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -23,8 +25,16 @@ from pageserver.addresses import parse_address
 from pageserver.client import Client, PutBatch
 from pageserver.layers.batch import PutColumns
 from pageserver.layers.value import Image, encode_value
+from pageserver.server import server as srv
 from pageserver.testing import Daemon, TimelineRef
-from pageserver.wire import Reply, ReplyDecoder, ServerConnection, encode_request
+from pageserver.wire import (
+    Reply,
+    ReplyDecoder,
+    RequestEvent,
+    ServerConnection,
+    _framing,
+    encode_request,
+)
 from pageserver.wire._framing import DIRECT_FRAME_BYTES
 from tests.server.test_badinput import TL, Harness, Raw, T, _start
 
@@ -290,3 +300,51 @@ async def test_peers_stalled_mid_frame_hold_no_read_pool(
             assert (await r.reply()).ok
             await r.aclose()
         await _until(lambda: h.server.buffered_bytes == 0)
+
+
+async def test_frame_is_dropped_before_the_reply_is_sent(
+    nursery: trio.Nursery, engine_kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decoded request, and so the large frame its put's values are a view of, is
+    dropped before the reply's send, which may wait as long as the peer does not read:
+    the frame went back to the frame pool at the settle, and must not stay alive,
+    uncounted, through that wait. Seen at the send itself (``Server._send`` wrapped,
+    test-side only): no request event is alive then, and on std-fs (the put's append is
+    done in the put) no frame buffer either. On trio-uring the ephemeral file's writes
+    may still be in flight at the reply, and they hold the values they write."""
+    frames: list[weakref.ref[object]] = []
+    at_send: list[tuple[int, int]] = []  # (request events alive, frame buffers alive)
+    orig_next = _framing.FrameDecoder.next_event
+
+    def next_event(self: _framing.FrameDecoder) -> Any:
+        ev = orig_next(self)
+        if isinstance(ev, _framing.Frame) and type(ev.payload) is memoryview:
+            frames.append(weakref.ref(ev.payload.obj))
+        return ev
+
+    orig_send = srv.Server._send
+
+    async def send(self: srv.Server, c: srv._Conn, data: bytes) -> bool:
+        gc.collect()  # a reference cycle would not count as holding the request
+        events = sum(type(o) is RequestEvent for o in gc.get_objects())
+        at_send.append((events, sum(r() is not None for r in frames)))
+        return await orig_send(self, c, data)
+
+    monkeypatch.setattr(_framing.FrameDecoder, "next_event", next_event)
+    monkeypatch.setattr(srv.Server, "_send", send)
+    async with AsyncExitStack() as stack:
+        h = await _start(nursery, stack, engine_kind=engine_kind)
+        await _setup(h)
+        at_send.clear()
+        raw = await Raw.open(h)
+        for lsn in (5, 6):
+            # 24 pages: below the size whose append is offloaded to a thread on std-fs,
+            # so there the append is over (nothing holds the values) before the reply.
+            await raw.send(big_put(lsn, n=24))
+            r = await raw.reply()
+            assert r.ok and r.id == lsn
+        assert len(frames) == 2  # both took the direct path
+        assert [events for events, _ in at_send] == [0, 0]
+        if engine_kind == "std-fs":
+            assert [alive for _, alive in at_send] == [0, 0]
+        await raw.aclose()
