@@ -53,22 +53,21 @@ _LSN = struct.Struct(">Q")
 #: buffered writer, also after ``blob_io.STAGING_BYTES``); also where the job yields under
 #: trio-uring, where it runs on the loop.
 STAGING_ENTRIES: Final = 2048
-#: Blob bytes and values per chunk of :meth:`DeltaLayerWriter.put_sorted` (a piece of a
-#: packed block, one step on the loop under trio-uring). Both bound the step: bytes for
-#: large values (a copy of each), values for small ones (gathering values scattered over
-#: the frozen layer costs ~50 ns each however short). About 0.3-0.5 ms each on the
-#: development VM.
-SORTED_CHUNK_BYTES: Final = 256 << 10
-SORTED_CHUNK_RECORDS: Final = 4096
-#: Blob bytes per write of :meth:`DeltaLayerWriter.put_sorted` (a block packed in chunks).
-#: The buffered writer takes a block's whole buffers without copying them (``borrow``),
-#: but copies what tops up its current buffer and what is left over, about one buffer
-#: (256 KiB) per write. Larger blocks cost less CPU (2 MiB: 12-20 ms less per 400k x
-#: 100 B flush, on both engines: fewer, larger writes into the page cache), but make a
-#: layer fewer writes than ``tests/tenant/test_timeline_engines.py`` expects of a layer
-#: written in 256 KiB buffers; and under trio-uring the kernel copies a buffered write
-#: inside the ``io_uring_enter`` that submits it, on the loop's thread.
+#: Blob bytes per block of :meth:`DeltaLayerWriter.put_sorted`: values packed into one
+#: array and handed to the buffered writer in one write. The writer takes the block's
+#: whole buffers without copying them (``borrow``), but copies what tops up its current
+#: buffer and what is left over, about one buffer (256 KiB) per write. Larger blocks cost
+#: less CPU (2 MiB: 12-20 ms less per 400k x 100 B flush, on both engines: fewer copies
+#: and fewer, larger writes), but make a layer fewer writes than
+#: ``tests/tenant/test_timeline_engines.py`` expects of a layer written in 256 KiB
+#: buffers; and under trio-uring the kernel copies a buffered write inside the
+#: ``io_uring_enter`` that submits it, on the loop's thread (~0.1 ms per 512 KiB).
 SORTED_WRITE_BYTES: Final = 512 << 10
+#: Values packed per step, at most: a block of more is packed in equal pieces, a step
+#: each, the last one with the block's write. Gathering values scattered over the frozen
+#: layer costs ~50 ns each however short (cache and TLB misses), so a block of 100-byte
+#: values (~4600) is two steps of ~0.2-0.3 ms; one of 8 KiB values (64) is one.
+SORTED_CHUNK_RECORDS: Final = 4096
 #: Index entries per step of :meth:`DeltaLayerWriter.put_sorted` (~40 ns each).
 SORTED_INDEX_RECORDS: Final = 8192
 _NEW, _OPEN, _CLOSED = 0, 1, 2
@@ -249,7 +248,7 @@ class DeltaLayerWriter(LayerWriter):
         :meth:`~pageserver.layers.disk_btree.DiskBtreeBuilder.extend_sorted` with the
         offsets the blobs will have, then the blobs packed by
         :func:`~pageserver.layers.blob_io.pack_blobs` a chunk at a time; each piece is one
-        step of bounded size (:data:`SORTED_INDEX_RECORDS`, :data:`SORTED_CHUNK_BYTES`,
+        step of bounded size (:data:`SORTED_INDEX_RECORDS`, :data:`SORTED_WRITE_BYTES`,
         :data:`SORTED_CHUNK_RECORDS`), with a checkpoint after it under trio-uring.
         """
         n = len(lsns)
@@ -296,29 +295,28 @@ class DeltaLayerWriter(LayerWriter):
                 end = min(n, start + SORTED_INDEX_RECORDS)
                 self._tree.extend_sorted(dk2d[start:end], refs[start:end].view(np.uint64), ordered=True)
                 await cooperative_checkpoint()
-            # Values: blocks of about SORTED_WRITE_BYTES, each packed in steps of at most
-            # SORTED_CHUNK_BYTES of blobs and SORTED_CHUNK_RECORDS values, then written
-            # in one call (a step of its own).
+            # Values: blocks of about SORTED_WRITE_BYTES, each packed in equal pieces of
+            # at most SORTED_CHUNK_RECORDS values, a step each, the last one with the
+            # block's write.
             start = 0
             while start < n:
                 base = int(ends[start - 1]) if start else 0
                 stop = max(start + 1, int(ends.searchsorted(base + SORTED_WRITE_BYTES, "right")))
                 block = np.empty(int(ends[stop - 1]) - base, np.uint8)
-                while start < stop:
-                    done = int(ends[start - 1]) if start else 0
-                    end = min(
-                        stop, start + SORTED_CHUNK_RECORDS,
-                        max(start + 1, int(ends.searchsorted(done + SORTED_CHUNK_BYTES, "right"))),
-                    )  # fmt: skip
+                pieces = -(-(stop - start) // SORTED_CHUNK_RECORDS)
+                for k in range(pieces):
+                    a = start + (stop - start) * k // pieces
+                    b = start + (stop - start) * (k + 1) // pieces
+                    done = int(ends[a - 1]) if a else 0
                     pack_blobs(
-                        data, offs[start:end], lens[start:end],
-                        out=block[done - base : int(ends[end - 1]) - base],
-                    )  # fmt: skip
-                    await cooperative_checkpoint()
-                    start = end
+                        data, offs[a:b], lens[a:b], out=block[done - base : int(ends[b - 1]) - base]
+                    )
+                    if k + 1 < pieces:
+                        await cooperative_checkpoint()
                 at = await blobs.write_packed(block)
                 assert at == first + base, "blobs not where the index says"
                 await cooperative_checkpoint()
+                start = stop
             self._last_dk = dk2d[n - 1].tobytes()
             self._max_lsn = max(self._max_lsn, int(lsns.max()))
             self.num_entries += n
