@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from pageserver.addresses import parse_address
 from pageserver.client import Client, PutBatch
@@ -288,7 +289,9 @@ async def test_peers_stalled_mid_frame_hold_no_read_pool(
         with trio.move_on_after(10):
             while h.server.frame_pool.used < 70 * len(f):
                 await trio.sleep(0.02)
-        await trio.sleep(0.2)  # let every connection reach its wait for the peer
+        # Until every connection is in its wait for the peer: nothing left to run (a
+        # state, not a time; a sleep here raced with a loaded machine).
+        await trio.testing.wait_all_tasks_blocked(cushion=0.05)
         assert h.server.read_pool.used == 0, h.server.read_pool.used
         assert h.server.frame_pool.used == 70 * len(f)
         with trio.fail_after(10):
