@@ -12,13 +12,16 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 import msgpack
 import numpy as np
 
 from pageserver.config import DEFAULT_MAX_FRAME_BYTES
 from pageserver.wire.errors import ErrorCode, ProtocolError
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer  # collections.abc.Buffer from 3.12
 
 __all__ = [
     "CLOSED",
@@ -152,7 +155,7 @@ class FrameDecoder:
         n = int.from_bytes(buf[:HEADER_LEN], "big")
         return HEADER_LEN + n if 0 < n <= self.max_frame_bytes else 0
 
-    def feed(self, data: bytes | bytearray | memoryview) -> None:
+    def feed(self, data: Buffer) -> None:
         """Append received bytes. Ignored once closed (a rejected frame is not buffered)."""
         if self._closed or self._eof:
             return
@@ -160,9 +163,10 @@ class FrameDecoder:
         if frame is None:
             self._buf += data
             return
-        # The head frame has its own buffer: fill it first, the rest goes after it.
+        # The head frame has its own buffer: fill it first, the rest goes after it. Cast
+        # to bytes: any buffer is accepted above (``bytearray +=``), whatever its format.
         fill = self._fill
-        with memoryview(data) as mv:
+        with memoryview(data) as raw, raw.cast("B") as mv:
             take = min(len(mv), len(frame) - fill)
             frame[fill : fill + take] = mv[:take]
             self._fill = fill + take
@@ -175,7 +179,7 @@ class FrameDecoder:
         and :meth:`feed` ing it, and none when the frame is handed over. ``None`` unless the
         head frame's header is in, its length is valid and at least
         :data:`DIRECT_FRAME_BYTES`, and it is incomplete (then every buffered byte is
-        part of it).
+        part of it): ``None``, not an empty view, once it is full.
 
         The buffer is made here, on the first call, not when the header arrives: a server
         asks only once it holds the frame's reservation, so a connection that waits for
@@ -204,6 +208,8 @@ class FrameDecoder:
             self._frame = frame
             self._array = array
             self._fill = have - HEADER_LEN
+        elif self._fill >= len(frame):
+            return None  # full, waiting for next_event to hand it over
         return frame[self._fill :]
 
     def commit(self, n: int) -> None:

@@ -12,12 +12,14 @@ ops before authentication without validating their fields.
 
 Memory: buffered bytes per connection are bounded by the framer (see
 :class:`~pageserver.wire.FrameDecoder`). Decoding one payload into Python objects is a
-transient on top of that: ~0x for columnar ``put`` batches of page images (their values
-stay in the frame's buffer, see :func:`parse_envelope`), ~1x in the records form, ~5x for
-tiny records, and up to ~32x ``max_frame_bytes`` for a hostile frame of nested tiny arrays
-(measured: ~520 MiB for 16 MiB). A payload that does not start with a map is rejected before decoding, and maps
-are capped, which removes the worst (~64x) shapes. Parse on the event loop, one frame at a
-time, and that transient is a process-wide constant rather than a per-connection one.
+transient on top of that: ~0x for columnar ``put`` batches of page images in frames of at
+least 64 KiB whose values are at least half the frame, parsed from bytes nobody can change
+(the values stay in the frame's buffer, see :func:`parse_envelope`); ~1x for other columnar
+puts and the records form, ~5x for tiny records, and up to ~32x ``max_frame_bytes`` for a
+hostile frame of nested tiny arrays (measured: ~520 MiB for 16 MiB). A payload that does not
+start with a map is rejected before decoding, and maps are capped, which removes the worst
+(~64x) shapes. Parse on the event loop, one frame at a time, and that transient is a
+process-wide constant rather than a per-connection one.
 """
 
 from __future__ import annotations
@@ -545,7 +547,8 @@ def _flat_map(payload: bytes | memoryview) -> dict[object, object] | None:
         out: dict[object, object] = {}
         for _ in range(count):
             k, pos = _flat_scalar(mv, pos, end, False)
-            v, pos = _flat_scalar(mv, pos, end, view_ok and k == _VIEW_FIELD)
+            # ``type(k) is str`` first: ``bytes == str`` warns (an error under -bb).
+            v, pos = _flat_scalar(mv, pos, end, view_ok and type(k) is str and k == _VIEW_FIELD)
             out[k] = v
     except (_NotFlat, IndexError, UnicodeDecodeError):
         return None

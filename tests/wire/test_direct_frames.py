@@ -293,6 +293,45 @@ def test_handed_over_frame_has_no_writable_alias() -> None:
     assert ev.payload == payload
 
 
+def test_full_direct_frame_offers_no_view() -> None:
+    """Once the frame's own buffer is full, ``direct_view`` is ``None`` (its docstring),
+    not an empty view, until ``next_event`` hands the frame over."""
+    d = FrameDecoder(1 << 20)
+    whole = framed(body(BIG))
+    d.feed(whole[:100])
+    view = d.direct_view()
+    assert view is not None
+    view[:] = whole[100:]
+    d.commit(len(view))
+    del view
+    assert d.direct_view() is None
+    ev = d.next_event()
+    assert isinstance(ev, Frame) and ev.payload == whole[HEADER_LEN:]
+
+
+def test_feed_takes_any_buffer_into_a_direct_frame() -> None:
+    """``feed`` takes a buffer of any item format (as ``bytearray +=`` does) while a
+    direct frame is open, counting its bytes, not its items."""
+    import array
+
+    whole = framed(body(BIG)) + framed(b"\x80")
+    words = array.array("I")
+    words.frombytes(whole[1000 : 1000 + 40_000])
+    rest = array.array("I")
+    tail = whole[41_000:]
+    rest.frombytes(tail[: len(tail) // 4 * 4])
+    d = FrameDecoder(1 << 20)
+    d.feed(whole[:1000])
+    assert d.direct_view() is not None
+    d.feed(words)
+    d.feed(rest)
+    d.feed(tail[len(tail) // 4 * 4 :])
+    ev = d.next_event()
+    assert isinstance(ev, Frame) and ev.payload == whole[HEADER_LEN : HEADER_LEN + BIG]
+    ev = d.next_event()
+    assert isinstance(ev, Frame) and ev.payload == b"\x80"
+
+
 def test_connection_that_must_close_offers_no_direct_view() -> None:
     """After ``unauthorized`` to ``hello`` the server closes: even with a large frame's
     header already buffered behind it, there is nothing more to read into."""

@@ -486,3 +486,25 @@ def test_values_from_a_mutable_buffer_are_copied() -> None:
     for p in (payload, memoryview(payload), framer_payload(payload)):
         got = parse_request(p)
         assert isinstance(got, PutRequest) and type(got.records.values) is memoryview
+
+
+def test_bytes_keys_under_bb() -> None:
+    """A ``bin`` key next to the large ``values`` is compared with the field name only
+    when it is a ``str``: ``b"values" == "values"`` is a ``BytesWarning``, an exception
+    under ``python -bb``, and ``parse_request`` never raises. Run in a ``-bb`` child."""
+    import subprocess
+    import sys
+
+    code = """if True:
+        import msgpack
+        from pageserver.wire import ProtocolError, parse_request
+        payload = msgpack.packb({"op": "put", "id": 1, b"values": b"v" * 100_000, "x": 1})
+        got = parse_request(payload)
+        assert isinstance(got, ProtocolError), got
+        print(got.code.value)
+    """
+    out = subprocess.run(
+        [sys.executable, "-bb", "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["bad_request"]
