@@ -551,16 +551,22 @@ def merge_steps(
         bounds = [np.concatenate((cuts, [len(runs[0])]))]
     else:
         # Choosing the splitters is cut into steps of a few runs each (sampling them,
-        # then finding the splitters in them) and one sort: a 2.4M-record layer (~70 runs,
-        # ~90k samples) took ~8 ms as one step.
+        # then finding the splitters in them: ~30-45 us a run) and one sort of the
+        # sample (~8 * nslices + nruns keys): a 2.4M-record layer (~70 runs) took ~8 ms
+        # as one step.
         nslices = -(-total // slice_records)
         splitters = np.empty(0, KEY_DTYPE)
         if nslices > 1:
-            # About 8 samples per slice from each run: a small sort, however many records.
+            # About 8 samples per slice in all: one stride for the whole layer, so a run
+            # gives samples in proportion to its records, ~8 * nslices + nruns in all. (A
+            # stride per run, 8 * nslices samples from each, made the sample grow with
+            # the square of the layer: 5M records, ~300 slices, ~150 runs -> 383k samples,
+            # a 16 ms sort in one step.)
+            stride = -(-total // (8 * nslices))
             samples = []
             for k in range(0, len(runs), _SPLIT_RUNS_PER_STEP):
                 group = runs[k : k + _SPLIT_RUNS_PER_STEP]
-                samples.append(np.concatenate([r.keys[:: max(1, len(r) // (8 * nslices))] for r in group]))  # fmt: skip
+                samples.append(np.concatenate([r.keys[::stride] for r in group]))
                 yield None
             sample = np.concatenate(samples)
             # Ordered like a slice (every sample lies between the runs' first and last

@@ -20,7 +20,7 @@ import pytest
 
 from pageserver.io import IoContext
 from pageserver.layers import blob_io, delta_layer
-from pageserver.layers.batch import check_put_batch
+from pageserver.layers.batch import KEY_DTYPE, check_put_batch
 from pageserver.layers.blob_io import BlobWriter
 from pageserver.layers.delta_layer import DeltaLayer
 from pageserver.layers.disk_btree import DiskBtreeBuilder
@@ -147,3 +147,95 @@ async def test_no_flush_step_does_more_than_one_bounded_piece(
     assert {p[0] for p in pieces} == {"merge", "sort", "plan", "prefault", "index", "values", "write"}
     async with await DeltaLayer.open(io_ctx, info.path) as dl:
         assert len(await dl.load_all()) == written
+
+
+def _sorted_run(rnd: random.Random, n: int, space: list[bytes], first_off: int) -> Entries:
+    keys = np.array([rnd.choice(space) for _ in range(n)], KEY_DTYPE)
+    lsns = np.arange(first_off, first_off + n, dtype=np.uint64)
+    offs = np.arange(first_off, first_off + n, dtype=np.int64)
+    return Entries(keys, lsns, offs, np.ones(n, np.int64), np.zeros(n, np.bool_)).sorted()
+
+
+@pytest.mark.parametrize("nruns", [2, 40, 150])
+def test_splitter_sample_is_bounded_by_slices_and_runs(
+    monkeypatch: pytest.MonkeyPatch, nruns: int
+) -> None:
+    """The one sort of the splitter sample is of ~8 keys per slice plus one per run,
+    however large the layer: with a sample of 8 keys per slice from every run it grew
+    with slices x runs (the square of the layer; 5M records -> 383k samples, one sort)."""
+    rnd = random.Random(nruns)
+    space = [key(i) for i in range(5000)]
+    runs = []
+    total = 0
+    for _ in range(nruns):
+        n = rnd.randrange(500, 2500)
+        runs.append(_sorted_run(rnd, n, space, total))
+        total += n
+    slice_records = 64
+    nslices = -(-total // slice_records)
+    sorts: list[int] = []
+    real_order = iml._slice_order
+
+    def order(keys: Any, lo: bytes, hi: bytes) -> npt.NDArray[np.intp]:
+        sorts.append(len(keys))
+        return real_order(keys, lo, hi)
+
+    monkeypatch.setattr(iml, "_slice_order", order)
+    items = iml.merge_steps(runs, slice_records)
+    steps_before_first_slice = 0
+    first: Entries | None = None
+    for first in items:
+        if first is not None:
+            break
+        steps_before_first_slice += 1
+    assert first is not None
+    # Before the first slice: the sample's sort, then the first slice's sort.
+    sample_sort = sorts[0]
+    assert len(sorts) == 2
+    assert sample_sort <= 8 * nslices + nruns, (sample_sort, nslices, nruns)
+    # The sampling and the search for the splitters are steps of a few runs each.
+    per_step = iml._SPLIT_RUNS_PER_STEP
+    assert steps_before_first_slice == 2 * -(-nruns // per_step) + 1 + 1
+    rest = [p for p in items if p is not None]
+    assert len(first) + sum(len(p) for p in rest) <= total
+
+
+async def _flush_sort_sizes(
+    io_ctx: IoContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pick: Any
+) -> list[int]:
+    """Flush 120k 1-byte images with keys ``pick(rnd, i)``; the sizes of every sort."""
+    sizes: list[int] = []
+    real = iml._slice_order
+
+    def order(keys: Any, lo: bytes, hi: bytes) -> npt.NDArray[np.intp]:
+        sizes.append(len(keys))
+        return real(keys, lo, hi)
+
+    monkeypatch.setattr(iml, "_slice_order", order)
+    rnd = random.Random(1)
+    layer = await InMemoryLayer.create(io_ctx, str(tmp_path), 0, 10)
+    lsn = 10
+    try:
+        for b in range(120):
+            batch = []
+            for i in range(1000):
+                lsn += 1
+                batch.append((pick(rnd, b * 1000 + i), lsn, image(b"x")))
+            await layer.put_batch(check_put_batch(batch))
+        await layer.freeze(lsn + 1)
+        await layer.write_delta_layer(str(tmp_path), TID, TLID)
+    finally:
+        await layer.delete()
+    return sizes
+
+
+async def test_flush_sorts_no_more_than_about_a_slice(
+    io_ctx: IoContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """120k records in slices of 1024: no sort of the flush (the splitter sample's
+    included) is of much more than a slice (the sample was ~8 * nslices keys a run:
+    ~7.5k)."""
+    monkeypatch.setattr(iml, "FLUSH_SLICE_RECORDS", 1024)
+    keys = [key(i) for i in range(50_000)]
+    sizes = await _flush_sort_sizes(io_ctx, tmp_path, monkeypatch, lambda rnd, i: rnd.choice(keys))
+    assert max(sizes) <= 2 * 1024, sorted(sizes)[-3:]

@@ -59,7 +59,9 @@ def reference_sorted_slices(runs: list[Entries], slice_records: int) -> Iterator
         return
     nslices = -(-total // slice_records)
     if nslices > 1:
-        sample = np.concatenate([r.keys[:: max(1, len(r) // (8 * nslices))] for r in runs])
+        # One stride over the whole layer (~8 samples per slice in all).
+        stride = -(-total // (8 * nslices))
+        sample = np.concatenate([r.keys[::stride] for r in runs])
         ints = sample.view(_KEY_INTS)
         sample = sample[np.lexsort((ints["c"], ints["b"], ints["a"]))]
         pick = np.linspace(0, len(sample), nslices + 1)[1:-1].astype(np.int64)
