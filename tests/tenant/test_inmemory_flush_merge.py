@@ -5,6 +5,7 @@ slices and chunks is byte-identical to the per-value writer, on both engines."""
 
 from __future__ import annotations
 
+import bisect
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,19 +59,29 @@ def reference_sorted_slices(runs: list[Entries], slice_records: int) -> Iterator
             yield whole.part(start, start + slice_records)
         return
     nslices = -(-total // slice_records)
+    splitters: list[tuple[bytes, int]] = []
     if nslices > 1:
-        # One stride over the whole layer (~8 samples per slice in all).
-        stride = -(-total // (8 * nslices))
-        sample = np.concatenate([r.keys[::stride] for r in runs])
-        ints = sample.view(_KEY_INTS)
-        sample = sample[np.lexsort((ints["c"], ints["b"], ints["a"]))]
+        # One stride over the whole layer (~16 samples per slice in all), (key, lsn) pairs.
+        stride = -(-total // (16 * nslices))
+        # Run i starts at phase i * stride // nruns (runs of one key distribution would
+        # otherwise all give the same quantiles).
+        sample = sorted(
+            (k.ljust(18, b"\0"), int(x))
+            for i, r in enumerate(runs)
+            for k, x in zip(
+                r.keys[i * stride // len(runs) :: stride].tolist(),
+                r.lsns[i * stride // len(runs) :: stride].tolist(),
+                strict=True,
+            )
+        )
         pick = np.linspace(0, len(sample), nslices + 1)[1:-1].astype(np.int64)
-        splitters = sample[pick]
-        if len(splitters) > 1:
-            splitters = splitters[np.concatenate(([True], splitters[1:] != splitters[:-1]))]
-    else:
-        splitters = np.empty(0, KEY_DTYPE)
-    bounds = [np.concatenate(([0], r.keys.searchsorted(splitters, "left"), [len(r)])) for r in runs]
+        for i in pick.tolist():
+            if not splitters or splitters[-1] != sample[i]:
+                splitters.append(sample[i])
+    bounds = []
+    for r in runs:
+        pairs = [(k.ljust(18, b"\0"), int(x)) for k, x in zip(r.keys.tolist(), r.lsns.tolist(), strict=True)]
+        bounds.append([0, *(bisect.bisect_left(pairs, sp) for sp in splitters), len(r)])
     for j in range(len(splitters) + 1):
         parts = [r.part(int(b[j]), int(b[j + 1])) for r, b in zip(runs, bounds, strict=True)]
         part = Entries.concat([p for p in parts if len(p)] or parts[:1])
@@ -88,6 +99,8 @@ def _keyspace(rnd: random.Random, kind: str, nkeys: int) -> list[bytes]:
         return [rnd.randbytes(18) for _ in range(nkeys)]
     if kind == "nul":  # NUL-ending keys differing only there (S18 arrays drop trailing NULs)
         return [bytes(16) + bytes([0, i % 3]) if i % 2 else key(i)[:10] + bytes(8) for i in range(nkeys)]
+    if kind == "hot":  # half the records on one key: slices cut inside it, by LSN
+        return [key(7)] * nkeys + [key(i) for i in range(nkeys)]
     # mixed: a few relations, so some slices share 10 bytes and some straddle two heads
     return [key(i)[:9] + bytes([i % 3]) + rnd.randbytes(8) for i in range(nkeys)]
 
@@ -112,7 +125,7 @@ def _runs(rnd: random.Random, kind: str, nruns: int, nkeys: int) -> list[Entries
     return runs
 
 
-@pytest.mark.parametrize("kind", ["relation", "wide", "nul", "mixed"])
+@pytest.mark.parametrize("kind", ["relation", "wide", "nul", "mixed", "hot"])
 @pytest.mark.parametrize("seed", range(4))
 def test_merge_equals_the_reference_merge(kind: str, seed: int) -> None:
     rnd = random.Random(f"{kind}-{seed}")

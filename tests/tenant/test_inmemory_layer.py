@@ -117,7 +117,8 @@ async def test_reads_and_flush_order_match_a_model(
 
 
 def test_sorted_slices_cut_by_key_range() -> None:
-    """Many runs and small slices: every key's records in one slice, in order, deduplicated."""
+    """Many runs and small slices: every (key, lsn)'s records in one slice (a key's may
+    span slices, in LSN order), in order, deduplicated."""
     rng = np.random.default_rng(5)
     runs = []
     lsn = 0
@@ -136,16 +137,16 @@ def test_sorted_slices_cut_by_key_range() -> None:
             ref[(e.keys[i : i + 1].tobytes(), int(e.lsns[i]))] = int(e.offs[i])
     expected = sorted(ref.items())
     got = []
-    slice_keys: list[set[bytes]] = []
+    slice_pairs: list[set[tuple[bytes, int]]] = []
     for part in sorted_slices(runs, slice_records=100):
         part_keys = [part.keys[i : i + 1].tobytes() for i in range(len(part))]
-        slice_keys.append(set(part_keys))
+        slice_pairs.append({(k, int(x)) for k, x in zip(part_keys, part.lsns.tolist(), strict=True)})
         got += [((part_keys[i], int(part.lsns[i])), int(part.offs[i])) for i in range(len(part))]
     assert got == expected
-    assert len(slice_keys) > 5
-    for a in range(len(slice_keys)):
-        for b in range(a + 1, len(slice_keys)):
-            assert not slice_keys[a] & slice_keys[b]
+    assert len(slice_pairs) > 5
+    for a in range(len(slice_pairs)):
+        for b in range(a + 1, len(slice_pairs)):
+            assert not slice_pairs[a] & slice_pairs[b]
 
 
 async def test_flush_is_byte_identical_to_the_per_value_writer(
