@@ -9,7 +9,11 @@ from pathlib import Path
 
 from pageserver.config import PageserverConfig, TenantConfig
 from pageserver.io import IoContext, create_engine
+from pageserver.layers.common import LayerInfo
+from pageserver.layers.delta_layer import DeltaLayerWriter
+from pageserver.layers.key import Key, TenantId, TimelineId
 from pageserver.layers.value import Image, PostgresRecord, TestRecord, encode_value
+from pageserver.tenant.inmemory_layer import InMemoryLayer
 from pageserver.tenant.manager import TenantManager
 
 TENANT = "0123456789abcdef0123456789abcdef"
@@ -99,3 +103,28 @@ class Model:
                 start = i
                 break
         return materialize(None, [decode_value(v) for v in recs[start:]])
+
+
+async def assert_flush_equals_per_value_writer(
+    io_ctx: IoContext,
+    layer: InMemoryLayer,
+    model: dict[bytes, dict[int, bytes]],
+    lsn_end: int,
+    tmp_path: Path,
+) -> LayerInfo:
+    """Flush the frozen ``layer`` (``write_delta_layer``) and assert its file is byte for
+    byte what ``DeltaLayerWriter.put_value`` writes for ``model`` ({key: {lsn: value}}, the
+    last arrival of a (key, lsn) kept), from LSN 10 to ``lsn_end``; the flushed layer."""
+    tid = TenantId.parse("0123456789abcdef0123456789abcdef")
+    tlid = TimelineId.parse("fedcba9876543210fedcba9876543210")
+    (tmp_path / "flush").mkdir()
+    (tmp_path / "ref").mkdir()
+    info = await layer.write_delta_layer(str(tmp_path / "flush"), tid, tlid)
+    w = DeltaLayerWriter(io_ctx, str(tmp_path / "ref"), tid, tlid, Key.MIN, 10, lsn_end)
+    async with w:
+        for k in sorted(model):
+            for x in sorted(model[k]):
+                await w.put_value(k, x, model[k][x])
+        ref = await w.finish(Key.MAX)
+    assert Path(info.path).read_bytes() == Path(ref.path).read_bytes()
+    return info

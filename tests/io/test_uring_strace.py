@@ -9,15 +9,10 @@ come from exactly one thread other than the main one.
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
-from pageserver.io import uring_required
+from tests.io._strace import strace_script
 from tests.io.test_uring_engine import require_uring
 
 CHILD = r"""
@@ -49,25 +44,9 @@ SYSCALLS = "pwrite64,pwritev,pwritev2,write,fsync,fdatasync,io_uring_enter,clone
 
 
 def trace(kind: str, tmp_path: Path) -> list[tuple[int, str]]:
-    if shutil.which("strace") is None:
-        # CI (PAGESERVER_REQUIRE_URING=1) installs strace: there this must not skip.
-        if uring_required():
-            pytest.fail("strace is not installed, and the observation is required here")
-        pytest.skip("strace not installed")
     out = tmp_path / f"{kind}.strace"
     target = tmp_path / f"{kind}.bin"
-    repo = Path(__file__).resolve().parents[2]
-    proc = subprocess.run(
-        ["strace", "-f", "-qq", "-e", f"trace={SYSCALLS}", "-o", str(out)]
-        + [sys.executable, "-c", CHILD, kind, str(target)],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    if proc.returncode != 0 and "ptrace" in proc.stderr and not uring_required():
-        pytest.skip(f"strace cannot trace here: {proc.stderr.strip()[:200]}")
-    assert proc.returncode == 0, proc.stderr
+    strace_script(CHILD, [kind, str(target)], SYSCALLS, out, 60)
     assert target.stat().st_size == 8 << 20
     calls = []
     for line in out.read_text().splitlines():

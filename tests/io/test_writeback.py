@@ -17,10 +17,7 @@ import functools
 import mmap
 import os
 import re
-import shutil
 import struct
-import subprocess
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -36,7 +33,6 @@ from pageserver.io import (
     UringEngine,
     VirtualFile,
     create_engine,
-    uring_required,
 )
 from pageserver.io.buffered_writer import WRITEBACK_BYTES
 from pageserver.layers import writer as layer_writer
@@ -44,6 +40,7 @@ from pageserver.layers.delta_layer import DeltaLayerWriter
 from pageserver.layers.key import Key, TenantId, TimelineId
 from pageserver.layers.value import Image, encode_value
 from pageserver.tenant.ephemeral_file import EphemeralFile
+from tests.io._strace import strace_script
 
 MIB = 1 << 20
 LAYER_BUF = 256 * 1024
@@ -658,24 +655,11 @@ trio.run(main)
 
 def strace_child(kind: str, tmp_path: Path) -> list[tuple[int, str, str]]:
     """(thread id, syscall, arguments) of the child's calls, in order."""
-    if shutil.which("strace") is None:
-        if uring_required():
-            pytest.fail("strace is not installed, and the observation is required here")
-        pytest.skip("strace not installed")
     out = tmp_path / f"{kind}.strace"
     target = tmp_path / f"{kind}.bin"
-    repo = Path(__file__).resolve().parents[2]
-    proc = subprocess.run(
-        ["strace", "-f", "-qq", "-e", "trace=execve,sync_file_range,pwrite64,fsync,io_uring_enter"]
-        + ["-o", str(out), sys.executable, "-c", CHILD, kind, str(target)],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    strace_script(
+        CHILD, [kind, str(target)], "execve,sync_file_range,pwrite64,fsync,io_uring_enter", out, 120
     )
-    if proc.returncode != 0 and "ptrace" in proc.stderr and not uring_required():
-        pytest.skip(f"strace cannot trace here: {proc.stderr.strip()[:200]}")
-    assert proc.returncode == 0, proc.stderr
     assert target.stat().st_size == 8192 + 20 * MIB
     calls = []
     for line in out.read_text().splitlines():

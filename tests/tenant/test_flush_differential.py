@@ -18,15 +18,11 @@ import pytest
 from pageserver.io import IoContext
 from pageserver.layers import delta_layer
 from pageserver.layers.batch import check_put_batch
-from pageserver.layers.delta_layer import DeltaLayerWriter
-from pageserver.layers.key import Key, TenantId, TimelineId
 from pageserver.tenant import ephemeral_file as ef
 from pageserver.tenant import inmemory_layer as iml
 from pageserver.tenant.inmemory_layer import Entries, InMemoryLayer
-from tests.helpers.tenant import image, key, pg_rec
+from tests.helpers.tenant import assert_flush_equals_per_value_writer, image, key, pg_rec
 
-TID = TenantId.parse("0123456789abcdef0123456789abcdef")
-TLID = TimelineId.parse("fedcba9876543210fedcba9876543210")
 #: More seeds: FLUSH_DIFF_SEEDS=200 (run with both engines, as every test).
 SEEDS = int(os.environ.get("FLUSH_DIFF_SEEDS", "20"))
 
@@ -113,16 +109,7 @@ async def test_flush_vs_per_value_writer(io_ctx: IoContext, tmp_path: Path, monk
                 model.setdefault(k, {})[lsn] = v
             await layer.put_batch(check_put_batch(batch))
         await layer.freeze(lsn + 1)
-        (tmp_path / "flush").mkdir()
-        (tmp_path / "ref").mkdir()
-        info = await layer.write_delta_layer(str(tmp_path / "flush"), TID, TLID)
-        w = DeltaLayerWriter(io_ctx, str(tmp_path / "ref"), TID, TLID, Key.MIN, 10, lsn + 1)
-        async with w:
-            for k in sorted(model):
-                for x in sorted(model[k]):
-                    await w.put_value(k, x, model[k][x])
-            ref = await w.finish(Key.MAX)
-        assert Path(info.path).read_bytes() == Path(ref.path).read_bytes()
+        await assert_flush_equals_per_value_writer(io_ctx, layer, model, lsn + 1, tmp_path)
         assert not bad, bad[:5]
     finally:
         await layer.delete()

@@ -17,14 +17,9 @@ import pytest
 from pageserver.io import IoContext
 from pageserver.layers import delta_layer
 from pageserver.layers.batch import KEY_DTYPE, check_put_batch
-from pageserver.layers.delta_layer import DeltaLayerWriter
-from pageserver.layers.key import Key, TenantId, TimelineId
 from pageserver.tenant import inmemory_layer as iml
 from pageserver.tenant.inmemory_layer import Entries, InMemoryLayer, sorted_slices
-from tests.helpers.tenant import image, key
-
-TID = TenantId.parse("0123456789abcdef0123456789abcdef")
-TLID = TimelineId.parse("fedcba9876543210fedcba9876543210")
+from tests.helpers.tenant import assert_flush_equals_per_value_writer, image, key
 
 # -- the reference: the merge as it was before the integer sort keys ---------------------------
 
@@ -179,16 +174,7 @@ async def test_large_flush_is_byte_identical_to_the_per_value_writer(
                 model.setdefault(k, {})[lsn] = v  # a (key, lsn) put again: the last wins
             await layer.put_batch(check_put_batch(batch))
         await layer.freeze(lsn + 1)
-        (tmp_path / "flush").mkdir()
-        (tmp_path / "ref").mkdir()
-        info = await layer.write_delta_layer(str(tmp_path / "flush"), TID, TLID)
-        w = DeltaLayerWriter(io_ctx, str(tmp_path / "ref"), TID, TLID, Key.MIN, 10, lsn + 1)
-        async with w:
-            for k in sorted(model):
-                for x in sorted(model[k]):
-                    await w.put_value(k, x, model[k][x])
-            ref = await w.finish(Key.MAX)
-        assert Path(info.path).read_bytes() == Path(ref.path).read_bytes()
+        info = await assert_flush_equals_per_value_writer(io_ctx, layer, model, lsn + 1, tmp_path)
         assert info.file_size > 60 * 8192  # many index pages
         # The slices really are small (the flush reads FLUSH_SLICE_RECORDS when it runs):
         # ~24k records in slices of ~3000 (fewer records where 8 KiB values fill

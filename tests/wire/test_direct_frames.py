@@ -245,10 +245,9 @@ def test_direct_buffer_is_made_only_when_asked() -> None:
     assert view is not None and len(view) == n - 1000
 
 
-def test_handed_over_frame_belongs_to_its_holders() -> None:
-    """The decoder keeps no reference to a frame it handed over (the buffer dies with the
-    last view of it), and a view of it keeps it alive: no use after free."""
-    payload = os.urandom(BIG)
+def _direct_frame(payload: bytes) -> tuple[FrameDecoder, memoryview]:
+    """A decoder that read ``payload``'s frame directly (header and 96 bytes fed, the rest
+    into ``direct_view``), and the payload of the frame it handed over."""
     d = FrameDecoder(1 << 20)
     d.feed(framed(payload)[:100])
     view = d.direct_view()
@@ -258,11 +257,19 @@ def test_handed_over_frame_belongs_to_its_holders() -> None:
     del view
     ev = d.next_event()
     assert isinstance(ev, Frame) and isinstance(ev.payload, memoryview)
-    owner = weakref.ref(ev.payload.obj)
-    part = ev.payload[1000:2000]
+    return d, ev.payload
+
+
+def test_handed_over_frame_belongs_to_its_holders() -> None:
+    """The decoder keeps no reference to a frame it handed over (the buffer dies with the
+    last view of it), and a view of it keeps it alive: no use after free."""
+    payload = os.urandom(BIG)
+    d, mv = _direct_frame(payload)
+    owner = weakref.ref(mv.obj)
+    part = mv[1000:2000]
     with pytest.raises(TypeError):
         part[0] = 0  # the view is read-only...
-    del ev
+    del mv
     gc.collect()
     assert owner() is not None and part == payload[1000:2000]
     d.feed(framed(b"\x80"))  # the decoder goes on with a fresh buffer of its own
@@ -277,20 +284,12 @@ def test_handed_over_frame_has_no_writable_alias() -> None:
     read-only at hand-over, so no holder can change the frame (a request validated from
     it, a put's values) through it."""
     payload = os.urandom(BIG)
-    d = FrameDecoder(1 << 20)
-    d.feed(framed(payload)[:100])
-    view = d.direct_view()
-    assert view is not None
-    view[:] = payload[96:]
-    d.commit(len(view))
-    del view
-    ev = d.next_event()
-    assert isinstance(ev, Frame) and isinstance(ev.payload, memoryview)
+    _, mv = _direct_frame(payload)
     with pytest.raises(ValueError, match="read-only"):
-        ev.payload.obj[0] = 0  # type: ignore[index]
+        mv.obj[0] = 0  # type: ignore[index]
     with pytest.raises(TypeError):
-        memoryview(ev.payload.obj)[0] = 0  # type: ignore[call-overload]
-    assert ev.payload == payload
+        memoryview(mv.obj)[0] = 0  # type: ignore[call-overload]
+    assert mv == payload
 
 
 def test_full_direct_frame_offers_no_view() -> None:
