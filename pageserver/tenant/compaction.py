@@ -257,6 +257,13 @@ class _Cutter:
         sizes = blob_sizes(lens)
         cum = np.zeros(n + 1, np.int64)  # cum[i]: blob bytes of entries [0, i)
         np.cumsum(sizes, out=cum[1:])
+
+        async def write(writer: DeltaLayerWriter, a: int, b: int) -> None:
+            """Entries [a, b) of this call into ``writer``; counted against the file."""
+            await writer.put_sorted(keys[a:b], lsns[a:b], data, offs[a:b], lens[a:b], will_init[a:b])
+            await cooperative_checkpoint()
+            self._account(cum, a, b)
+
         i = 0
         fresh = False  # entry i is the first of its file (never a cut)
         if self.writer is None:
@@ -278,16 +285,14 @@ class _Cutter:
             c = int(key_starts[k]) if k < len(key_starts) else n
             if c <= stop:
                 if c > i:
-                    await self._write(writer, keys, lsns, data, offs, lens, will_init, i, c)
-                    self._account(cum, i, c)
+                    await write(writer, i, c)
                 self.infos.append(await writer.finish(Key(kb[c].tobytes())))
                 self.writer = None
                 self._new_writer(kb[c].tobytes())
                 fresh = True
                 i = c
                 continue
-            await self._write(writer, keys, lsns, data, offs, lens, will_init, i, stop + 1)
-            self._account(cum, i, stop + 1)
+            await write(writer, i, stop + 1)
             if stop == run_end:  # the run ended: the per-value writer extended its index
                 self.tree_part = writer.size_estimate - PAGE_SZ - self.w_bytes
                 self.run_bytes = self.run_count = 0
@@ -300,21 +305,6 @@ class _Cutter:
         self.w_bytes += got
         self.run_bytes += got
         self.run_count += b - a
-
-    @staticmethod
-    async def _write(
-        writer: DeltaLayerWriter,
-        keys: npt.NDArray[np.bytes_],
-        lsns: npt.NDArray[np.uint64],
-        data: npt.NDArray[np.uint8],
-        offs: npt.NDArray[np.int64],
-        lens: npt.NDArray[np.int64],
-        will_init: npt.NDArray[np.bool_],
-        a: int,
-        b: int,
-    ) -> None:
-        await writer.put_sorted(keys[a:b], lsns[a:b], data, offs[a:b], lens[a:b], will_init[a:b])
-        await cooperative_checkpoint()
 
     async def finish(self) -> list[LayerInfo]:
         if self.writer is not None:
