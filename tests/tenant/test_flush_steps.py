@@ -26,6 +26,7 @@ from pageserver.layers.delta_layer import DeltaLayer
 from pageserver.layers.disk_btree import DiskBtreeBuilder
 from pageserver.layers.key import TenantId, TimelineId
 from pageserver.tenant import inmemory_layer as iml
+from pageserver.tenant.ephemeral_file import MappedFile
 from pageserver.tenant.inmemory_layer import Entries, InMemoryLayer
 from tests.helpers.tenant import image, key
 
@@ -255,3 +256,59 @@ async def test_a_hot_key_is_cut_into_slices(
         io_ctx, tmp_path, monkeypatch, lambda rnd, i: keys[7] if i % 2 else rnd.choice(keys)
     )
     assert max(sizes) <= 2 * iml.FLUSH_SLICE_RECORDS, sorted(sizes)[-3:]
+
+
+async def test_mapping_release_is_cut_into_steps(
+    io_ctx: IoContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a slice, the blocks it is the last to read are released at most
+    ``_RELEASE_RANGES_PER_STEP`` ranges (``madvise`` calls) a step: keys arriving in
+    passes over the key space (the bench's pattern) leave a slice's blocks in one place
+    per pass, so a slice releases several ranges (at 8 KiB in the daemon, the last slices
+    of a layer released 400-530 ranges in one 1.5-3.5 ms step)."""
+    monkeypatch.setattr(iml, "FLUSH_SLICE_RECORDS", 2048)
+    monkeypatch.setattr(iml, "_BLOCK_SHIFT", 12)
+    monkeypatch.setattr(iml, "_BLOCK_BYTES", 1 << 12)
+    monkeypatch.setattr(iml, "_RELEASE_RANGES_PER_STEP", 3)
+    nkeys, passes = 3000, 6
+    layer = await InMemoryLayer.create(io_ctx, str(tmp_path), 0, 10)
+    payload = image(b"\x5a" * 100)
+    lsn = 10
+    for start in range(0, nkeys * passes, 1000):
+        recs = [(key(i % nkeys), lsn, payload) for i in range(start, start + 1000)]
+        await layer.put_batch(check_put_batch(recs))
+        lsn += 1
+    await layer.freeze(lsn)
+    size = layer.size
+
+    steps: list[list[int]] = [[]]
+    released: list[tuple[int, int]] = []
+
+    async def checkpoint() -> None:
+        steps.append([])
+
+    real_release = MappedFile.release
+
+    def release(self: Any, ranges: list[tuple[int, int]]) -> None:
+        steps[-1].append(len(ranges))
+        released.extend(ranges)
+        real_release(self, ranges)
+
+    monkeypatch.setattr(iml, "cooperative_checkpoint", checkpoint)
+    monkeypatch.setattr(delta_layer, "cooperative_checkpoint", checkpoint)
+    monkeypatch.setattr(MappedFile, "release", release)
+    try:
+        info = await layer.write_delta_layer(str(tmp_path), TID, TLID)
+    finally:
+        await layer.delete()
+    calls = [s for s in steps if s]
+    assert all(len(s) == 1 and s[0] <= 3 for s in calls), calls
+    nslices = -(-nkeys * passes // 2048)
+    assert len(calls) > nslices  # some slice's release took more than one step
+    # Every block goes once its last reader is written: the whole file, each byte once.
+    spans = sorted(released)
+    assert spans[0][0] == 0 and spans[-1][1] == size
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
+    assert sum(z - a for a, z in spans) == size
+    async with await DeltaLayer.open(io_ctx, info.path) as dl:
+        assert len(await dl.load_all()) == nkeys * passes
