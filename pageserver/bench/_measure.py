@@ -151,6 +151,9 @@ class PerOpOffloadEngine(IoEngine):
     async def unlink(self, path: str) -> None:
         await _in_thread(self._std.unlink, path)
 
+    async def rmdir(self, path: str) -> None:
+        await _in_thread(self._std.rmdir, path)
+
     async def aclose(self) -> None:
         await self._std.aclose()
 

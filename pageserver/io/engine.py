@@ -128,6 +128,10 @@ class IoEngine(abc.ABC):
     @abc.abstractmethod
     async def unlink(self, path: str) -> None: ...
 
+    @abc.abstractmethod
+    async def rmdir(self, path: str) -> None:
+        """Remove the empty directory ``path`` (``unlinkat(..., AT_REMOVEDIR)``)."""
+
     async def submit_write_at(
         self, fd: int, data: bytes | bytearray | memoryview, offset: int
     ) -> PendingIo:

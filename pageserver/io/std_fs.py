@@ -142,3 +142,6 @@ class StdFsEngine(IoEngine):
 
     async def unlink(self, path: str) -> None:
         os.unlink(path)
+
+    async def rmdir(self, path: str) -> None:
+        os.rmdir(path)

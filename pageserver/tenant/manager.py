@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import tomllib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -218,7 +217,7 @@ class TenantManager:
             cfg_path = tpath / CONFIG_FILE
             if not cfg_path.exists():
                 log.warning("removing tenant directory without config-v1", tenant_id=entry)
-                shutil.rmtree(tpath)
+                await self.ctx.remove_tree(str(tpath))
                 continue
             overrides = await self._read_tenant_config(str(cfg_path))
             tenant = Tenant(tenant_id, str(tpath), self.config.tenant_config, overrides)
@@ -235,7 +234,7 @@ class TenantManager:
                 path = tl_dir / tl_entry
                 if not (path / METADATA_FILE).exists():
                     log.warning("removing timeline directory without metadata", timeline_id=tl_entry)
-                    shutil.rmtree(path)
+                    await self.ctx.remove_tree(str(path))
                     continue
                 tl = await Timeline.load(
                     self.ctx, tenant_id, timeline_id, str(path), tenant.get_config
@@ -338,7 +337,7 @@ class TenantManager:
                 remote = await self._claim_new(tid, must_be_new=True)
             path = self.tenants_dir / str(tid)
             if path.exists():  # a half-created leftover not loaded at startup
-                shutil.rmtree(path)
+                await self.ctx.remove_tree(str(path))
             (path / "timelines").mkdir(parents=True)
             if remote is not None:
                 await self._write_generation(str(path), remote.generation)
@@ -374,7 +373,7 @@ class TenantManager:
                 raise AlreadyExists(f"timeline {tlid} already exists in tenant {tenant.tenant_id}")
             path = os.path.join(tenant.timelines_dir, str(tlid))
             if os.path.exists(path):
-                shutil.rmtree(path)
+                await self.ctx.remove_tree(path)
             tl = await Timeline.create(
                 self.ctx, tenant.tenant_id, tlid, path, tenant.get_config, start_lsn
             )
@@ -483,7 +482,7 @@ class TenantManager:
                     "tenant was attached elsewhere with a newer generation; dropping the local copy",
                     tenant_id=tid, our_generation=ours, newer_generation=newest,
                 )  # fmt: skip
-                shutil.rmtree(tenant.path)
+                await self.ctx.remove_tree(tenant.path)
                 return False
         gen = await claim_generation(storage, tid, self.node_id, deadline=deadline)
         await self._write_generation(tenant.path, gen)
@@ -567,7 +566,7 @@ class TenantManager:
                 indexes[tlid] = found[1]
             path = self.tenants_dir / str(tid)
             if path.exists():
-                shutil.rmtree(path)
+                await self.ctx.remove_tree(str(path))
             (path / "timelines").mkdir(parents=True)
             await self._write_generation(str(path), remote.generation)
             await self._write_tenant_config(str(path), values)
@@ -622,7 +621,13 @@ class TenantManager:
                 with trio.CancelScope(shield=True):
                     await tl.close_files()
             del self.tenants[tenant.tenant_id]
-            shutil.rmtree(tenant.path, ignore_errors=True)
+            try:
+                await self.ctx.remove_tree(tenant.path)
+            except OSError as e:  # detached all the same: the copy is stale from now on
+                log.warning(
+                    "could not remove the detached tenant's directory",
+                    tenant_id=str(tenant.tenant_id), error=str(e),
+                )  # fmt: skip
             await self.ctx.fsync_dir(str(self.tenants_dir), force=True)
         log.info("tenant detached", tenant_id=str(tenant.tenant_id))
 

@@ -430,10 +430,17 @@ class UringEngine(IoEngine):
 
     async def unlink(self, path: str) -> None:
         """Unlink ``path``; runs to completion even in a cancelled scope (see class doc)."""
+        await self._unlinkat(path, 0)
+
+    async def rmdir(self, path: str) -> None:
+        """Remove the empty directory ``path``; like :meth:`unlink`, uncancellable."""
+        await self._unlinkat(path, _abi.AT_REMOVEDIR)
+
+    async def _unlinkat(self, path: str, flags: int) -> None:
         addr, keep = _buffers.c_path(path)
         drv = await self._cleanup_driver()
         res = await drv.wait_uncancellable(
-            drv.push(_OP_UNLINKAT, self._sqe_flags, _AT_FDCWD, 0, addr, 0, 0, keep)
+            drv.push(_OP_UNLINKAT, self._sqe_flags, _AT_FDCWD, 0, addr, 0, flags, keep)
         )
         if res < 0:
             raise _err(res, path)
