@@ -71,14 +71,18 @@ class IoContext:
     async def unlink(self, path: str) -> None:
         await self.engine.unlink(path)
 
-    async def remove_tree(self, path: str) -> None:
+    async def remove_tree(self, path: str, *, first: str | None = None) -> None:
         """Remove the directory ``path`` and everything under it (a detached tenant, a
         leftover of a half-created one), as one job: under std-fs in a worker thread,
         under trio-uring on the loop with every unlink and rmdir an io_uring operation.
         ``shutil.rmtree`` on the loop blocked it for as long as the file system took to
         free the files' extents (a detached tenant's layers: hundreds of MiB each).
-        A missing ``path`` is not an error; symlinks are removed, never followed."""
-        await self.run_job(_remove_tree, self.engine, path)
+        A missing ``path`` is not an error; symlinks are removed, never followed.
+
+        ``first``: the name of an entry of ``path`` removed before anything else, durably
+        (the directory fsynced after it, ``no_sync`` or not): the file whose absence tells
+        a later start that the directory is garbage, whatever else is left of it."""
+        await self.run_job(_remove_tree, self.engine, path, first)
 
     async def fsync_dir(self, path: str, *, force: bool = False) -> None:
         """Make a directory's entries (renames, creations) durable."""
@@ -115,35 +119,50 @@ class IoContext:
         await self.engine.aclose()
 
 
-async def _remove_tree(engine: IoEngine, path: str) -> None:
+async def _remove_tree(engine: IoEngine, path: str, first: str | None) -> None:
     """:meth:`IoContext.remove_tree`'s job: depth first, files with ``engine.unlink``,
-    then the emptied directory with ``engine.rmdir``; an entry gone meanwhile is fine.
+    then each emptied directory with ``engine.rmdir``; an entry gone meanwhile is fine.
 
     Listing a directory stays a plain ``scandir`` (io_uring has no ``getdents``): a few
-    syscalls per directory, where the time of a removal is in the unlinks. It runs to its
-    end once started (a tenant directory left half-removed would be loaded again at the
-    next start), like the ``rmtree`` it replaces."""
+    syscalls per directory, where the time of a removal is in the unlinks. Once started
+    it runs to its end (cleanup_shield), and an entry that cannot be removed does not stop
+    it: everything else goes, then the first error is raised (what is left is only what
+    could not be removed; ``shutil.rmtree`` with ``onerror`` would do the same)."""
     with offload.cleanup_shield():
         if os.path.islink(path):
             raise OSError(f"not removing {path}: a symbolic link, not a directory")
-        await _remove_entries(engine, path)
+        if first is not None:
+            try:
+                await engine.unlink(os.path.join(path, first))
+            except FileNotFoundError:
+                pass
+            else:
+                await engine.fsync_dir(path)
+        errors: list[OSError] = []
+        await _remove_entries(engine, path, errors)
+        if errors:
+            raise errors[0]
 
 
-async def _remove_entries(engine: IoEngine, path: str) -> None:
+async def _remove_entries(engine: IoEngine, path: str, errors: list[OSError]) -> None:
     try:
         with os.scandir(path) as it:
             entries = [(e.path, e.is_dir(follow_symlinks=False)) for e in it]
     except FileNotFoundError:
         return
     for entry, is_dir in entries:
+        if is_dir:
+            await _remove_entries(engine, entry, errors)
+            continue
         try:
-            if is_dir:
-                await _remove_entries(engine, entry)
-            else:
-                await engine.unlink(entry)
+            await engine.unlink(entry)
         except FileNotFoundError:
             pass
+        except OSError as e:
+            errors.append(e)
     try:
         await engine.rmdir(path)
     except FileNotFoundError:
         pass
+    except OSError as e:
+        errors.append(e)

@@ -140,7 +140,9 @@ class TenantManager:
             open_remote_storage(config.remote_storage) if config.remote_storage is not None else None
         )
         self.node_id = ""
-        self._task_scopes: dict[tuple[TenantId, TimelineId], trio.CancelScope] = {}
+        #: Each timeline's background tasks: their cancel scope, and an event set once
+        #: they have all exited (a detach waits for it before removing the directory).
+        self._task_scopes: dict[tuple[TenantId, TimelineId], tuple[trio.CancelScope, trio.Event]] = {}
         self._evict_wakeup = trio.Event()
         self._evict_lock = trio.Lock()
 
@@ -184,19 +186,22 @@ class TenantManager:
     def _start_background(self, tl: Timeline) -> None:
         tl.image_compression = self.config.image_compression
         if self._nursery is not None:
-            scope = trio.CancelScope()
-            self._task_scopes[(tl.tenant_id, tl.timeline_id)] = scope
-            self._nursery.start_soon(self._background, tl, scope)
+            scope, done = trio.CancelScope(), trio.Event()
+            self._task_scopes[(tl.tenant_id, tl.timeline_id)] = (scope, done)
+            self._nursery.start_soon(self._background, tl, scope, done)
 
-    async def _background(self, tl: Timeline, scope: trio.CancelScope) -> None:
+    async def _background(self, tl: Timeline, scope: trio.CancelScope, done: trio.Event) -> None:
         """A timeline's tasks: flush, compaction, GC, uploads (cancelled by a detach)."""
-        with scope:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(tl.flush_loop)
-                nursery.start_soon(tl.compaction_loop)
-                nursery.start_soon(tl.gc_loop)
-                if tl.remote is not None:
-                    nursery.start_soon(tl.remote.run)
+        try:
+            with scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(tl.flush_loop)
+                    nursery.start_soon(tl.compaction_loop)
+                    nursery.start_soon(tl.gc_loop)
+                    if tl.remote is not None:
+                        nursery.start_soon(tl.remote.run)
+        finally:
+            done.set()
 
     async def load(self) -> None:
         self.tenants_dir.mkdir(parents=True, exist_ok=True)
@@ -482,7 +487,7 @@ class TenantManager:
                     "tenant was attached elsewhere with a newer generation; dropping the local copy",
                     tenant_id=tid, our_generation=ours, newer_generation=newest,
                 )  # fmt: skip
-                await self.ctx.remove_tree(tenant.path)
+                await self._remove_tenant_dir(tenant.path)
                 return False
         gen = await claim_generation(storage, tid, self.node_id, deadline=deadline)
         await self._write_generation(tenant.path, gen)
@@ -595,6 +600,14 @@ class TenantManager:
         )  # fmt: skip
         return remote.generation, sorted(str(t) for t in tenant.timelines)
 
+    async def _remove_tenant_dir(self, path: str) -> None:
+        """Remove a tenant's local copy that this pageserver gave up (detached, or attached
+        elsewhere with a newer generation). Its ``config-v1`` goes first, durably: a
+        directory without one is removed at startup, never loaded, so a removal stopped
+        half-way (an error, a crash) cannot bring the tenant back here, where loading it
+        would claim a new generation and fence its new holder."""
+        await self.ctx.remove_tree(path, first=CONFIG_FILE)
+
     async def detach_tenant(self, tenant_id: str) -> None:
         """``tenant_detach``: flush, wait for every pending upload, stop, remove the local copy."""
         self._check_running()
@@ -615,14 +628,18 @@ class TenantManager:
             if live:
                 await self._wait_uploads(tenant, deadline)
             for tlid, tl in tenant.timelines.items():
-                scope = self._task_scopes.pop((tenant.tenant_id, tlid), None)
-                if scope is not None:
-                    scope.cancel()
+                entry = self._task_scopes.pop((tenant.tenant_id, tlid), None)
                 with trio.CancelScope(shield=True):
+                    if entry is not None:
+                        # Gone before the directory is: a cancelled compaction still in
+                        # its (shielded) commit would add a layer to a directory being
+                        # removed.
+                        entry[0].cancel()
+                        await entry[1].wait()
                     await tl.close_files()
             del self.tenants[tenant.tenant_id]
             try:
-                await self.ctx.remove_tree(tenant.path)
+                await self._remove_tenant_dir(tenant.path)
             except OSError as e:  # detached all the same: the copy is stale from now on
                 log.warning(
                     "could not remove the detached tenant's directory",

@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import trio
 
 from pageserver.config import RemoteStorageConfig
 from pageserver.io import IoContext, create_engine
@@ -138,3 +139,91 @@ async def test_detach_removes_the_tenant_directory_off_the_loop(
         assert not tenant_dir.exists()
         assert mgr.status() == []
     assert on_loop == []
+
+
+async def test_remove_tree_goes_past_an_error_and_raises_it(
+    io_ctx: IoContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An entry that cannot be removed stops nothing else: it (and the directories
+    holding it) stay, everything else goes, then its error is raised."""
+    root = tmp_path / "tenant"
+    make_tree(root, tmp_path / "outside")
+    real = io_ctx.engine.unlink
+    stuck = str(root / "timelines" / "t1" / "layer-2")
+
+    async def unlink(path: str) -> None:
+        if path == stuck:
+            raise PermissionError(13, "refused by the test", path)
+        await real(path)
+
+    monkeypatch.setattr(io_ctx.engine, "unlink", unlink)
+    with pytest.raises(PermissionError, match="refused by the test"):
+        await io_ctx.remove_tree(str(root))
+    left = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+    assert left == ["timelines", "timelines/t1", "timelines/t1/layer-2"]
+
+
+async def test_remove_tree_runs_to_its_end_when_cancelled(
+    io_ctx: IoContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled after its first unlink, the removal still removes the whole tree (a
+    tenant directory is never left half-removed by a cancelled caller)."""
+    root = tmp_path / "tenant"
+    for d in range(3):
+        (root / f"t{d}").mkdir(parents=True)
+        for i in range(50):
+            (root / f"t{d}" / f"f{i}").write_bytes(b"x")
+    real = io_ctx.engine.unlink
+    first = threading.Event()
+
+    async def unlink(path: str) -> None:
+        first.set()
+        await real(path)
+
+    monkeypatch.setattr(io_ctx.engine, "unlink", unlink)
+    scope = trio.CancelScope()
+
+    async def remove() -> None:
+        with scope:
+            await io_ctx.remove_tree(str(root))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(remove)
+        while not first.is_set():
+            await trio.sleep(0)
+        scope.cancel()
+    assert not os.path.lexists(root)
+
+
+async def test_a_detach_stopped_half_way_never_brings_the_tenant_back(
+    engine_kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The detached copy's config-v1 goes first: when nothing after it can be removed
+    (here every later unlink fails), the leftover is not a tenant at the next start
+    (loading it would claim a new generation and fence the pageserver the tenant moved
+    to); startup removes it."""
+    remote = RemoteStorageConfig(local_path=str(tmp_path / "remote"), timeout=5.0)
+    tenant_dir = tmp_path / "ps" / "tenants" / TENANT
+    async with manager(engine_kind, tmp_path / "ps", rconfig(remote)) as mgr:
+        await mgr.create_tenant(TENANT)
+        await mgr.create_timeline(TENANT, TIMELINE)
+        await mgr.put(TENANT, TIMELINE, [(key(1), 1, image(b"v"))])
+        await mgr.flush(TENANT, TIMELINE)
+        layer = next(p for p in tenant_dir.rglob("*__*"))
+        real = mgr.ctx.engine.unlink
+        refused: list[str] = []
+
+        async def unlink(path: str) -> None:
+            if not (tenant_dir / "config-v1").exists():
+                refused.append(path)
+                raise PermissionError(13, "refused by the test", path)
+            await real(path)
+
+        monkeypatch.setattr(mgr.ctx.engine, "unlink", unlink)
+        await mgr.detach_tenant(TENANT)
+        monkeypatch.undo()
+        assert str(layer) in refused and str(tenant_dir / "generation") in refused
+        assert layer.exists() and not (tenant_dir / "config-v1").exists()
+    async with manager(engine_kind, tmp_path / "ps", rconfig(remote)) as mgr:
+        assert mgr.status() == []
+        assert not tenant_dir.exists()
