@@ -82,7 +82,7 @@ class IoContext:
         ``first``: the name of an entry of ``path`` removed before anything else, durably
         (the directory fsynced after it, ``no_sync`` or not): the file whose absence tells
         a later start that the directory is garbage, whatever else is left of it."""
-        await self.run_job(_remove_tree, self.engine, path, first)
+        await self.run_job(_remove_tree, self, path, first)
 
     async def fsync_dir(self, path: str, *, force: bool = False) -> None:
         """Make a directory's entries (renames, creations) durable."""
@@ -119,15 +119,17 @@ class IoContext:
         await self.engine.aclose()
 
 
-async def _remove_tree(engine: IoEngine, path: str, first: str | None) -> None:
+async def _remove_tree(ctx: IoContext, path: str, first: str | None) -> None:
     """:meth:`IoContext.remove_tree`'s job: depth first, files with ``engine.unlink``,
     then each emptied directory with ``engine.rmdir``; an entry gone meanwhile is fine.
 
     Listing a directory stays a plain ``scandir`` (io_uring has no ``getdents``): a few
     syscalls per directory, where the time of a removal is in the unlinks. Once started
-    it runs to its end (cleanup_shield), and an entry that cannot be removed does not stop
-    it: everything else goes, then the first error is raised (what is left is only what
-    could not be removed; ``shutil.rmtree`` with ``onerror`` would do the same)."""
+    it runs to its end (cleanup_shield), and an entry that cannot be listed or removed
+    does not stop it: everything else goes, then the first error is raised (what is left
+    is only what could not be removed; ``shutil.rmtree`` with ``onerror`` would do the
+    same). ``first`` is the exception: if it cannot be removed, nothing else is."""
+    engine = ctx.engine
     with offload.cleanup_shield():
         if os.path.islink(path):
             raise OSError(f"not removing {path}: a symbolic link, not a directory")
@@ -137,7 +139,8 @@ async def _remove_tree(engine: IoEngine, path: str, first: str | None) -> None:
             except FileNotFoundError:
                 pass
             else:
-                await engine.fsync_dir(path)
+                # Through the context: an EIO here is fatal, as for every directory fsync.
+                await ctx.fsync_dir(path, force=True)
         errors: list[OSError] = []
         await _remove_entries(engine, path, errors)
         if errors:
@@ -149,6 +152,9 @@ async def _remove_entries(engine: IoEngine, path: str, errors: list[OSError]) ->
         with os.scandir(path) as it:
             entries = [(e.path, e.is_dir(follow_symlinks=False)) for e in it]
     except FileNotFoundError:
+        return
+    except OSError as e:
+        errors.append(e)
         return
     for entry, is_dir in entries:
         if is_dir:

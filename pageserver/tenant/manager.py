@@ -187,8 +187,9 @@ class TenantManager:
         tl.image_compression = self.config.image_compression
         if self._nursery is not None:
             scope, done = trio.CancelScope(), trio.Event()
-            self._task_scopes[(tl.tenant_id, tl.timeline_id)] = (scope, done)
             self._nursery.start_soon(self._background, tl, scope, done)
+            # Only once started: a detach waits for ``done``, which only the task sets.
+            self._task_scopes[(tl.tenant_id, tl.timeline_id)] = (scope, done)
 
     async def _background(self, tl: Timeline, scope: trio.CancelScope, done: trio.Event) -> None:
         """A timeline's tasks: flush, compaction, GC, uploads (cancelled by a detach)."""
@@ -342,7 +343,7 @@ class TenantManager:
                 remote = await self._claim_new(tid, must_be_new=True)
             path = self.tenants_dir / str(tid)
             if path.exists():  # a half-created leftover not loaded at startup
-                await self.ctx.remove_tree(str(path))
+                await self._remove_tenant_dir(str(path))
             (path / "timelines").mkdir(parents=True)
             if remote is not None:
                 await self._write_generation(str(path), remote.generation)
@@ -359,6 +360,8 @@ class TenantManager:
         tenant = self.tenant(tenant_id)
         values = self._validate_overrides(overrides if overrides is not None else {})
         async with tenant.lock:
+            if self.tenants.get(tenant.tenant_id) is not tenant:  # detached meanwhile
+                raise TenantNotFound(f"tenant {tenant.tenant_id} not found")
             await self._write_tenant_config(tenant.path, values)
             tenant.set_overrides(values)
         return tenant.config.to_toml_values()
@@ -374,6 +377,8 @@ class TenantManager:
         if tenant.remote is not None:
             tenant.remote.check_not_stale()
         async with tenant.lock:
+            if self.tenants.get(tenant.tenant_id) is not tenant:  # detached meanwhile
+                raise TenantNotFound(f"tenant {tenant.tenant_id} not found")
             if tlid in tenant.timelines:
                 raise AlreadyExists(f"timeline {tlid} already exists in tenant {tenant.tenant_id}")
             path = os.path.join(tenant.timelines_dir, str(tlid))
@@ -571,7 +576,7 @@ class TenantManager:
                 indexes[tlid] = found[1]
             path = self.tenants_dir / str(tid)
             if path.exists():
-                await self.ctx.remove_tree(str(path))
+                await self._remove_tenant_dir(str(path))
             (path / "timelines").mkdir(parents=True)
             await self._write_generation(str(path), remote.generation)
             await self._write_tenant_config(str(path), values)
@@ -613,7 +618,8 @@ class TenantManager:
         self._check_running()
         storage = self._require_remote()
         tenant = self.tenant(tenant_id)
-        async with self._create_lock:
+        # The tenant's lock too: no timeline is created (or config set) while it goes.
+        async with self._create_lock, tenant.lock:
             if self.tenants.get(tenant.tenant_id) is not tenant:
                 raise TenantNotFound(f"tenant {tenant.tenant_id} not found")
             remote = tenant.remote

@@ -8,15 +8,19 @@ io_uring operations); and a tenant detach removes its directory that way.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
 from pageserver.config import RemoteStorageConfig
-from pageserver.io import IoContext, create_engine
+from pageserver.errors import TenantNotFound
+from pageserver.io import IoContext, create_engine, on_trio_loop
+from pageserver.io import context as context_mod
 from tests.conftest import require_engine
 from tests.helpers.tenant import TENANT, TIMELINE, image, key, manager
 from tests.remote.test_attach import rconfig
@@ -166,18 +170,26 @@ async def test_remove_tree_goes_past_an_error_and_raises_it(
 async def test_remove_tree_runs_to_its_end_when_cancelled(
     io_ctx: IoContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Cancelled after its first unlink, the removal still removes the whole tree (a
-    tenant directory is never left half-removed by a cancelled caller)."""
+    """Cancelled while removing ``first``, the removal still fsyncs the directory (a
+    cancellable operation on both engines: a std-fs job stops at its next data operation
+    once cancelled, a trio-uring open/fsync is a checkpoint) and removes the whole tree:
+    a tenant directory is never left half-removed by a cancelled caller."""
     root = tmp_path / "tenant"
     for d in range(3):
         (root / f"t{d}").mkdir(parents=True)
-        for i in range(50):
+        for i in range(20):
             (root / f"t{d}" / f"f{i}").write_bytes(b"x")
+    (root / "config-v1").write_bytes(b"c")
     real = io_ctx.engine.unlink
-    first = threading.Event()
+    first, cancelled = threading.Event(), threading.Event()
 
     async def unlink(path: str) -> None:
         first.set()
+        if on_trio_loop():  # trio-uring: the job runs on the loop
+            while not cancelled.is_set():
+                await trio.sleep(0)
+        else:  # std-fs: in the job's worker thread
+            assert cancelled.wait(10)
         await real(path)
 
     monkeypatch.setattr(io_ctx.engine, "unlink", unlink)
@@ -185,14 +197,67 @@ async def test_remove_tree_runs_to_its_end_when_cancelled(
 
     async def remove() -> None:
         with scope:
-            await io_ctx.remove_tree(str(root))
+            await io_ctx.remove_tree(str(root), first="config-v1")
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(remove)
         while not first.is_set():
             await trio.sleep(0)
         scope.cancel()
+        cancelled.set()
     assert not os.path.lexists(root)
+
+
+async def test_remove_tree_goes_past_a_directory_it_cannot_list(
+    io_ctx: IoContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "tenant"
+    for d in ("a", "b", "c"):
+        (root / d).mkdir(parents=True)
+        (root / d / "f").write_bytes(b"1")
+    (root / "config-v1").write_bytes(b"1")
+    # The directory listed first is the one that cannot be listed: all the rest comes
+    # after it.
+    stuck = next(name for name in os.listdir(root) if name != "config-v1")
+    real = os.scandir
+
+    def scandir(path: str) -> Any:
+        if str(path) == str(root / stuck):
+            raise PermissionError(13, "refused by the test", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(PermissionError, match="refused by the test"):
+        await io_ctx.remove_tree(str(root))
+    monkeypatch.undo()
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == [stuck, f"{stuck}/f"]
+
+
+async def test_remove_tree_first_fsync_eio_is_fatal(
+    io_ctx: IoContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The directory fsync after ``first`` goes through the context's: an EIO is fatal
+    (the process aborts), as for every directory fsync, not an error a caller may log."""
+    root = tmp_path / "tenant"
+    root.mkdir()
+    (root / "config-v1").write_bytes(b"1")
+    (root / "layer").write_bytes(b"1")
+
+    async def fsync_dir(path: str) -> None:
+        raise OSError(errno.EIO, "injected", path)
+
+    class Fatal(Exception):
+        pass
+
+    def fatal(op: str, path: str, exc: OSError) -> None:
+        raise Fatal(op, path, exc.errno)
+
+    monkeypatch.setattr(io_ctx.engine, "fsync_dir", fsync_dir)
+    monkeypatch.setattr(context_mod, "fatal_io_error", fatal)
+    with pytest.raises(Fatal) as info:
+        await io_ctx.remove_tree(str(root), first="config-v1")
+    assert info.value.args == ("fsync", str(root), errno.EIO)
+    assert sorted(os.listdir(root)) == ["layer"]  # nothing after first was removed
 
 
 async def test_a_detach_stopped_half_way_never_brings_the_tenant_back(
@@ -227,3 +292,80 @@ async def test_a_detach_stopped_half_way_never_brings_the_tenant_back(
     async with manager(engine_kind, tmp_path / "ps", rconfig(remote)) as mgr:
         assert mgr.status() == []
         assert not tenant_dir.exists()
+
+
+async def test_detach_waits_for_the_timelines_background_tasks(
+    engine_kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A background task still finishing a shielded step after its cancellation (a
+    compaction's commit) is done before the directory goes: nothing is written into a
+    directory being removed, and the detach leaves none behind."""
+    from pageserver.tenant import timeline as timeline_mod
+
+    events: list[str] = []
+
+    async def gc_loop(self: Any) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                # Give a removal that did not wait the time to reach this directory
+                # (its metadata gone: listed already), then add a file to it.
+                metadata = Path(self.dir) / "metadata"
+                for _ in range(50):
+                    if not metadata.exists():
+                        break
+                    await trio.sleep(0.005)
+                (Path(self.dir) / "late-layer").write_bytes(b"x")
+                events.append("late write")
+
+    remote = RemoteStorageConfig(local_path=str(tmp_path / "remote"), timeout=5.0)
+    tenant_dir = tmp_path / "ps" / "tenants" / TENANT
+    async with manager(engine_kind, tmp_path / "ps", rconfig(remote)) as mgr:
+        await mgr.create_tenant(TENANT)
+        monkeypatch.setattr(timeline_mod.Timeline, "gc_loop", gc_loop)
+        await mgr.create_timeline(TENANT, TIMELINE)
+        await trio.sleep(0.01)  # the background tasks are running
+        await mgr.detach_tenant(TENANT)
+        events.append("detached")
+        assert not tenant_dir.exists()
+    assert events == ["late write", "detached"]
+
+
+async def test_no_timeline_or_config_change_gets_in_during_a_detach(
+    engine_kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A create_timeline or set_tenant_config arriving while the tenant is being detached
+    waits for the detach, then finds no tenant (before: a timeline created in the middle
+    of it, or a config-v1 written back into a directory being removed)."""
+    remote = RemoteStorageConfig(local_path=str(tmp_path / "remote"), timeout=5.0)
+    tenant_dir = tmp_path / "ps" / "tenants" / TENANT
+    async with manager(engine_kind, tmp_path / "ps", rconfig(remote)) as mgr:
+        await mgr.create_tenant(TENANT)
+        await mgr.create_timeline(TENANT, TIMELINE)
+        in_detach, go_on = trio.Event(), trio.Event()
+        real_wait = mgr._wait_uploads
+
+        async def wait_uploads(*a: Any) -> None:
+            in_detach.set()
+            await go_on.wait()
+            await real_wait(*a)
+
+        monkeypatch.setattr(mgr, "_wait_uploads", wait_uploads)
+        refused: list[str] = []
+
+        async def expect_not_found(name: str, fn: Any, *a: Any) -> None:
+            with pytest.raises(TenantNotFound):
+                await fn(*a)
+            refused.append(name)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(mgr.detach_tenant, TENANT)
+            await in_detach.wait()
+            other = "ab" * 16
+            nursery.start_soon(expect_not_found, "timeline", mgr.create_timeline, TENANT, other)
+            nursery.start_soon(expect_not_found, "config", mgr.set_tenant_config, TENANT, {})
+            await trio.sleep(0.05)
+            go_on.set()
+        assert sorted(refused) == ["config", "timeline"]
+        assert not tenant_dir.exists() and mgr.status() == []
