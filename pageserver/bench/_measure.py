@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 import trio
 
 from pageserver.client import Client, ConnectionLost, PutBatch
@@ -431,43 +432,57 @@ def build_columns(gen: FeedGenerator) -> list[PutColumns]:
     ]
 
 
-async def _poll_status(addr: str, samples: list[float], stop: trio.Event, interval: float) -> None:
-    """``status`` round trips on a connection of its own, one every ``interval`` s."""
-    async with await Client.connect(addr) as c:
-        while not stop.is_set():
-            t0 = time.perf_counter()
-            await c.status()
-            samples.append(time.perf_counter() - t0)
-            with trio.move_on_after(interval):
-                await stop.wait()
+def read_samples(path: str) -> npt.NDArray[np.float64]:
+    """``(start, value)`` pairs written as native doubles by the daemon's ticker or the
+    status poller: an ``(n, 2)`` array (empty if the file is missing or cut short)."""
+    try:
+        return np.fromfile(path, np.float64).reshape(-1, 2)
+    except (OSError, ValueError):
+        return np.empty((0, 2), np.float64)
 
 
 async def _socket_bench_async(
     addr: str, kind: str, gen: FeedGenerator, gets: int, proc: subprocess.Popen[bytes],
-    log: str, status_interval: float,
+    log: str, status_interval: float, status_path: str,
 ) -> SocketResult:  # fmt: skip
     await _wait_ready(proc, addr, log, kind)
     columns = build_columns(gen)
     batches = [PutBatch(c) for c in columns]
     del columns
     records, value_size = gen.count, gen.value_size
-    status: list[float] = []
     async with await Client.connect(addr) as c:
         await c.request("tenant_create", tenant_id=TENANT)
         await c.request("timeline_create", tenant_id=TENANT, timeline_id=TIMELINE)
-        stop = trio.Event()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_poll_status, addr, status, stop, status_interval)
+        # The second connection is another process (pageserver.bench._poller): what it
+        # measures is the daemon, not this process's own loop.
+        poller = subprocess.Popen(
+            [sys.executable, "-m", "pageserver.bench._poller", addr, str(status_interval), status_path],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        )  # fmt: skip
+        stdout = poller.stdout
+        assert stdout is not None
+        try:
+            line = await trio.to_thread.run_sync(stdout.readline)
+            if line.strip() != b"ready":
+                raise DaemonError(f"status poller did not start ({poller.wait()})")
             await trio.sleep(status_interval)  # the poller is connected and running
             t_start = time.perf_counter()
             await c.put_pipelined(TENANT, TIMELINE, batches, window=8)
             t_flush_start = time.perf_counter()
             t_ingest = t_flush_start - t_start
-            del batches
             await c.flush(TENANT, TIMELINE)
             t_end = time.perf_counter()
             t_flush = t_end - t_flush_start
-            stop.set()
+        finally:
+            poller.send_signal(signal.SIGTERM)
+            await trio.to_thread.run_sync(poller.wait)
+            stdout.close()
+        # Freed after the clock stopped: ~20 ms for 480 MiB of batches, which delayed
+        # the flush request when it came before it.
+        del batches
+        polls = read_samples(status_path)
+        in_window = (polls[:, 0] >= t_start) & (polls[:, 0] < t_end)
+        status = polls[in_window, 1].tolist()
         last = gen.lsn_of(records - 1)
         rng = random.Random(42)
         lat: list[float] = []
@@ -487,10 +502,7 @@ async def _socket_bench_async(
 def read_ticks(path: str, windows: tuple[float, float, float]) -> tuple[list[float], list[float]]:
     """The daemon ticker's lateness (seconds) for ticks that started during the flush
     (``windows[1]..windows[2]``) and during ingest (``windows[0]..windows[1]``)."""
-    try:
-        ticks = np.fromfile(path, np.float64).reshape(-1, 2)
-    except (OSError, ValueError):
-        return [], []
+    ticks = read_samples(path)
     start, late = ticks[:, 0], ticks[:, 1]
     t0, t1, t2 = windows
     flush = late[(start >= t1) & (start < t2)]
@@ -515,6 +527,7 @@ def socket_bench(
     socket_path = os.path.join(sock_dir, "ps.sock")
     log = os.path.join(sock_dir, "daemon.log")
     ticks = os.path.join(sock_dir, "ticks.f64")
+    polls = os.path.join(sock_dir, "status.f64")
     write_daemon_config(data_dir, socket_path, kind, no_sync)
     env = dict(os.environ)
     env[ENGINE_ENV_VAR] = kind
@@ -528,7 +541,7 @@ def socket_bench(
             gen = FeedGenerator(count=records, keys=max(1, min(records, 10_000)), value_size=value_size)
             result = trio.run(
                 _socket_bench_async, f"unix:{socket_path}", kind, gen, gets, proc, log,
-                status_interval,
+                status_interval, polls,
             )  # fmt: skip
             proc.send_signal(signal.SIGTERM)
             rc = proc.wait(timeout=60)

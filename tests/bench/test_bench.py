@@ -203,3 +203,35 @@ def test_plot(report: dict[str, Any], tmp_path: Path) -> None:
     out = tmp_path / "bench.png"
     bench.plot_report(report, str(out))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_status_poller_times_round_trips_in_a_process_of_its_own(
+    pageserver_daemon: Any, tmp_path: Path
+) -> None:
+    """The benchmark's second connection (``python -m pageserver.bench._poller``) is a
+    process of its own: it says ``ready`` once connected, polls ``status`` until SIGTERM,
+    then leaves ``(start, round trip)`` pairs that ``read_samples`` reads back."""
+    import signal
+    import time
+
+    from pageserver.bench import _measure as m
+
+    out = tmp_path / "status.f64"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pageserver.bench._poller", pageserver_daemon.addr, "0.002", str(out)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 0.2:
+            time.sleep(0.01)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    polls = m.read_samples(str(out))
+    assert polls.shape[1] == 2 and len(polls) >= 5, polls.shape
+    starts, rtts = polls[:, 0], polls[:, 1]
+    assert (starts[1:] > starts[:-1]).all() and (rtts > 0).all()
+    assert starts[0] >= t0 - 1.0  # the same clock as this process's perf_counter
+    assert len(m.read_samples(str(tmp_path / "missing"))) == 0
