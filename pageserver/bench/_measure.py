@@ -436,9 +436,10 @@ def read_samples(path: str) -> npt.NDArray[np.float64]:
     """``(start, value)`` pairs written as native doubles by the daemon's ticker or the
     status poller: an ``(n, 2)`` array (empty if the file is missing or cut short)."""
     try:
-        return np.fromfile(path, np.float64).reshape(-1, 2)
+        flat = np.fromfile(path, np.float64)
     except (OSError, ValueError):
         return np.empty((0, 2), np.float64)
+    return flat[: len(flat) // 2 * 2].reshape(-1, 2)  # a pair cut short is dropped
 
 
 async def _socket_bench_async(
@@ -462,9 +463,14 @@ async def _socket_bench_async(
         stdout = poller.stdout
         assert stdout is not None
         try:
-            line = await trio.to_thread.run_sync(stdout.readline)
+            line = b""
+            with trio.move_on_after(30):
+                line = await trio.to_thread.run_sync(stdout.readline, abandon_on_cancel=True)
             if line.strip() != b"ready":
-                raise DaemonError(f"status poller did not start ({poller.wait()})")
+                poller.kill()
+                raise DaemonError(
+                    f"status poller did not start ({poller.wait()}):\n{_log_tail(log)}"
+                )
             await trio.sleep(status_interval)  # the poller is connected and running
             t_start = time.perf_counter()
             await c.put_pipelined(TENANT, TIMELINE, batches, window=8)
@@ -475,14 +481,18 @@ async def _socket_bench_async(
             t_flush = t_end - t_flush_start
         finally:
             poller.send_signal(signal.SIGTERM)
-            await trio.to_thread.run_sync(poller.wait)
+            rc = await trio.to_thread.run_sync(poller.wait)
             stdout.close()
+        if rc != 0:
+            raise DaemonError(f"status poller exited with {rc}")
         # Freed after the clock stopped: ~20 ms for 480 MiB of batches, which delayed
         # the flush request when it came before it.
         del batches
         polls = read_samples(status_path)
         in_window = (polls[:, 0] >= t_start) & (polls[:, 0] < t_end)
         status = polls[in_window, 1].tolist()
+        if not status:
+            raise DaemonError("the status poller timed no round trip in the ingest+flush window")
         last = gen.lsn_of(records - 1)
         rng = random.Random(42)
         lat: list[float] = []

@@ -210,7 +210,10 @@ def test_status_poller_times_round_trips_in_a_process_of_its_own(
 ) -> None:
     """The benchmark's second connection (``python -m pageserver.bench._poller``) is a
     process of its own: it says ``ready`` once connected, polls ``status`` until SIGTERM,
-    then leaves ``(start, round trip)`` pairs that ``read_samples`` reads back."""
+    then leaves ``(start, round trip)`` pairs that ``read_samples`` reads back. The round
+    trip in flight at SIGTERM is finished and kept: here the daemon is stopped (SIGSTOP)
+    under it, the poller told to stop, then the daemon resumed; that held-up reply is the
+    sample the benchmark must not lose (it comes with the flush reply that ends its window)."""
     import signal
     import time
 
@@ -221,17 +224,26 @@ def test_status_poller_times_round_trips_in_a_process_of_its_own(
         [sys.executable, "-m", "pageserver.bench._poller", pageserver_daemon.addr, "0.002", str(out)],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
     )  # fmt: skip
+    daemon = pageserver_daemon.proc
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
         t0 = time.perf_counter()
-        while time.perf_counter() - t0 < 0.2:
-            time.sleep(0.01)
-    finally:
+        time.sleep(0.1)
+        daemon.send_signal(signal.SIGSTOP)
+        time.sleep(0.1)  # the poller waits for a reply now
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        time.sleep(0.1)
+    finally:
+        daemon.send_signal(signal.SIGCONT)
+        rc = proc.wait(timeout=30)
+    assert rc == 0
     polls = m.read_samples(str(out))
     assert polls.shape[1] == 2 and len(polls) >= 5, polls.shape
     starts, rtts = polls[:, 0], polls[:, 1]
     assert (starts[1:] > starts[:-1]).all() and (rtts > 0).all()
     assert starts[0] >= t0 - 1.0  # the same clock as this process's perf_counter
+    assert rtts[-1] >= 0.15, rtts[-3:]  # the held-up round trip, kept
+    # A file cut in the middle of a pair keeps the whole pairs; a missing one is empty.
+    out.write_bytes(out.read_bytes()[:-8])
+    assert len(m.read_samples(str(out))) == len(polls) - 1
     assert len(m.read_samples(str(tmp_path / "missing"))) == 0
