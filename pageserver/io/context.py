@@ -159,15 +159,17 @@ async def _remove_entries(engine: IoEngine, path: str, errors: list[OSError]) ->
     for entry, is_dir in entries:
         if is_dir:
             await _remove_entries(engine, entry, errors)
-            continue
-        try:
-            await engine.unlink(entry)
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            errors.append(e)
+        else:
+            await _remove_one(engine.unlink, entry, errors)
+    await _remove_one(engine.rmdir, path, errors)
+
+
+async def _remove_one(
+    remove: Callable[[str], Awaitable[None]], path: str, errors: list[OSError]
+) -> None:
+    """``remove(path)``; gone already is fine, any other error is kept for the end."""
     try:
-        await engine.rmdir(path)
+        await remove(path)
     except FileNotFoundError:
         pass
     except OSError as e:

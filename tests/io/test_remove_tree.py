@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,31 +64,37 @@ async def test_remove_tree_refuses_a_symlink(io_ctx: IoContext, tmp_path: Path) 
     assert (tmp_path / "real" / "f").read_bytes() == b"1"
 
 
+async def remove_with_os_calls_replaced(
+    kind: str, root: Path, monkeypatch: pytest.MonkeyPatch, replace: Callable[[Any], Any]
+) -> None:
+    """``remove_tree(root)`` on a fresh ``kind`` context, with ``os.unlink`` and
+    ``os.rmdir`` replaced by ``replace(real)`` while it runs."""
+    ctx = IoContext(create_engine(kind))
+    try:
+        monkeypatch.setattr(os, "unlink", replace(os.unlink))
+        monkeypatch.setattr(os, "rmdir", replace(os.rmdir))
+        await ctx.remove_tree(str(root))
+        monkeypatch.undo()
+    finally:
+        await ctx.aclose()
+
+
 async def test_std_fs_removes_in_a_worker_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     loop_thread = threading.get_ident()
     calls: list[tuple[str, bool]] = []
-    real_unlink, real_rmdir = os.unlink, os.rmdir
 
-    def unlink(path: str, *a: object, **kw: object) -> None:
-        calls.append((path, threading.get_ident() == loop_thread))
-        real_unlink(path, *a, **kw)  # type: ignore[arg-type]
+    def recording(real: Any) -> Any:
+        def call(path: str, *a: object, **kw: object) -> None:
+            calls.append((path, threading.get_ident() == loop_thread))
+            real(path, *a, **kw)
 
-    def rmdir(path: str, *a: object, **kw: object) -> None:
-        calls.append((path, threading.get_ident() == loop_thread))
-        real_rmdir(path, *a, **kw)  # type: ignore[arg-type]
+        return call
 
     root = tmp_path / "tenant"
     entries = make_tree(root, tmp_path / "outside")
-    ctx = IoContext(create_engine("std-fs"))
-    try:
-        monkeypatch.setattr(os, "unlink", unlink)
-        monkeypatch.setattr(os, "rmdir", rmdir)
-        await ctx.remove_tree(str(root))
-        monkeypatch.undo()
-    finally:
-        await ctx.aclose()
+    await remove_with_os_calls_replaced("std-fs", root, monkeypatch, recording)
     assert not os.path.lexists(root)
     assert len(calls) == entries + 1  # every entry, then the root
     assert [p for p, on_loop in calls if on_loop] == []
@@ -98,19 +105,15 @@ async def test_uring_removes_with_no_unlink_syscall_of_its_own(
 ) -> None:
     require_engine("trio-uring")
 
-    def refuse(path: str, *a: object, **kw: object) -> None:
-        raise AssertionError(f"os call for {path}: trio-uring removes through the ring")
+    def refusing(real: Any) -> Any:
+        def call(path: str, *a: object, **kw: object) -> None:
+            raise AssertionError(f"os call for {path}: trio-uring removes through the ring")
+
+        return call
 
     root = tmp_path / "tenant"
     make_tree(root, tmp_path / "outside")
-    ctx = IoContext(create_engine("trio-uring"))
-    try:
-        monkeypatch.setattr(os, "unlink", refuse)
-        monkeypatch.setattr(os, "rmdir", refuse)
-        await ctx.remove_tree(str(root))
-        monkeypatch.undo()
-    finally:
-        await ctx.aclose()
+    await remove_with_os_calls_replaced("trio-uring", root, monkeypatch, refusing)
     assert not os.path.lexists(root)
 
 

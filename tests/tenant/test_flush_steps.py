@@ -150,6 +150,19 @@ async def test_no_flush_step_does_more_than_one_bounded_piece(
         assert len(await dl.load_all()) == written
 
 
+def record_sort_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """From now on, the number of keys of every slice sort of the flush's merge."""
+    sizes: list[int] = []
+    real = iml._slice_order
+
+    def order(keys: Any, lo: bytes, hi: bytes) -> npt.NDArray[np.intp]:
+        sizes.append(len(keys))
+        return real(keys, lo, hi)
+
+    monkeypatch.setattr(iml, "_slice_order", order)
+    return sizes
+
+
 def _sorted_run(rnd: random.Random, n: int, space: list[bytes], first_off: int) -> Entries:
     keys = np.array([rnd.choice(space) for _ in range(n)], KEY_DTYPE)
     lsns = np.arange(first_off, first_off + n, dtype=np.uint64)
@@ -174,14 +187,7 @@ def test_splitter_sample_is_bounded_by_slices_and_runs(
         total += n
     slice_records = 64
     nslices = -(-total // slice_records)
-    sorts: list[int] = []
-    real_order = iml._slice_order
-
-    def order(keys: Any, lo: bytes, hi: bytes) -> npt.NDArray[np.intp]:
-        sorts.append(len(keys))
-        return real_order(keys, lo, hi)
-
-    monkeypatch.setattr(iml, "_slice_order", order)
+    sorts = record_sort_sizes(monkeypatch)
     items = iml.merge_steps(runs, slice_records)
     steps_before_first_slice = 0
     first: Entries | None = None
@@ -208,14 +214,7 @@ async def _flush_sort_sizes(
     io_ctx: IoContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pick: Any
 ) -> list[int]:
     """Flush 120k 1-byte images with keys ``pick(rnd, i)``; the sizes of every sort."""
-    sizes: list[int] = []
-    real = iml._slice_order
-
-    def order(keys: Any, lo: bytes, hi: bytes) -> npt.NDArray[np.intp]:
-        sizes.append(len(keys))
-        return real(keys, lo, hi)
-
-    monkeypatch.setattr(iml, "_slice_order", order)
+    sizes = record_sort_sizes(monkeypatch)
     rnd = random.Random(1)
     layer = await InMemoryLayer.create(io_ctx, str(tmp_path), 0, 10)
     lsn = 10
