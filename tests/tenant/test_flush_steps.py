@@ -36,7 +36,7 @@ TLID = TimelineId.parse("fedcba9876543210fedcba9876543210")
 Piece = tuple[str, int, int]  # (what, records, value bytes)
 
 
-@pytest.mark.parametrize("payload", [3, 100, 3000])
+@pytest.mark.parametrize("payload", [3, 100, 3000, 8192])
 async def test_no_flush_step_does_more_than_one_bounded_piece(
     io_ctx: IoContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, payload: int
 ) -> None:
@@ -140,6 +140,8 @@ async def test_no_flush_step_does_more_than_one_bounded_piece(
     assert [p for p in pieces if p[1] > bound[p[0]]] == []
     # Bytes: a block stops at the first value that reaches SORTED_WRITE_BYTES.
     assert max(p[2] for p in pieces if p[0] == "write") <= delta_layer.SORTED_WRITE_BYTES + payload + 20
+    # A step packs about SORTED_CHUNK_BYTES of values at most (pieces are equal in values).
+    assert max(p[2] for p in pieces if p[0] == "values") <= delta_layer.SORTED_CHUNK_BYTES + payload + 20
     written = sum(p[1] for p in pieces if p[0] == "values")
     assert written == sum(p[1] for p in pieces if p[0] == "index") == info.num_entries
     # Prefault: the pages of whole 64 KiB blocks, up to PREFAULT_BYTES of them a step.
