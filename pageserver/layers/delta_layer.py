@@ -58,19 +58,23 @@ STAGING_ENTRIES: Final = 2048
 #: whole buffers without copying them (``borrow``, one write of them all), and copies what
 #: tops up its current buffer and what is left over, about one buffer (256 KiB) per block.
 #: 2 MiB rather than 512 KiB: fewer, larger writes and a quarter of the per-block copies
-#: and calls. Measured in process (30k x 8 KiB flushes, 5 alternating runs): trio-uring
-#: 810-880 -> 1,190-1,300 MiB/s, std-fs 1,000 -> 1,170-1,250 MiB/s; 100 B layers +5-15%.
+#: and calls. Measured in process (30k x 8 KiB flushes, alternating runs): trio-uring
+#: 810-880 -> 1,280-1,390 MiB/s, std-fs 1,000 -> 1,170-1,210 MiB/s; 100 B layers +5-15%.
 #: Writing the same 2 MiB block as eight 256 KiB writes kept only a third of that gain.
+#: The price, under trio-uring: submitting a buffered write copies into the page cache
+#: on the loop's thread (~0.1 ms per 512 KiB), so the step that writes a block is now
+#: ~0.4 ms longer; the in-process ticker's p99 during an 8 KiB flush went from 0.8-1.1 to
+#: 1.1-1.3 ms.
 SORTED_WRITE_BYTES: Final = 2 << 20
-#: Values packed per step, at most: a block of more is packed in equal pieces, a step
-#: each, the last one with the block's write. Gathering values scattered over the frozen
-#: layer costs ~50 ns each however short (cache and TLB misses), so a block of 100-byte
-#: values (~20k) is five steps of ~0.2-0.3 ms.
+#: Values packed per step, at most: a block of more is packed in pieces, a step each, the
+#: last one with the block's write. Gathering values scattered over the frozen layer
+#: costs ~50 ns each however short (cache and TLB misses), so a block of 100-byte values
+#: (~20k) is five steps of ~0.2-0.3 ms.
 SORTED_CHUNK_RECORDS: Final = 4096
-#: Value bytes packed per step, at most (the other bound of a piece): a 2 MiB block of
-#: 8 KiB values (256) in one piece was one ~1 ms gather followed in the same step by the
-#: block's write, whose submission under trio-uring copies into the page cache on the
-#: loop's thread; the in-process ticker's p99 during a flush went from 0.9 to 1.8 ms.
+#: Blob bytes packed per step, at most (the other bound of a piece; a single larger value
+#: is a piece of its own): a 2 MiB block of 8 KiB values (256) in one piece was one ~1 ms
+#: gather followed in the same step by the block's write; the in-process ticker's p99
+#: during a flush was 1.7-2.1 ms.
 SORTED_CHUNK_BYTES: Final = 512 << 10
 #: Index entries per step of :meth:`DeltaLayerWriter.put_sorted` (~40 ns each).
 SORTED_INDEX_RECORDS: Final = 8192
@@ -300,28 +304,31 @@ class DeltaLayerWriter(LayerWriter):
                 end = min(n, start + SORTED_INDEX_RECORDS)
                 self._tree.extend_sorted(dk2d[start:end], refs[start:end].view(np.uint64), ordered=True)
                 await cooperative_checkpoint()
-            # Values: blocks of about SORTED_WRITE_BYTES, each packed in equal pieces of
-            # at most SORTED_CHUNK_RECORDS values and about SORTED_CHUNK_BYTES (equal in
-            # values, not bytes), a step each, the last one with the block's write.
+            # Values: blocks of about SORTED_WRITE_BYTES, each packed in pieces of at most
+            # SORTED_CHUNK_RECORDS values and SORTED_CHUNK_BYTES of blobs (one larger value
+            # is a piece of its own), cut greedily at the block's equal shares of both, a
+            # step each, the last one with the block's write.
             start = 0
             while start < n:
                 base = int(ends[start - 1]) if start else 0
                 stop = max(start + 1, int(ends.searchsorted(base + SORTED_WRITE_BYTES, "right")))
-                block = np.empty(int(ends[stop - 1]) - base, np.uint8)
-                pieces = max(
-                    -(-(stop - start) // SORTED_CHUNK_RECORDS),
-                    -(-(int(ends[stop - 1]) - base) // SORTED_CHUNK_BYTES),
-                )
-                pieces = min(pieces, stop - start)
-                for k in range(pieces):
-                    a = start + (stop - start) * k // pieces
-                    b = start + (stop - start) * (k + 1) // pieces
+                size = int(ends[stop - 1]) - base
+                block = np.empty(size, np.uint8)
+                count = stop - start
+                per_count = -(-count // -(-count // SORTED_CHUNK_RECORDS))
+                per_bytes = -(-size // -(-size // SORTED_CHUNK_BYTES))
+                a = start
+                while True:
                     done = int(ends[a - 1]) if a else 0
+                    by_bytes = int(ends.searchsorted(done + per_bytes, "right"))
+                    b = min(stop, a + per_count, max(a + 1, by_bytes))
                     pack_blobs(
                         data, offs[a:b], lens[a:b], out=block[done - base : int(ends[b - 1]) - base]
                     )
-                    if k + 1 < pieces:
-                        await cooperative_checkpoint()
+                    if b == stop:
+                        break
+                    await cooperative_checkpoint()
+                    a = b
                 at = await blobs.write_packed(block)
                 assert at == first + base, "blobs not where the index says"
                 await cooperative_checkpoint()

@@ -68,6 +68,8 @@ async def test_flush_vs_per_value_writer(io_ctx: IoContext, tmp_path: Path, monk
     monkeypatch.setattr(iml, "_SPLIT_RUNS_PER_STEP", rnd.choice((1, 3, 8)))
     monkeypatch.setattr(delta_layer, "SORTED_INDEX_RECORDS", rnd.choice((7, 300, 8192)))
     monkeypatch.setattr(delta_layer, "SORTED_CHUNK_RECORDS", rnd.choice((5, 700, 4096)))
+    monkeypatch.setattr(delta_layer, "SORTED_WRITE_BYTES", rnd.choice((4096, 65536, 2 << 20)))
+    monkeypatch.setattr(delta_layer, "SORTED_CHUNK_BYTES", rnd.choice((1000, 65536, 512 << 10)))
     released: list[tuple[int, int]] = []
     bad: list[Any] = []
     real_release = ef.MappedFile.release

@@ -28,7 +28,7 @@ from pageserver.layers.key import TenantId, TimelineId
 from pageserver.tenant import inmemory_layer as iml
 from pageserver.tenant.ephemeral_file import MappedFile
 from pageserver.tenant.inmemory_layer import Entries, InMemoryLayer
-from tests.helpers.tenant import image, key
+from tests.helpers.tenant import image, key, pg_rec
 
 TID = TenantId.parse("0123456789abcdef0123456789abcdef")
 TLID = TimelineId.parse("fedcba9876543210fedcba9876543210")
@@ -138,9 +138,9 @@ async def test_no_flush_step_does_more_than_one_bounded_piece(
         "write": 0,
     }
     assert [p for p in pieces if p[1] > bound[p[0]]] == []
-    # Bytes: a block stops at the first value that reaches SORTED_WRITE_BYTES.
+    # Bytes: a block ends before the first value that would take it past SORTED_WRITE_BYTES.
     assert max(p[2] for p in pieces if p[0] == "write") <= delta_layer.SORTED_WRITE_BYTES + payload + 20
-    # A step packs about SORTED_CHUNK_BYTES of values at most (pieces are equal in values).
+    # A step packs SORTED_CHUNK_BYTES of blobs at most (one value can be larger alone).
     assert max(p[2] for p in pieces if p[0] == "values") <= delta_layer.SORTED_CHUNK_BYTES + payload + 20
     written = sum(p[1] for p in pieces if p[0] == "values")
     assert written == sum(p[1] for p in pieces if p[0] == "index") == info.num_entries
@@ -150,6 +150,45 @@ async def test_no_flush_step_does_more_than_one_bounded_piece(
     assert {p[0] for p in pieces} == {"merge", "sort", "plan", "prefault", "index", "values", "write"}
     async with await DeltaLayer.open(io_ctx, info.path) as dl:
         assert len(await dl.load_all()) == written
+
+
+async def test_packed_pieces_are_bounded_in_bytes_with_mixed_value_sizes(
+    io_ctx: IoContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """8 KiB images on a few keys among ~100 B records: a piece is cut by bytes as well as
+    by count, so no step packs more than SORTED_CHUNK_BYTES of blobs unless it is one
+    value (pieces equal in count carried up to 1.7 MB here)."""
+    rnd = random.Random(0)
+    layer = await InMemoryLayer.create(io_ctx, str(tmp_path), 0, 10)
+    lsn = 10
+    for _ in range(40):
+        batch = []
+        for _ in range(1000):
+            lsn += 1
+            k = rnd.randrange(20_000)
+            v = image(rnd.randbytes(8192)) if k < 1000 else pg_rec(rnd.randbytes(100))
+            batch.append((key(k), lsn, v))
+        await layer.put_batch(check_put_batch(batch))
+    await layer.freeze(lsn + 1)
+    pieces: list[tuple[int, int]] = []
+    real_pack = blob_io.pack_blobs
+
+    def pack(
+        data: Any, offs: npt.NDArray[np.int64], lens: npt.NDArray[np.int64], **kw: Any
+    ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
+        pieces.append((len(lens), int(blob_io.blob_sizes(lens).sum())))
+        return real_pack(data, offs, lens, **kw)
+
+    monkeypatch.setattr(delta_layer, "pack_blobs", pack)
+    try:
+        info = await layer.write_delta_layer(str(tmp_path), TID, TLID)
+    finally:
+        await layer.delete()
+    assert sum(c for c, _ in pieces) == info.num_entries == 40_000
+    assert [p for p in pieces if p[1] > delta_layer.SORTED_CHUNK_BYTES and p[0] > 1] == []
+    assert max(c for c, _ in pieces) <= delta_layer.SORTED_CHUNK_RECORDS
+    # Both sizes share blocks: the byte bound, not only the count, cut pieces here.
+    assert max(b for _, b in pieces) > delta_layer.SORTED_CHUNK_BYTES // 2
 
 
 def record_sort_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:

@@ -64,7 +64,7 @@ async def test_std_fs_flush_is_one_thread_call(tmp_path: Path) -> None:
         await mgr.create_tenant(TENANT)
         await mgr.create_timeline(TENANT, TIMELINE)
         for lsn in range(1, 3001):
-            # 8000 B values: ~24 MiB of layer, ~2-3 writes per 2 MiB block of put_sorted.
+            # 8000 B values: ~24 MiB of layer, ~2 writes per 2 MiB block of put_sorted.
             await mgr.put(TENANT, TIMELINE, [(key(lsn % 400), lsn, image(b"p" * 8000))])
         engine.calls.clear()
         loop_thread = threading.get_ident()
