@@ -63,7 +63,7 @@ STAGING_ENTRIES: Final = 2048
 #: Writing the same 2 MiB block as eight 256 KiB writes kept only a third of that gain.
 #: The price, under trio-uring: submitting a buffered write copies into the page cache
 #: on the loop's thread (~0.1 ms per 512 KiB), so the step that writes a block is now
-#: ~0.4 ms longer; the in-process ticker's p99 during an 8 KiB flush went from 0.8-1.1 to
+#: ~0.3 ms longer; the in-process ticker's p99 during an 8 KiB flush went from 0.8-1.1 to
 #: 1.1-1.3 ms.
 SORTED_WRITE_BYTES: Final = 2 << 20
 #: Values packed per step, at most: a block of more is packed in pieces, a step each, the
@@ -306,8 +306,9 @@ class DeltaLayerWriter(LayerWriter):
                 await cooperative_checkpoint()
             # Values: blocks of about SORTED_WRITE_BYTES, each packed in pieces of at most
             # SORTED_CHUNK_RECORDS values and SORTED_CHUNK_BYTES of blobs (one larger value
-            # is a piece of its own), cut greedily at the block's equal shares of both, a
-            # step each, the last one with the block's write.
+            # is a piece of its own), cut greedily at the block's equal shares of both
+            # (whole values: 255 of 8 KiB make 63+63+63+63+3), a step each, the last one
+            # with the block's write.
             start = 0
             while start < n:
                 base = int(ends[start - 1]) if start else 0

@@ -187,7 +187,7 @@ async def test_packed_pieces_are_bounded_in_bytes_with_mixed_value_sizes(
     assert sum(c for c, _ in pieces) == info.num_entries == 40_000
     assert [p for p in pieces if p[1] > delta_layer.SORTED_CHUNK_BYTES and p[0] > 1] == []
     assert max(c for c, _ in pieces) <= delta_layer.SORTED_CHUNK_RECORDS
-    # Both sizes share blocks: the byte bound, not only the count, cut pieces here.
+    # Large pieces are packed here: the bound above is reached, not trivially met.
     assert max(b for _, b in pieces) > delta_layer.SORTED_CHUNK_BYTES // 2
 
 
@@ -249,6 +249,42 @@ def test_splitter_sample_is_bounded_by_slices_and_runs(
     # And the splitters still cut even slices: runs of one key distribution sampled at
     # the same phase gave the same quantiles (150 runs: slices of ~10x slice_records).
     assert max(len(p) for p in [first, *rest]) <= 2 * slice_records
+
+
+async def test_slices_of_large_values_are_cut_by_bytes(
+    io_ctx: IoContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """6000 8 KiB images (~47 MiB) at the default FLUSH_SLICE_BYTES: every slice of the
+    merge holds about that many value bytes (at most twice: slices are cut by sampled
+    splitters), never the whole layer, so the mapping holds a few slices' pages at once."""
+    rnd = random.Random(5)
+    layer = await InMemoryLayer.create(io_ctx, str(tmp_path), 0, 10)
+    lsn = 10
+    keys = [key(i) for i in range(3000)]
+    for _ in range(6):
+        batch = []
+        for _ in range(1000):
+            lsn += 1
+            batch.append((rnd.choice(keys), lsn, image(rnd.randbytes(8192))))
+        await layer.put_batch(check_put_batch(batch))
+    await layer.freeze(lsn + 1)
+    assert layer.size > 2 * iml.FLUSH_SLICE_BYTES
+    slice_bytes: list[int] = []
+    real_merge = iml.merge_steps
+
+    def merge(runs: list[Entries], *a: Any) -> Iterator[Entries | None]:
+        for part in real_merge(runs, *a):
+            if part is not None:
+                slice_bytes.append(int(part.lens.sum()))
+            yield part
+
+    monkeypatch.setattr(iml, "merge_steps", merge)
+    try:
+        await layer.write_delta_layer(str(tmp_path), TID, TLID)
+    finally:
+        await layer.delete()
+    assert len(slice_bytes) >= 3
+    assert max(slice_bytes) <= 2 * iml.FLUSH_SLICE_BYTES, sorted(slice_bytes)[-3:]
 
 
 async def _flush_sort_sizes(
