@@ -58,10 +58,11 @@ flush, as the old whole-layer ``bytearray`` did. So the flush keeps mapped only 
 faulted in just before its first slice and released (``MADV_DONTNEED``: the pages stay
 cached, nothing is read twice) after its last; and a slice holds about
 :data:`FLUSH_SLICE_BYTES` of values at the layer's mean value size (it is cut by records:
-large values among many small ones make a slice of more bytes). When the file holds a slice's values close together
-(keys arriving in runs, large values) the mapping holds a few slices' worth of pages; when
-every block holds keys of every slice (small values in random key order) the first slice
-faults in the whole file and nothing goes before the end, as before.
+large values among many small ones make a slice of more bytes). When the file holds a
+slice's values close together (keys arriving in runs, large values) the mapping holds a
+few slices' worth of pages; when every block holds keys of every slice (small values in
+random key order) the first slice faults in the whole file and nothing goes before the
+end, as before.
 """
 
 from __future__ import annotations
