@@ -61,10 +61,10 @@ STAGING_ENTRIES: Final = 2048
 #: and calls. Measured in process (30k x 8 KiB flushes, alternating runs): trio-uring
 #: 810-880 -> 1,280-1,390 MiB/s, std-fs 1,000 -> 1,170-1,210 MiB/s; 100 B layers +5-15%.
 #: Writing the same 2 MiB block as eight 256 KiB writes kept only a third of that gain.
-#: The price, under trio-uring: submitting a buffered write copies into the page cache
-#: on the loop's thread (~0.1 ms per 512 KiB), so the step that writes a block is now
-#: ~0.3 ms longer; the in-process ticker's p99 during an 8 KiB flush went from 0.8-1.1 to
-#: 1.1-1.3 ms.
+#: The price, under trio-uring: submitting a larger buffered write costs the loop more
+#: (measured on its thread: ~0.05 ms for 512 KiB, ~0.12 ms for 2 MiB; the copy itself is
+#: an io-wq worker's), so the step that writes a block is longer; the in-process ticker's
+#: p99 during an 8 KiB flush went from 0.8-1.1 to 1.1-1.3 ms.
 SORTED_WRITE_BYTES: Final = 2 << 20
 #: Values packed per step, at most: a block of more is packed in pieces, a step each, the
 #: last one with the block's write. Gathering values scattered over the frozen layer

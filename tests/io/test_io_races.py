@@ -9,6 +9,7 @@ from pathlib import Path
 import trio
 
 from pageserver.io import BufferedWriter, IoContext, PendingIo
+from pageserver.tenant import ephemeral_file
 from pageserver.tenant.manager import TenantManager
 from tests.conftest import require_engine
 from tests.helpers.tenant import TENANT, TIMELINE, config, image, key, manager
@@ -73,7 +74,9 @@ async def test_write_behind_error_never_returns_wrong_bytes(tmp_path: Path) -> N
         armed = False
 
         async def submit_write_at(self, fd, data, offset):  # type: ignore[no-untyped-def]
-            if self.armed and offset == 65536:
+            # The ephemeral file's second buffer (the first written after the put that
+            # fills it): 60 puts of 10 kB make at least three.
+            if self.armed and offset == ephemeral_file.EPHEMERAL_BUFFER_BYTES:
                 self.armed = False
                 return FailedWrite()
             return await super().submit_write_at(fd, data, offset)

@@ -3,9 +3,9 @@ runs on the event loop, and everything between two checkpoints is one step that 
 other task waits for. Each piece of work the flush does (merging a slice of the runs,
 extending the B-tree, packing and writing values) is counted, and between two
 checkpoints there must be at most one piece, of bounded records and bytes (a write's
-bytes are what it hands to the buffered writer; under trio-uring the kernel copies a
-buffered write into the page cache inside the ``io_uring_enter`` that submits it, on the
-loop's thread, so they count)."""
+bytes are what it hands to the buffered writer; under trio-uring submitting a larger
+write costs the loop's thread more, ~0.05 ms for 512 KiB and ~0.12 ms for 2 MiB, so they
+count)."""
 
 from __future__ import annotations
 

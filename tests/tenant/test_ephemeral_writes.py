@@ -1,0 +1,58 @@
+"""How the ephemeral file is written: small values are gathered into whole buffers of
+``EPHEMERAL_BUFFER_BYTES`` (each write costs trio-uring a submission, an io-wq hand-off
+and a completion on the loop, so their number matters), and the file holds exactly the
+values appended, in order."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from pageserver.io import IoContext
+from pageserver.layers.batch import check_put_batch
+from pageserver.tenant import ephemeral_file
+from pageserver.tenant.inmemory_layer import InMemoryLayer
+from tests.helpers.recording import RecordingEngine
+from tests.helpers.tenant import image, key
+
+
+class _SizeRecorder(RecordingEngine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[tuple[str, int]] = []
+
+    async def write_at(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
+        n = await super().write_at(fd, data, offset)
+        self.sizes.append((self.calls[-1][2], n))
+        return n
+
+
+async def test_small_values_are_written_in_whole_buffers(tmp_path: Path) -> None:
+    engine = _SizeRecorder()
+    ctx = IoContext(engine, no_sync=True)
+    rnd = random.Random(3)
+    layer = await InMemoryLayer.create(ctx, str(tmp_path), 0, 10)
+    values: list[bytes] = []
+    lsn = 10
+    try:
+        for _ in range(12):  # 12 puts of 1000 x ~100 B: ~1.3 MB
+            batch = []
+            for _ in range(1000):
+                lsn += 1
+                v = image(rnd.randbytes(100))
+                values.append(v)
+                batch.append((key(rnd.randrange(5000)), lsn, v))
+            await layer.put_batch(check_put_batch(batch))
+        await layer.freeze(lsn + 1)
+        path = layer.path
+        writes = [n for p, n in engine.sizes if p == path]
+        data = Path(path).read_bytes()
+    finally:
+        await layer.delete()
+        await ctx.aclose()
+    assert data == b"".join(values)
+    buf = ephemeral_file.EPHEMERAL_BUFFER_BYTES
+    # Whole buffers, then the tail written by the freeze.
+    assert writes[:-1] == [buf] * (len(data) // buf)
+    assert sum(writes) == len(data) and len(writes) == -(-len(data) // buf)
+    assert len(writes) <= 6  # ~1.3 MB: 21 writes with the writer's default 64 KiB buffers
