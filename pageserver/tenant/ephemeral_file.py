@@ -33,13 +33,16 @@ _DELETE_STEP = 16 << 20
 #: makes. Under trio-uring each write is a submission, an io-wq hand-off (an ext4
 #: buffered write does not complete inside ``io_uring_enter``: a worker does the copy)
 #: and a completion on the loop: ~30 us of the loop's CPU for 64 KiB, ~46 us for 512 KiB,
-#: where std-fs does one ``pwrite`` of 64 KiB in 15-24 us. 256 KiB rather than the writer's default 64 KiB: a quarter of the writes.
+#: where std-fs does one ``pwrite`` of 64 KiB in 15-24 us. 256 KiB rather than the
+#: writer's default 64 KiB: a quarter of the writes.
 #: Daemon 1M x 100 B durable ingest, trio-uring / std-fs in the same run, 11 pairs of
 #: runs alternating the two sizes: median 0.97 (2 of 11 at or above 1) with 64 KiB, 1.03
 #: (9 of 11) with 256 KiB. 60k x 8 KiB, whose values are mostly written straight from
-#: the frame (``borrow``): no steady difference. The price: up to five buffers (the one
-#: being filled and four in flight under trio-uring), 1.25 MiB per timeline being written
-#: to instead of 320 KiB.
+#: the frame (``borrow``): no steady difference, though up to two buffers' worth of each
+#: ~1 MiB put (the top-up and the tail) is now copied, 25% of its bytes instead of 6%.
+#: Memory: up to five buffers (the one being filled and four in flight under trio-uring)
+#: stay with the file until it is deleted, frozen too: with a frozen layer being flushed
+#: and an open one, up to 2.5 MiB per timeline (640 KiB before; std-fs 1 MiB).
 EPHEMERAL_BUFFER_BYTES = 256 << 10
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 from pathlib import Path
 
+import pytest
 import trio
 
 from pageserver.io import BufferedWriter, IoContext, PendingIo
@@ -46,7 +47,12 @@ async def test_read_at_while_a_write_swaps_buffers(engine_kind: str, tmp_path: P
         await ctx.aclose()
 
 
-async def test_finished_write_behind_releases_its_slot(engine_kind: str, tmp_path: Path) -> None:
+async def test_finished_write_behind_releases_its_slot(
+    engine_kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 64 KiB ephemeral buffers, so that the puts below send whole buffers to the kernel
+    # (with the default 256 KiB they all stay in memory and no write is in flight).
+    monkeypatch.setattr(ephemeral_file, "EPHEMERAL_BUFFER_BYTES", 64 << 10)
     tl2, tl3 = "11" * 16, "22" * 16
     async with manager(engine_kind, tmp_path, config(), fds=2) as mgr:
         await mgr.create_tenant(TENANT)
@@ -66,17 +72,21 @@ class FailedWrite(PendingIo):
         fn()
 
 
-async def test_write_behind_error_never_returns_wrong_bytes(tmp_path: Path) -> None:
+async def test_write_behind_error_never_returns_wrong_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     require_engine("trio-uring")
+    # 64 KiB ephemeral buffers: the 60 puts below then make nine writes, enough for the
+    # writer to wait on the failed one (it waits once four are in flight) and write it
+    # again; with the default 256 KiB they make two, and the failure is never seen.
+    monkeypatch.setattr(ephemeral_file, "EPHEMERAL_BUFFER_BYTES", 64 << 10)
     from pageserver.io import UringEngine
 
     class Engine(UringEngine):
         armed = False
 
         async def submit_write_at(self, fd, data, offset):  # type: ignore[no-untyped-def]
-            # The ephemeral file's second buffer (the first written after the put that
-            # fills it): 60 puts of 10 kB make at least three.
-            if self.armed and offset == ephemeral_file.EPHEMERAL_BUFFER_BYTES:
+            if self.armed and offset == 65536:
                 self.armed = False
                 return FailedWrite()
             return await super().submit_write_at(fd, data, offset)
