@@ -538,8 +538,8 @@ def sorted_slices(runs: list[Entries], slice_records: int | None = None) -> Iter
     of a (key, lsn) falls in one slice (a key's records may span slices, in LSN order: a
     hot key does not make one huge slice), which gathers its part of each run (oldest run
     first) and sorts it stably by key, so records of a key stay in arrival order, which is
-    (lsn, arrival) order; then of a (key, lsn) the last one is kept. A plain generator (the flush job may run in a
-    worker thread, where async generators are not available).
+    (lsn, arrival) order; then of a (key, lsn) the last one is kept. A plain generator
+    (the flush job may run in a worker thread, where async generators are not available).
     """
     return (part for part in merge_steps(runs, slice_records) if part is not None)
 
@@ -608,9 +608,10 @@ def merge_steps(
             # by key (ordered like a slice: every sample lies between the runs' first and
             # last keys; equal keys are equal bytes, so the order statistics are the same
             # whichever sort finds them; only those are gathered).
-            by_lsn = np.argsort(np.concatenate(sample_lsns), kind="stable")
+            all_lsns = np.concatenate(sample_lsns)
+            by_lsn = np.argsort(all_lsns, kind="stable")
             sample = np.take(np.concatenate(samples), by_lsn)
-            slsns = np.take(np.concatenate(sample_lsns), by_lsn)
+            slsns = np.take(all_lsns, by_lsn)
             lo = min(r.keys[:1].tobytes() for r in runs)
             hi = max(r.keys[-1:].tobytes() for r in runs)
             order = _slice_order(sample, lo, hi)

@@ -310,6 +310,12 @@ class TenantManager:
             raise TenantNotFound(f"tenant {tid} not found")
         return tenant
 
+    def _check_attached(self, tenant: Tenant) -> None:
+        """Raise ``TenantNotFound`` if ``tenant`` is no longer this server's: detached (or
+        replaced) while the caller waited for a lock it took after :meth:`tenant`."""
+        if self.tenants.get(tenant.tenant_id) is not tenant:
+            raise TenantNotFound(f"tenant {tenant.tenant_id} not found")
+
     def timeline(self, tenant_id: str, timeline_id: str) -> Timeline:
         tenant = self.tenant(tenant_id)
         if tenant.remote is not None:
@@ -360,8 +366,7 @@ class TenantManager:
         tenant = self.tenant(tenant_id)
         values = self._validate_overrides(overrides if overrides is not None else {})
         async with tenant.lock:
-            if self.tenants.get(tenant.tenant_id) is not tenant:  # detached meanwhile
-                raise TenantNotFound(f"tenant {tenant.tenant_id} not found")
+            self._check_attached(tenant)
             await self._write_tenant_config(tenant.path, values)
             tenant.set_overrides(values)
         return tenant.config.to_toml_values()
@@ -377,8 +382,7 @@ class TenantManager:
         if tenant.remote is not None:
             tenant.remote.check_not_stale()
         async with tenant.lock:
-            if self.tenants.get(tenant.tenant_id) is not tenant:  # detached meanwhile
-                raise TenantNotFound(f"tenant {tenant.tenant_id} not found")
+            self._check_attached(tenant)
             if tlid in tenant.timelines:
                 raise AlreadyExists(f"timeline {tlid} already exists in tenant {tenant.tenant_id}")
             path = os.path.join(tenant.timelines_dir, str(tlid))
@@ -620,8 +624,7 @@ class TenantManager:
         tenant = self.tenant(tenant_id)
         # The tenant's lock too: no timeline is created (or config set) while it goes.
         async with self._create_lock, tenant.lock:
-            if self.tenants.get(tenant.tenant_id) is not tenant:
-                raise TenantNotFound(f"tenant {tenant.tenant_id} not found")
+            self._check_attached(tenant)
             remote = tenant.remote
             live = remote is not None and not remote.stale
             deadline = trio.current_time() + max(storage.timeout, 1.0) * 3

@@ -47,12 +47,18 @@ async def test_read_at_while_a_write_swaps_buffers(engine_kind: str, tmp_path: P
         await ctx.aclose()
 
 
+def _small_ephemeral_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """64 KiB ephemeral buffers, as when these tests were written: with the default
+    256 KiB the tests' few puts stay in memory (or make two writes), no write is in
+    flight, and a failed write-behind is never waited on."""
+    monkeypatch.setattr(ephemeral_file, "EPHEMERAL_BUFFER_BYTES", 64 << 10)
+
+
 async def test_finished_write_behind_releases_its_slot(
     engine_kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # 64 KiB ephemeral buffers, so that the puts below send whole buffers to the kernel
-    # (with the default 256 KiB they all stay in memory and no write is in flight).
-    monkeypatch.setattr(ephemeral_file, "EPHEMERAL_BUFFER_BYTES", 64 << 10)
+    # The puts below send whole buffers to the kernel (_small_ephemeral_buffers).
+    _small_ephemeral_buffers(monkeypatch)
     tl2, tl3 = "11" * 16, "22" * 16
     async with manager(engine_kind, tmp_path, config(), fds=2) as mgr:
         await mgr.create_tenant(TENANT)
@@ -76,10 +82,9 @@ async def test_write_behind_error_never_returns_wrong_bytes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     require_engine("trio-uring")
-    # 64 KiB ephemeral buffers: the 60 puts below then make nine writes, enough for the
-    # writer to wait on the failed one (it waits once four are in flight) and write it
-    # again; with the default 256 KiB they make two, and the failure is never seen.
-    monkeypatch.setattr(ephemeral_file, "EPHEMERAL_BUFFER_BYTES", 64 << 10)
+    # The 60 puts below make nine writes, enough for the writer to wait on the failed one
+    # (it waits once four are in flight) and write it again (_small_ephemeral_buffers).
+    _small_ephemeral_buffers(monkeypatch)
     from pageserver.io import UringEngine
 
     class Engine(UringEngine):
