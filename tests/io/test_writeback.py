@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+import trio
 
 from pageserver.io import (
     TRIO_URING,
@@ -519,6 +520,11 @@ async def test_no_reopen_for_a_hint_so_a_failing_open_never_fails_the_write(
     async def evict_then_hint(self: VirtualFile, offset: int, nbytes: int) -> None:
         nonlocal skipped
         if offset == 0:  # the first hint: take the slot away, make every open fail
+            # Under trio-uring later writes may still be in flight, and they pin the slot
+            # (it cannot be evicted) until their completions come: wait for those first.
+            with trio.fail_after(10):
+                while self._slot is not None and self._slot.owner is self and self._slot.pins:
+                    await trio.sleep(0.001)
             others = [await ctx.create_new(str(tmp_path / f"o{i}")) for i in range(3)]
             assert self._slot is None or self._slot.owner is not self, "not evicted"
             for o in others:
