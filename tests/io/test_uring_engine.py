@@ -40,16 +40,26 @@ def fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+#: ``PF_IO_WORKER`` in a task's flags (``/proc/<pid>/task/<tid>/stat``, field 9).
+_PF_IO_WORKER = 0x10
+
+
 def python_threads_and_tasks() -> tuple[int, set[str]]:
-    """Python threads, and OS task names excluding the kernel's io_uring workers."""
+    """Python threads, and OS task names excluding the kernel's io_uring workers.
+
+    A worker is known by its ``PF_IO_WORKER`` flag, not only by its ``iou-*`` name: it is
+    created with its parent's name (``python``) and renamed just after, and a listing in
+    between (a loaded machine) once counted it as a new thread of ours."""
     names = set()
     for tid in os.listdir("/proc/self/task"):
         try:
             with open(f"/proc/self/task/{tid}/comm") as f:
                 name = f.read().strip()
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                flags = int(f.read().rsplit(")", 1)[1].split()[6])
         except FileNotFoundError:
             continue
-        if not name.startswith("iou-"):
+        if not name.startswith("iou-") and not flags & _PF_IO_WORKER:
             names.add(f"{tid}:{name}")
     return threading.active_count(), names
 
