@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final
 
 import numpy as np
@@ -157,6 +158,13 @@ def blob_sizes(lengths: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
 #: Equal-length values are copied as rows of a 2-D view (one gather, one scatter) when a
 #: length has at least this many values; rarer lengths are copied one slice at a time.
 _ROW_COPY_MIN = 16
+#: Values of at least this many bytes are copied one slice assignment each, straight into
+#: place, even when many share a length. numpy's row gather moves every byte twice (into
+#: a temporary of the gathered rows, then into the strided destination); for large values
+#: the Python step per value costs less than that second pass. Measured on 2 MiB blocks
+#: from a mapped file (the flush's case): per-value slices over the row gather 0.9x at
+#: 2 KiB, 1.2x at 3 KiB, 1.4x at 4 KiB, 1.6x at 8 KiB, 1.8x at 16 KiB.
+_SLICE_COPY_MIN = 4096
 
 
 def pack_blobs(
@@ -223,7 +231,9 @@ def _pack_equal(
     size = len(header) + length
     out = _output(out, n * size)
     out.reshape(n, size)[:, : len(header)] = np.frombuffer(header, np.uint8)
-    if length:
+    if length >= _SLICE_COPY_MIN:
+        _copy_slices(src, offsets.tolist(), out, range(len(header), n * size, size), length)
+    elif length:
         item = f"V{length}"
         values = np.ndarray((len(src) - length + 1,), item, src, strides=(1,))
         np.ndarray((n,), item, out, offset=len(header), strides=(size,))[...] = values[offsets]
@@ -243,22 +253,33 @@ def copy_segments(
     ls = lengths[order]
     cuts = np.flatnonzero(ls[1:] != ls[:-1]) + 1
     bounds = [0, *cuts.tolist(), len(ls)]
-    dview = dst.data
-    sview = src.data
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
         length = int(ls[a])
         if length == 0:
             continue
         g = order[a:b]
-        if b - a >= _ROW_COPY_MIN:
+        if b - a >= _ROW_COPY_MIN and length < _SLICE_COPY_MIN:
             # One fixed-size item per value (a ``V<length>`` view at every byte offset):
             # numpy moves whole items, not bytes.
             item = f"V{length}"
             rows = np.ndarray((len(src) - length + 1,), item, src, strides=(1,))[src_at[g]]
             np.ndarray((len(dst) - length + 1,), item, dst, strides=(1,))[dst_at[g]] = rows
         else:
-            for s, d in zip(src_at[g].tolist(), dst_at[g].tolist(), strict=True):
-                dview[d : d + length] = sview[s : s + length]
+            _copy_slices(src, src_at[g].tolist(), dst, dst_at[g].tolist(), length)
+
+
+def _copy_slices(
+    src: npt.NDArray[np.uint8],
+    src_at: list[int],
+    dst: npt.NDArray[np.uint8],
+    dst_at: Iterable[int],
+    length: int,
+) -> None:
+    """``dst[d:d + length] = src[s:s + length]`` for each pair: one copy per value."""
+    dview = dst.data
+    sview = src.data
+    for s, d in zip(src_at, dst_at, strict=True):
+        dview[d : d + length] = sview[s : s + length]
 
 
 def check_compression(compression: str) -> bool:

@@ -127,7 +127,7 @@ def test_extend_sorted_refuses_what_append_refuses() -> None:
 
 @settings(max_examples=100, deadline=None)
 @given(
-    st.sampled_from([0, 1, 5, 127, 128, 129, 300, 8192]), st.integers(1, 40), st.randoms()
+    st.sampled_from([0, 1, 5, 127, 128, 129, 300, 4095, 4096, 8192]), st.integers(1, 40), st.randoms()
 )
 def test_pack_blobs_of_one_length_matches_the_per_blob_encoding(length: int, count: int, rnd: object) -> None:
     """All values of one length take their own path (rows of header + value)."""
@@ -228,7 +228,15 @@ def test_extend_sorted_random_keys_leaves_without_prefix(ordered: bool) -> None:
     assert sum(1 for p in ref[0] if p[2] == 0 and p[3] == 0) > 50  # level-0 pages, no prefix
 
 
-@pytest.mark.parametrize("lengths", [[112] * 50, [0, 5, 127, 128, 300] * 10])
+@pytest.mark.parametrize(
+    "lengths",
+    [
+        [112] * 50,
+        [0, 5, 127, 128, 300] * 10,
+        [8192] * 9,  # one length, copied a slice per value
+        [4096] * 20 + [8192, 100] * 3,  # a large length common enough for a row copy
+    ],
+)
 def test_pack_blobs_into_a_part_of_a_block(lengths: list[int]) -> None:
     """``out=``: packed into a slice of a larger array, bytes around it untouched."""
     rng = np.random.default_rng(len(set(lengths)))
