@@ -2,8 +2,9 @@
 
 Used by the ephemeral file of the in-memory layer, the blob writer of delta and image
 layers, and the benchmarks. It turns many small appends into writes of whole buffers
-(at least 64 KiB; only the last one may be partial), which is what both engines want:
-``std-fs`` pays a syscall per write, ``trio-uring`` a submission and a completion.
+(at least 64 KiB; only the last one may be partial, unless the owner asks for large
+appends to go out whole: :meth:`BufferedWriter.write`), which is what both engines
+want: ``std-fs`` pays a syscall per write, ``trio-uring`` a submission and a completion.
 
 Write-behind. With an engine whose ``write_behind_depth`` is above one (trio-uring), a
 full buffer is *submitted* and the writer goes on filling the next buffer while the
@@ -106,11 +107,14 @@ class BufferedWriter:
         run_job: RunJob | None = None,
         *,
         will_fsync: bool = False,
+        whole_buffers: bool = True,
     ) -> None:
         if buffer_size < MIN_BUFFER_SIZE:
             raise ValueError(f"buffer_size must be at least {MIN_BUFFER_SIZE}")
         self.file = file
         self.buffer_size = buffer_size
+        #: See :meth:`write` (``borrow``).
+        self._whole_buffers = whole_buffers
         self._depth = max(1, file.write_behind_depth)
         self._buf = bytearray(buffer_size)
         self._fill = 0
@@ -184,6 +188,13 @@ class BufferedWriter:
         copied into buffers first (the writer keeps a reference for as long as it may
         read or rewrite them). For large appends: the ingest of 8 KiB pages and the flush
         copied every byte once more without it.
+
+        With ``whole_buffers=False`` (the ephemeral file, whose write sizes do not
+        matter), a borrowed ``data`` of at least a buffer is not topped up and cut at all:
+        the current buffer goes out as it is (if it holds anything), then ``data`` whole,
+        in one write. A put of 8 KiB pages (~1 MiB) is then one write and no copy; with
+        the top-up, a quarter of its bytes on average were copied into buffers first, and
+        it took about two writes. Otherwise every write but the last is a whole buffer.
         """
         if self._error is not None:
             self._check()
@@ -201,6 +212,11 @@ class BufferedWriter:
             return start
         view = memoryview(data).cast("B")
         pos = 0
+        if borrow and not self._whole_buffers and n >= self.buffer_size:
+            if self._fill:
+                await self._submit(self._fill)
+            await self._submit_borrowed(view)
+            return start
         if borrow and n - min(room, n) >= self.buffer_size:
             if self._fill:
                 self._buf[self._fill : self.buffer_size] = view[:room]

@@ -188,12 +188,66 @@ async def test_borrowed_appends_match_model(
     await ctx.aclose()
 
 
+@given(
+    chunks=st.lists(
+        st.tuples(st.integers(0, 400_000), st.booleans(), st.integers(0, 255)), max_size=12
+    )
+)
+async def test_borrowed_appends_without_whole_buffers_are_written_whole(
+    engine_kind: str, tmp_path_factory: pytest.TempPathFactory,
+    chunks: list[tuple[int, bool, int]],
+) -> None:  # fmt: skip
+    """``whole_buffers=False`` (the ephemeral file): a borrowed append of a buffer or more
+    is one write of exactly its bytes at its offset, after a write of what the current
+    buffer held (nothing copied, nothing cut); the rest as with whole buffers. Same file,
+    same offsets, reads of bytes in flight served from memory."""
+    from pageserver.io import create_engine
+
+    ctx = IoContext(create_engine(engine_kind), no_sync=True)
+    path = str(tmp_path_factory.mktemp("bw") / "f")
+    vf = await ctx.create(path)
+    issued: list[tuple[int, int]] = []
+    original = VirtualFile.start_write_all_at
+
+    async def spy(self: VirtualFile, data: bytes | bytearray | memoryview, offset: int):  # type: ignore[no-untyped-def]
+        issued.append((offset, len(data)))
+        return await original(self, data, offset)
+
+    w = BufferedWriter(vf, BUF, whole_buffers=False)
+    model = bytearray()
+    whole: list[tuple[int, int]] = []  # (offset, length) of the borrowed appends >= BUF
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(VirtualFile, "start_write_all_at", spy)
+        for n, borrow, fill in chunks:
+            c = bytes([fill]) * n
+            before = len(issued)
+            assert await w.write(c, borrow=borrow) == len(model)
+            if borrow and n >= BUF:
+                whole.append((len(model), n))
+                # The partial buffer (if any), then the append itself, as it is.
+                assert issued[-1] == (len(model), n)
+                assert len(issued) - before <= 2
+            model += c
+            lo = max(0, len(model) - 300_000)
+            assert await w.read_at(lo, len(model) - lo) == bytes(model[lo:])
+        assert await w.finish() == len(model)
+    await vf.close()
+    assert Path(path).read_bytes() == bytes(model)
+    assert [o for o, _ in issued] == [sum(n for _, n in issued[:i]) for i in range(len(issued))]
+    assert all(w in issued for w in whole)
+    # Every other write is a whole buffer, or one cut short by a whole append or the end.
+    cuts = {o for o, _ in whole} | {len(model)}
+    assert all(n == BUF or o + n in cuts for o, n in issued if (o, n) not in whole)
+    await ctx.aclose()
+
+
+@pytest.mark.parametrize("whole_buffers", [True, False])
 async def test_borrowed_write_on_a_full_disk_is_kept_and_written_again(
-    io_ctx: IoContext, tmp_path: Path
+    io_ctx: IoContext, tmp_path: Path, whole_buffers: bool
 ) -> None:
     path = str(tmp_path / "bw")
     vf = await io_ctx.create(path)
-    w = BufferedWriter(vf, BUF)
+    w = BufferedWriter(vf, BUF, whole_buffers=whole_buffers)
     logical = bytearray(b"head" * 1000)
     await w.write(bytes(logical))
     failpoints.configure({"virtual-file-write": "return(28)"})

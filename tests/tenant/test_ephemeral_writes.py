@@ -56,3 +56,41 @@ async def test_small_values_are_written_in_whole_buffers(tmp_path: Path) -> None
     tail = [len(data) % buf] if len(data) % buf else []
     assert writes == [buf] * (len(data) // buf) + tail
     assert len(writes) <= 6  # ~1.3 MB: 21 writes with the writer's default 64 KiB buffers
+
+
+async def test_large_puts_are_written_whole_from_the_batch(tmp_path: Path) -> None:
+    """A put whose values fill a buffer or more (8 KiB pages, ~1 MiB a frame) is one write
+    of exactly its values, straight from the batch: no top-up of the buffer before, no
+    tail copied after (``whole_buffers=False``). A small put before one is written as it
+    is, cut short."""
+    engine = _SizeRecorder()
+    ctx = IoContext(engine, no_sync=True)
+    rnd = random.Random(4)
+    layer = await InMemoryLayer.create(ctx, str(tmp_path), 0, 10)
+    values: list[bytes] = []
+    expected: list[int] = []
+    lsn = 10
+    try:
+        for count, size in [(3, 100), (127, 8192), (127, 8192), (40, 100), (200, 8192)]:
+            batch = []
+            for _ in range(count):
+                lsn += 1
+                v = image(rnd.randbytes(size))
+                values.append(v)
+                batch.append((key(rnd.randrange(5000)), lsn, v))
+            checked = check_put_batch(batch)
+            nbytes = len(checked.value_buffer())
+            if nbytes >= ephemeral_file.EPHEMERAL_BUFFER_BYTES:
+                pending = sum(len(v) for v in values[: len(values) - count]) - sum(expected)
+                expected += [pending] if pending else []
+                expected.append(nbytes)
+            await layer.put_batch(checked)
+        await layer.freeze(lsn + 1)
+        path = layer.path
+        writes = [n for p, n in engine.sizes if p == path]
+        data = Path(path).read_bytes()
+    finally:
+        await layer.delete()
+        await ctx.aclose()
+    assert data == b"".join(values)
+    assert writes == expected  # the last put was a large one: no tail for the freeze
