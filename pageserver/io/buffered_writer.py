@@ -203,8 +203,9 @@ class BufferedWriter:
         start = self._buf_offset + self._fill
         n = len(data)
         room = self.buffer_size - self._fill
-        if n <= room:
-            # The hot path: one slice assignment.
+        if n <= room and (n < self.buffer_size or self._whole_buffers or not borrow):
+            # The hot path: one slice assignment. (Not for a borrowed whole buffer's worth
+            # into an empty buffer without ``whole_buffers``: that is written as it is.)
             self._buf[self._fill : self._fill + n] = data
             self._fill += n
             if n == room:

@@ -155,8 +155,9 @@ def blob_sizes(lengths: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     return lengths + np.where(lengths < SHORT_BLOB_LEN, 1, 4)
 
 
-#: Equal-length values are copied as rows of a 2-D view (one gather, one scatter) when a
-#: length has at least this many values; rarer lengths are copied one slice at a time.
+#: Equal-length values below :data:`_SLICE_COPY_MIN` bytes are copied as rows of a 2-D view
+#: (one gather, one scatter) when a length has at least this many values; rarer lengths
+#: are copied one slice at a time.
 _ROW_COPY_MIN = 16
 #: Values of at least this many bytes are copied one slice assignment each, straight into
 #: place, even when many share a length. numpy's row gather moves every byte twice (into
@@ -178,7 +179,8 @@ def pack_blobs(
     :meth:`BlobWriter.stage_blob` writes for the same values, for a whole batch at once:
     headers are written with array operations, and values of one length with one gather
     and one scatter of rows (the delta flush's path; a per-byte gather or a loop per value
-    would cost more than the rest of the flush).
+    would cost more than the rest of the flush), except values of :data:`_SLICE_COPY_MIN`
+    bytes or more, copied one slice each (fewer bytes moved, for few Python steps).
 
     ``out``: pack into this array (exactly :func:`blob_sizes` bytes in all) instead of a
     new one, e.g. a part of a larger block written at once."""
@@ -189,6 +191,8 @@ def pack_blobs(
     if longest > MAX_BLOB_LEN:
         raise BlobError(f"blob too large ({longest} bytes)")
     src = data if isinstance(data, np.ndarray) else np.frombuffer(data, np.uint8)
+    if src.dtype != np.uint8:
+        src = src.view(np.uint8)
     if int(lengths.min()) == longest:
         return _pack_equal(src, offsets, longest, out)
     short = lengths < SHORT_BLOB_LEN
@@ -225,7 +229,8 @@ def _pack_equal(
     size, e.g. all page images): the blobs are the rows of an ``(n, header + length)``
     array, so the headers are one column assignment and the values one gather into a
     strided view of the rows, with no per-blob offsets, sort or scatter (which cost the
-    general path as much again as the gather, the part that touches the values)."""
+    general path as much again as the gather, the part that touches the values). Values of
+    :data:`_SLICE_COPY_MIN` bytes or more are copied into the rows one slice each."""
     n = len(offsets)
     header = encode_blob_header(length)
     size = len(header) + length
@@ -248,7 +253,8 @@ def copy_segments(
     lengths: npt.NDArray[np.int64],
 ) -> None:
     """``dst[dst_at[i]:][:lengths[i]] = src[src_at[i]:][:lengths[i]]`` for every ``i``
-    (non-overlapping destinations): grouped by length, each common length as one row copy."""
+    (non-overlapping destinations): grouped by length, each common length below
+    :data:`_SLICE_COPY_MIN` as one row copy, the rest one slice per value."""
     order = np.argsort(lengths, kind="stable")
     ls = lengths[order]
     cuts = np.flatnonzero(ls[1:] != ls[:-1]) + 1
@@ -275,7 +281,10 @@ def _copy_slices(
     dst_at: Iterable[int],
     length: int,
 ) -> None:
-    """``dst[d:d + length] = src[s:s + length]`` for each pair: one copy per value."""
+    """``dst[d:d + length] = src[s:s + length]`` for each pair: one copy per value. Like
+    the row gather, a source range past the end of ``src`` is an ``IndexError``."""
+    if src_at and (min(src_at) < 0 or max(src_at) + length > len(src)):
+        raise IndexError(f"a value of {length} bytes lies outside the source ({len(src)} bytes)")
     dview = dst.data
     sview = src.data
     for s, d in zip(src_at, dst_at, strict=True):

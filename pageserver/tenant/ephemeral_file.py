@@ -44,7 +44,11 @@ _DELETE_STEP = 16 << 20
 #: the loop 260-355 us of CPU in-process under trio-uring; 150-166 us without.
 #: Memory: up to five buffers (the one being filled and four in flight under trio-uring)
 #: stay with the file until it is deleted, frozen too: with a frozen layer being flushed
-#: and an open one, up to 2.5 MiB per timeline (640 KiB before; std-fs 1 MiB).
+#: and an open one, up to 2.5 MiB per timeline (640 KiB before; std-fs 1 MiB). Under
+#: trio-uring a large put's frame also stays alive while its write is in flight, and the
+#: writer notices a completed write only at its next write (or the freeze): up to three
+#: frames per open layer (48 MiB at the 16 MiB frame limit), outside the server's frame
+#: budget, as the borrowed writes of the top-up scheme already held two.
 EPHEMERAL_BUFFER_BYTES = 256 << 10
 
 

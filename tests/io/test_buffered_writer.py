@@ -190,7 +190,12 @@ async def test_borrowed_appends_match_model(
 
 @given(
     chunks=st.lists(
-        st.tuples(st.integers(0, 400_000), st.booleans(), st.integers(0, 255)), max_size=12
+        st.tuples(
+            st.one_of(st.integers(0, 400_000), st.sampled_from([BUF - 1, BUF, BUF + 1])),
+            st.booleans(),
+            st.integers(0, 255),
+        ),
+        max_size=12,
     )
 )
 async def test_borrowed_appends_without_whole_buffers_are_written_whole(
@@ -207,10 +212,12 @@ async def test_borrowed_appends_without_whole_buffers_are_written_whole(
     path = str(tmp_path_factory.mktemp("bw") / "f")
     vf = await ctx.create(path)
     issued: list[tuple[int, int]] = []
+    sources: list[object] = []  # what each write's memory belongs to
     original = VirtualFile.start_write_all_at
 
     async def spy(self: VirtualFile, data: bytes | bytearray | memoryview, offset: int):  # type: ignore[no-untyped-def]
         issued.append((offset, len(data)))
+        sources.append(data.obj if isinstance(data, memoryview) else data)
         return await original(self, data, offset)
 
     w = BufferedWriter(vf, BUF, whole_buffers=False)
@@ -224,8 +231,10 @@ async def test_borrowed_appends_without_whole_buffers_are_written_whole(
             assert await w.write(c, borrow=borrow) == len(model)
             if borrow and n >= BUF:
                 whole.append((len(model), n))
-                # The partial buffer (if any), then the append itself, as it is.
+                # The partial buffer (if any), then the append itself, as it is: written
+                # from the caller's own bytes, not a copy.
                 assert issued[-1] == (len(model), n)
+                assert sources[-1] is c
                 assert len(issued) - before <= 2
             model += c
             lo = max(0, len(model) - 300_000)
@@ -234,27 +243,33 @@ async def test_borrowed_appends_without_whole_buffers_are_written_whole(
     await vf.close()
     assert Path(path).read_bytes() == bytes(model)
     assert [o for o, _ in issued] == [sum(n for _, n in issued[:i]) for i in range(len(issued))]
-    assert all(w in issued for w in whole)
+    assert all(append in issued for append in whole)
     # Every other write is a whole buffer, or one cut short by a whole append or the end.
     cuts = {o for o, _ in whole} | {len(model)}
     assert all(n == BUF or o + n in cuts for o, n in issued if (o, n) not in whole)
     await ctx.aclose()
 
 
+@pytest.mark.parametrize("head", [b"head" * 1000, b""])
 @pytest.mark.parametrize("whole_buffers", [True, False])
 async def test_borrowed_write_on_a_full_disk_is_kept_and_written_again(
-    io_ctx: IoContext, tmp_path: Path, whole_buffers: bool
+    io_ctx: IoContext, tmp_path: Path, whole_buffers: bool, head: bytes
 ) -> None:
+    """A failing borrowed write: the writer keeps what it took (in memory, read back from
+    there) and writes it again once there is space. With nothing buffered before it, the
+    borrowed write itself is the one that fails."""
     path = str(tmp_path / "bw")
     vf = await io_ctx.create(path)
     w = BufferedWriter(vf, BUF, whole_buffers=whole_buffers)
-    logical = bytearray(b"head" * 1000)
+    logical = bytearray(head)
     await w.write(bytes(logical))
     failpoints.configure({"virtual-file-write": "return(28)"})
     big = bytes(range(256)) * (4 * BUF // 256 + 3)
     with pytest.raises(OSError) as ei:
         await w.write(big, borrow=True)
     assert ei.value.errno == 28 and w.broken is None
+    if not head and not whole_buffers:
+        assert w.offset == len(big)  # all of it taken, as one unwritten write
     logical += big[: w.offset - len(logical)]
     assert await w.read_at(0, w.offset) == bytes(logical)
     failpoints.clear()
@@ -269,7 +284,7 @@ async def test_borrowed_write_on_a_full_disk_is_kept_and_written_again(
 @pytest.mark.parametrize("full_disk", [False, True])
 async def test_large_borrowed_writes_start_through_run_job(
     io_ctx: IoContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, full_disk: bool
-) -> None:
+) -> None:  # fmt: skip
     """Given ``run_job``, a borrowed write of at least ``OFFLOAD_MIN_BYTES`` is started
     through it (under std-fs: in the job's worker thread, not on the loop); smaller writes
     are not. Offsets, bytes and the full-disk behaviour (kept, written again) are as without."""

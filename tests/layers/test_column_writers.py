@@ -5,9 +5,13 @@
 
 from __future__ import annotations
 
+import mmap
+from pathlib import Path
+
 import numpy as np
+import numpy.typing as npt
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from pageserver.layers.blob_io import BlobError, pack_blobs
@@ -127,18 +131,22 @@ def test_extend_sorted_refuses_what_append_refuses() -> None:
 
 @settings(max_examples=100, deadline=None)
 @given(
-    st.sampled_from([0, 1, 5, 127, 128, 129, 300, 4095, 4096, 8192]), st.integers(1, 40), st.randoms()
+    st.sampled_from([0, 1, 5, 127, 128, 129, 300, 4095, 4096, 8192]),
+    st.integers(1, 40),
+    st.integers(0, 2**32 - 1),
 )
-def test_pack_blobs_of_one_length_matches_the_per_blob_encoding(length: int, count: int, rnd: object) -> None:
-    """All values of one length take their own path (rows of header + value)."""
-    values = [bytes(rnd.getrandbits(8) for _ in range(length)) for _ in range(count)]  # type: ignore[attr-defined]
-    order = list(range(count))
-    rnd.shuffle(order)  # type: ignore[attr-defined]
+def test_pack_blobs_of_one_length_matches_the_per_blob_encoding(length: int, count: int, seed: int) -> None:
+    """All values of one length take their own path (rows of header + value; values of
+    4 KiB or more one slice each), from values scattered in another order."""
+    rng = np.random.default_rng(seed)
+    values = [rng.integers(0, 256, length, dtype=np.uint8).tobytes() for _ in range(count)]
+    order = rng.permutation(count).tolist()
     buf = bytearray(b"#" * 3)
     offs = [0] * count
     for i in order:
         offs[i] = len(buf)
         buf += values[i] + b"!"
+    event(f"length {length}")
     packed, starts = pack_blobs(buf, np.array(offs, np.int64), np.full(count, length, np.int64))
     assert (packed.tobytes(), starts.tolist()) == _stage_ref(values)
 
@@ -233,20 +241,43 @@ def test_extend_sorted_random_keys_leaves_without_prefix(ordered: bool) -> None:
     [
         [112] * 50,
         [0, 5, 127, 128, 300] * 10,
-        [8192] * 9,  # one length, copied a slice per value
-        [4096] * 20 + [8192, 100] * 3,  # a large length common enough for a row copy
+        [8192] * 9,  # one length of 4 KiB or more: a slice per value
+        [4096] * 20 + [8192, 100] * 3,  # a common length of 4 KiB or more: still slices
     ],
 )
-def test_pack_blobs_into_a_part_of_a_block(lengths: list[int]) -> None:
-    """``out=``: packed into a slice of a larger array, bytes around it untouched."""
+@pytest.mark.parametrize("source", ["bytes", "mmap"])
+def test_pack_blobs_into_a_part_of_a_block(lengths: list[int], source: str, tmp_path: Path) -> None:
+    """``out=``: packed into a slice of a larger array, bytes around it untouched; the
+    values scattered in the source in another order (``mmap``: a read-only numpy array over
+    a mapped file, the flush's source)."""
     rng = np.random.default_rng(len(set(lengths)))
     values = [bytes(rng.integers(0, 256, n, dtype=np.uint8)) for n in lengths]
-    buf = b"".join(values)
-    offs = np.cumsum([0, *lengths[:-1]]).astype(np.int64)
+    offs_list = [0] * len(values)
+    buf = bytearray(b"#" * 5)
+    for i in rng.permutation(len(values)).tolist():
+        offs_list[i] = len(buf)
+        buf += values[i] + b"!"
+    offs = np.array(offs_list, np.int64)
+    src: bytes | npt.NDArray[np.uint8] = bytes(buf)
+    if source == "mmap":
+        path = tmp_path / "src"
+        path.write_bytes(bytes(buf))
+        with open(path, "rb") as f:
+            mm = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+        src = np.frombuffer(mm, np.uint8)
     ref, _starts = _stage_ref(values)
     block = np.full(len(ref) + 10, 0xEE, np.uint8)
-    packed, _ = pack_blobs(buf, offs, np.array(lengths, np.int64), out=block[7 : 7 + len(ref)])
+    packed, _ = pack_blobs(src, offs, np.array(lengths, np.int64), out=block[7 : 7 + len(ref)])
     assert block[7 : 7 + len(ref)].tobytes() == ref == packed.tobytes()
     assert block[:7].tolist() == [0xEE] * 7 and block[7 + len(ref) :].tolist() == [0xEE] * 3
     with pytest.raises(ValueError, match="contiguous array"):
-        pack_blobs(buf, offs, np.array(lengths, np.int64), out=block[: len(ref) - 1])
+        pack_blobs(src, offs, np.array(lengths, np.int64), out=block[: len(ref) - 1])
+
+
+def test_pack_blobs_of_large_values_past_the_source_is_an_index_error() -> None:
+    """A value that does not lie within the source is refused, not copied short: as the
+    row gather of small values does, the per-value copy of large ones raises IndexError."""
+    src = bytes(10_000)
+    for n in (100, 8192):
+        with pytest.raises(IndexError):
+            pack_blobs(src, np.array([10_000 - n + 1], np.int64), np.array([n], np.int64))

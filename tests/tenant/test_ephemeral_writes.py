@@ -6,9 +6,12 @@ values appended, in order."""
 from __future__ import annotations
 
 import random
+import threading
 from pathlib import Path
 
-from pageserver.io import IoContext
+import pytest
+
+from pageserver.io import IoContext, VirtualFile
 from pageserver.layers.batch import check_put_batch
 from pageserver.tenant import ephemeral_file
 from pageserver.tenant.inmemory_layer import InMemoryLayer
@@ -94,3 +97,29 @@ async def test_large_puts_are_written_whole_from_the_batch(tmp_path: Path) -> No
         await ctx.aclose()
     assert data == b"".join(values)
     assert writes == expected  # the last put was a large one: no tail for the freeze
+
+
+async def test_large_puts_are_written_off_the_loop_under_std_fs(
+    io_ctx: IoContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one write of a large put (``whole_buffers=False``) is started through the
+    context's ``run_job``: under std-fs its pwrite of ~1 MiB runs in a worker thread, not on
+    the event loop; under trio-uring it is a submission on the loop."""
+    loop_thread = threading.get_ident()
+    started: list[tuple[int, bool]] = []  # (length, on the loop's thread)
+    original = VirtualFile.start_write_all_at
+
+    async def spy(self: VirtualFile, data: bytes | bytearray | memoryview, offset: int):  # type: ignore[no-untyped-def]
+        started.append((len(data), threading.get_ident() == loop_thread))
+        return await original(self, data, offset)
+
+    monkeypatch.setattr(VirtualFile, "start_write_all_at", spy)
+    layer = await InMemoryLayer.create(io_ctx, str(tmp_path), 0, 10)
+    try:
+        batch = [(key(i), 11 + i, image(bytes([i]) * 8192)) for i in range(127)]
+        checked = check_put_batch(batch)
+        await layer.put_batch(checked)
+        large = [on_loop for n, on_loop in started if n == len(checked.value_buffer())]
+        assert large == [not io_ctx.engine.runs_jobs_in_thread]
+    finally:
+        await layer.delete()
