@@ -350,6 +350,9 @@ class SocketResult:
     #: ticks that started while the flush was outstanding, and during ingest.
     ticker_flush: list[float] = field(default_factory=list)
     ticker_ingest: list[float] = field(default_factory=list)
+    #: MiB the data directory's block device wrote during ingest and flush
+    #: (:func:`device_bytes_written`), or None.
+    device_mib: float | None = None
 
     @property
     def records_per_s(self) -> float:
@@ -444,7 +447,7 @@ def read_samples(path: str) -> npt.NDArray[np.float64]:
 
 async def _socket_bench_async(
     addr: str, kind: str, gen: FeedGenerator, gets: int, proc: subprocess.Popen[bytes],
-    log: str, status_interval: float, status_path: str,
+    log: str, status_interval: float, status_path: str, data_dir: str,
 ) -> SocketResult:  # fmt: skip
     await _wait_ready(proc, addr, log, kind)
     columns = build_columns(gen)
@@ -454,6 +457,7 @@ async def _socket_bench_async(
     async with await Client.connect(addr) as c:
         await c.request("tenant_create", tenant_id=TENANT)
         await c.request("timeline_create", tenant_id=TENANT, timeline_id=TIMELINE)
+        dev_before = device_bytes_written(data_dir)
         # The second connection is another process (pageserver.bench._poller): what it
         # measures is the daemon, not this process's own loop.
         poller = subprocess.Popen(
@@ -485,6 +489,9 @@ async def _socket_bench_async(
             stdout.close()
         if rc != 0:
             raise DaemonError(f"status poller exited with {rc}")
+        if dev_before is not None:
+            _wait_ephemeral_gone(data_dir)
+        device_mib = device_mib_between(dev_before, device_bytes_written(data_dir))
         # Freed after the clock stopped: ~20 ms for 480 MiB of batches, which delayed
         # the flush request when it came before it.
         del batches
@@ -505,7 +512,7 @@ async def _socket_bench_async(
                 raise DaemonError(f"get of a fed key returned nothing ({kind})")
     return SocketResult(
         kind, records, records * value_size, t_ingest, t_flush, lat, status,
-        (t_start, t_flush_start, t_end),
+        (t_start, t_flush_start, t_end), device_mib=device_mib,
     )  # fmt: skip
 
 
@@ -551,7 +558,7 @@ def socket_bench(
             gen = FeedGenerator(count=records, keys=max(1, min(records, 10_000)), value_size=value_size)
             result = trio.run(
                 _socket_bench_async, f"unix:{socket_path}", kind, gen, gets, proc, log,
-                status_interval, polls,
+                status_interval, polls, data_dir,
             )  # fmt: skip
             proc.send_signal(signal.SIGTERM)
             rc = proc.wait(timeout=60)
@@ -571,6 +578,50 @@ def socket_bench(
 # ---------------------------------------------------------------------------------------
 # Raw sequential write (fio-style) and fio itself
 # ---------------------------------------------------------------------------------------
+
+
+def device_bytes_written(path: str) -> int | None:
+    """Bytes the block device holding ``path`` has written so far, after an ``os.sync()``
+    (so that what was only in the page cache is counted where it is due): the
+    sectors-written field of ``/sys/dev/block/MAJ:MIN/stat`` times 512. None where ``path``
+    is on no block device with such statistics (tmpfs, overlayfs, another OS).
+
+    What the durable-ingest rows call "MiB written to the device": the difference of two
+    readings around one contender's run. It counts every process writing to that device
+    meanwhile (on a shared machine, others too), and it is what the disk really had to
+    take: RocksDB compresses its files and never writes write-ahead logs it drops before
+    they are synced; the daemon writes every value once into a layer (its ephemeral files
+    are deleted before writeback).
+    """
+    try:
+        st = os.stat(path)
+        stat_path = f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/stat"
+        os.sync()
+        with open(stat_path) as f:
+            fields = f.read().split()
+        return int(fields[6]) * 512
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def device_mib_between(before: int | None, after: int | None) -> float | None:
+    """MiB between two :func:`device_bytes_written` readings (None if either is)."""
+    if before is None or after is None:
+        return None
+    return (after - before) / MIB
+
+
+def _wait_ephemeral_gone(data_dir: str, timeout: float = 10.0) -> None:
+    """After the flush reply: wait until the daemon has deleted its ephemeral files (it
+    does right after the reply), so that a sync does not write back what the daemon
+    throws away. Gives up quietly after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(
+            name.startswith("ephemeral-") for _d, _s, files in os.walk(data_dir) for name in files
+        ):
+            return
+        time.sleep(0.01)
 
 
 @dataclass

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pageserver.bench._measure import device_bytes_written, device_mib_between
 from pageserver.layers.batch import PutColumns
 from pageserver.layers.key import KEY_SIZE
 
@@ -51,6 +52,9 @@ class PeerResult:
     records: int
     value_bytes: int
     seconds: float
+    #: MiB the block device under the peer's directory wrote meanwhile
+    #: (:func:`~pageserver.bench._measure.device_bytes_written`), or None.
+    device_mib: float | None = None
 
     @property
     def records_per_s(self) -> float:
@@ -141,7 +145,9 @@ def durable_ingest(
     records = sum(len(r) for r in rows)
     d = tempfile.mkdtemp(prefix=f"{name}-", dir=base)
     try:
+        before = device_bytes_written(d)
         seconds = _RUNNERS[name](d, rows, no_sync)
+        device_mib = device_mib_between(before, device_bytes_written(d))
     finally:
         shutil.rmtree(d, ignore_errors=True)
-    return PeerResult(name, records, value_bytes, seconds)
+    return PeerResult(name, records, value_bytes, seconds, device_mib)

@@ -165,7 +165,7 @@ def run_bench(
                 kind, base, records=sizes.records, value_size=sizes.value_size,
                 gets=sizes.gets, no_sync=no_sync, status_interval=STATUS_INTERVAL_S,
             )  # fmt: skip
-            fields: dict[str, float] = {
+            fields: dict[str, float | None] = {
                 "ingest_records_per_s": sock.records_per_s,
                 "ingest_mib_per_s": sock.mib_per_s,
                 "ingest_seconds": sock.ingest_seconds,
@@ -238,12 +238,13 @@ def _run_peers(report: dict[str, Any], sizes: Sizes, base: str, no_sync: bool, q
                     f"{prefix}durable_records_per_s": r.records_per_s,
                     f"{prefix}durable_mib_per_s": r.mib_per_s,
                     f"{prefix}durable_seconds": r.seconds,
+                    f"{prefix}durable_device_mib": r.device_mib,
                 }
             )
         del batches
 
 
-def _durable_fields(sock: m.SocketResult, prefix: str) -> dict[str, float]:
+def _durable_fields(sock: m.SocketResult, prefix: str) -> dict[str, float | None]:
     st = m.summarize_ms(sock.status_latency)
     tf = m.summarize_ms(sock.ticker_flush)
     ti = m.summarize_ms(sock.ticker_ingest)
@@ -257,6 +258,7 @@ def _durable_fields(sock: m.SocketResult, prefix: str) -> dict[str, float]:
         f"{prefix}durable_records_per_s": sock.durable_records_per_s,
         f"{prefix}durable_mib_per_s": sock.durable_mib_per_s,
         f"{prefix}durable_seconds": sock.durable_seconds,
+        f"{prefix}durable_device_mib": sock.device_mib,
         f"{prefix}status_p50_ms": st["p50_ms"],
         f"{prefix}status_p99_ms": st["p99_ms"],
         f"{prefix}status_max_ms": st["max_ms"],
@@ -356,6 +358,7 @@ _ROWS = (
 _DURABLE_ROWS = (
     ("durable ingest records/s ({n} x {size} B)", "durable_records_per_s", ",.0f"),
     ("durable ingest MiB/s ({n} x {size} B)", "durable_mib_per_s", ",.1f"),
+    ("MiB written to the device ({n} x {size} B)", "durable_device_mib", ",.0f"),
     ("status RTT p50 ms (ingest+flush)", "status_p50_ms", ".3f"),
     ("status RTT p99 ms (ingest+flush)", "status_p99_ms", ".3f"),
     ("status RTT max ms (ingest+flush)", "status_max_ms", ".2f"),

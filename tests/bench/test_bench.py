@@ -7,6 +7,7 @@ starts its own daemons and trio runs, and a hang is bounded by the timeout.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -247,3 +248,39 @@ def test_status_poller_times_round_trips_in_a_process_of_its_own(
     out.write_bytes(out.read_bytes()[:-8])
     assert len(m.read_samples(str(out))) == len(polls) - 1
     assert len(m.read_samples(str(tmp_path / "missing"))) == 0
+
+
+def test_device_bytes_are_reported_for_every_contender(report: dict[str, Any]) -> None:
+    """Each durable-ingest contender (engines and peers, both workloads) has the MiB its
+    data directory's block device wrote meanwhile: a number, or null where the directory
+    is on no block device with statistics (tmpfs, overlayfs)."""
+    contenders = [*report["engines"].values(), *report["peers"].values()]
+    assert contenders
+    for fields in contenders:
+        for key in ("durable_device_mib", "large_durable_device_mib"):
+            assert key in fields, fields
+            assert fields[key] is None or fields[key] >= 0, fields[key]
+
+
+def test_device_bytes_written_counts_a_synced_file(tmp_path: Path) -> None:
+    """``device_bytes_written`` moves by at least what a file made durable holds, where the
+    directory is on a block device; on tmpfs (/dev/shm) there is none to ask."""
+    from pageserver.bench import _measure as m
+
+    before = m.device_bytes_written(str(tmp_path))
+    path = tmp_path / "blob"
+    with open(path, "wb") as f:
+        f.write(os.urandom(8 << 20))
+        f.flush()
+        os.fsync(f.fileno())
+    after = m.device_bytes_written(str(tmp_path))
+    st_dev = os.stat(tmp_path).st_dev
+    on_block_device = Path(f"/sys/dev/block/{os.major(st_dev)}:{os.minor(st_dev)}/stat").exists()
+    if on_block_device:
+        mib = m.device_mib_between(before, after)
+        assert mib is not None and mib >= 8, mib
+    else:
+        assert before is None and after is None
+    if Path("/dev/shm").is_dir():
+        assert m.device_bytes_written("/dev/shm") is None
+    assert m.device_mib_between(None, 5) is None and m.device_mib_between(1 << 20, 3 << 20) == 2
