@@ -44,6 +44,7 @@ from pageserver.client.feed import FeedGenerator
 from pageserver.config import ENGINE_ENV_VAR, PageserverConfig
 from pageserver.io import (
     FileStat,
+    Gather,
     IoContext,
     IoEngine,
     PendingIo,
@@ -124,6 +125,9 @@ class PerOpOffloadEngine(IoEngine):
 
     async def write_at(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
         return await _in_thread(self._std.write_at, fd, data, offset)
+
+    async def write_gather_at(self, fd: int, gather: Gather, offset: int) -> int:
+        return await _in_thread(self._std.write_gather_at, fd, gather, offset)
 
     async def fsync(self, fd: int) -> None:
         await _in_thread(self._std.fsync, fd)

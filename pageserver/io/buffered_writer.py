@@ -63,6 +63,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from pageserver.io.gather import Gather
 from pageserver.io.virtual_file import PendingWrite, VirtualFile
 
 DEFAULT_BUFFER_SIZE = 64 * 1024
@@ -122,13 +123,13 @@ class BufferedWriter:
         self._buf_offset = start_offset
         self._free: list[bytearray] = []
         #: Writes in flight, oldest first: (absolute offset, buffer, length, pending).
-        self._inflight: deque[tuple[int, bytearray | memoryview, int, PendingWrite]] = deque()
+        self._inflight: deque[tuple[int, bytearray | memoryview | Gather, int, PendingWrite]] = deque()
         self._closed = False
         #: An error that made the writer unusable (see the module docstring).
         self._error: BaseException | None = None
         #: Buffers whose write failed with an OSError, oldest first: (offset, buf, length).
         #: Written again before anything else; served from memory by ``read_at`` meanwhile.
-        self._unwritten: list[tuple[int, bytearray | memoryview, int]] = []
+        self._unwritten: list[tuple[int, bytearray | memoryview | Gather, int]] = []
         #: Starts large borrowed writes (module docstring); None: on the caller's thread.
         self._run_job = run_job
         #: Where the next writeback range starts; -1: no early writeback (module docstring).
@@ -166,7 +167,7 @@ class BufferedWriter:
         again (it stays unwritten)."""
         while self._unwritten:
             off, buf, length = self._unwritten[0]
-            await self.file.write_all_at(memoryview(buf)[:length], off)
+            await self.file.write_all_at(buf if isinstance(buf, Gather) else memoryview(buf)[:length], off)
             self._unwritten.pop(0)
 
     def _check(self) -> None:
@@ -237,6 +238,24 @@ class BufferedWriter:
                 await self._submit_full()
         return start
 
+    async def write_gather(self, gather: Gather) -> int:
+        """Append the bytes of ``gather`` (:mod:`pageserver.io.gather`); return the absolute
+        offset where they start. Its memory is borrowed (unchanged until written, as with
+        ``write(..., borrow=True)``): the current buffer goes out as it is (if it holds
+        anything), then the gather as one vectored write, nothing copied by this process.
+        In flight, unwritten or read back, it is handled like a borrowed buffer."""
+        if self._error is not None:
+            self._check()
+        if self._unwritten:
+            await self._write_unwritten()
+        start = self._buf_offset + self._fill
+        if not len(gather):
+            return start
+        if self._fill:
+            await self._submit(self._fill)
+        await self._submit_borrowed(gather)
+        return start
+
     async def _submit_full(self) -> None:
         await self._submit(self.buffer_size)
 
@@ -260,7 +279,7 @@ class BufferedWriter:
             # every write complete here, before the buffer is filled again.
             await self._complete_oldest()
 
-    async def _submit_borrowed(self, view: memoryview) -> None:
+    async def _submit_borrowed(self, view: memoryview | Gather) -> None:
         """Write the caller's bytes at the current (empty) buffer's offset, which then
         moves past them. In flight, unwritten or read, they are handled like a buffer,
         except that they never join the pool of buffers."""
@@ -324,6 +343,13 @@ class BufferedWriter:
             if end - self._wb_from >= WRITEBACK_BYTES:
                 start, self._wb_from = self._wb_from, end
                 await self.file.start_writeback(start, end - start)
+
+    async def wait_written(self) -> None:
+        """Wait until every write in flight has completed: the memory of borrowed appends
+        and gathers is then no longer read by the kernel (a caller about to release it,
+        or to drop it from its mapping, waits here first)."""
+        self._check()
+        await self._drain()
 
     async def _drain(self) -> None:
         first_error: BaseException | None = None

@@ -29,7 +29,10 @@ import abc
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from pageserver.io.gather import Gather
 
 #: The ``kind`` of each engine (its name in the config and in ``status``).
 STD_FS = "std-fs"
@@ -143,6 +146,18 @@ class IoEngine(abc.ABC):
         ``data`` unmodified and the fd open until ``await pending.result()`` returned.
         """
         return DoneIo(await self.write_at(fd, data, offset))
+
+    async def write_gather_at(self, fd: int, gather: Gather, offset: int) -> int:
+        """Write ``gather``'s pieces back to back at ``offset`` (one vectored write; it may
+        be short, as ``pwritev``: at most :data:`~pageserver.io.gather.IOV_MAX` pieces go
+        at once). The default joins the pieces and writes them with :meth:`write_at`, for
+        an engine without vectored writes; both engines override it."""
+        return await self.write_at(fd, gather.tobytes(), offset)
+
+    async def submit_write_gather_at(self, fd: int, gather: Gather, offset: int) -> PendingIo:
+        """:meth:`write_gather_at`, started: the gathered form of :meth:`submit_write_at`
+        (the caller keeps ``gather`` and its memory unchanged until the result)."""
+        return DoneIo(await self.write_gather_at(fd, gather, offset))
 
     @abc.abstractmethod
     async def submit_writeback(self, fd: int, offset: int, nbytes: int) -> PendingIo:

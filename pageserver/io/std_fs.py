@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 from pageserver.io._jobstate import raise_if_job_cancelled
 from pageserver.io.engine import STD_FS, DoneIo, FileStat, IoEngine, PendingIo
+from pageserver.io.gather import IOV_MAX, Gather
 
 # --------------------------------------------------------------------------------------
 # renameat2(RENAME_NOREPLACE): Python's ``os`` does not expose it.
@@ -90,6 +91,33 @@ def sync_file_range_write(fd: int, offset: int, nbytes: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
+# --------------------------------------------------------------------------------------
+# pwritev of an iovec array: ``os.pwritev`` takes Python buffers, one object per piece.
+
+_pwritev: Callable[[int, int, int, int], int] | None = None
+
+
+def pwritev_iov(fd: int, gather: Gather, offset: int) -> int:
+    """``pwritev(fd, iov, count, offset)`` of a :class:`~pageserver.io.gather.Gather`'s
+    array as it is (at most ``IOV_MAX`` pieces; the count written, maybe short).
+
+    Through ctypes, which drops the GIL for the call: the kernel's copy of the pieces is
+    the only one, and the event loop's thread runs meanwhile.
+    """
+    global _pwritev
+    fn = _pwritev
+    if fn is None:
+        cfn = _load_libc().pwritev
+        cfn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64]
+        cfn.restype = ctypes.c_ssize_t
+        _pwritev = fn = cfn
+    n = fn(fd, gather.address, min(gather.count, IOV_MAX), offset)
+    if n < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return n
+
+
 class StdFsEngine(IoEngine):
     """Blocking syscalls. The coroutines never suspend (see module docstring)."""
 
@@ -107,6 +135,10 @@ class StdFsEngine(IoEngine):
     async def write_at(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
         raise_if_job_cancelled()
         return os.pwrite(fd, data, offset)
+
+    async def write_gather_at(self, fd: int, gather: Gather, offset: int) -> int:
+        raise_if_job_cancelled()
+        return pwritev_iov(fd, gather, offset)
 
     async def fsync(self, fd: int) -> None:
         raise_if_job_cancelled()

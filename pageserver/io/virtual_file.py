@@ -42,6 +42,7 @@ import trio
 
 from pageserver import failpoints, metrics
 from pageserver.io.engine import FileStat, IoEngine
+from pageserver.io.gather import Gather
 from pageserver.io.offload import on_trio_loop
 
 if TYPE_CHECKING:
@@ -372,16 +373,20 @@ class VirtualFile:
 
     # -- writes -----------------------------------------------------------------------------
 
-    async def write_all_at(self, data: bytes | bytearray | memoryview, offset: int) -> None:
-        """Write all of ``data`` at ``offset``, looping over short writes."""
+    async def write_all_at(self, data: bytes | bytearray | memoryview | Gather, offset: int) -> None:
+        """Write all of ``data`` at ``offset``, looping over short writes. A
+        :class:`~pageserver.io.gather.Gather` is written with vectored writes."""
         table = self._table
         slot = await table.pin(self)
         try:
-            await self._write_rest(slot, memoryview(data).cast("B"), 0, offset)
+            view = data if isinstance(data, Gather) else memoryview(data).cast("B")
+            await self._write_rest(slot, view, 0, offset)
         finally:
             table.unpin(slot)
 
-    async def _write_rest(self, slot: _Slot, view: memoryview, done: int, offset: int) -> None:
+    async def _write_rest(
+        self, slot: _Slot, view: memoryview | Gather, done: int, offset: int
+    ) -> None:
         engine = self._table.engine
         total = len(view)
         start = done
@@ -389,7 +394,10 @@ class VirtualFile:
         try:
             while done < total:
                 await failpoints.failpoint("virtual-file-write")
-                n = await engine.write_at(slot.fd, view[done:], offset + done)
+                if isinstance(view, Gather):
+                    n = await engine.write_gather_at(slot.fd, view.tail(done), offset + done)
+                else:
+                    n = await engine.write_at(slot.fd, view[done:], offset + done)
                 if n == 0:
                     raise OSError(errno.EIO, f"{self.path}: write returned 0 bytes")
                 done += n
@@ -402,21 +410,25 @@ class VirtualFile:
             metrics.BYTES_WRITTEN.inc(done - start)
 
     async def start_write_all_at(
-        self, data: bytes | bytearray | memoryview, offset: int
+        self, data: bytes | bytearray | memoryview | Gather, offset: int
     ) -> PendingWrite:
         """Start writing ``data`` at ``offset``; ``await (…).wait()`` finishes it.
 
         The slot stays pinned until the kernel is done with the write (the engine calls
         back on completion), so the descriptor cannot be evicted and reused under it;
         ``data`` must stay unmodified until ``wait()`` returned, which the caller must
-        always do (the buffered writer does, also on error and cancellation).
+        always do (the buffered writer does, also on error and cancellation). A
+        :class:`~pageserver.io.gather.Gather` goes out as one vectored write.
         """
         table = self._table
         slot = await table.pin(self)
-        view = memoryview(data).cast("B")
+        view = data if isinstance(data, Gather) else memoryview(data).cast("B")
         try:
             await failpoints.failpoint("virtual-file-write")
-            pending = await table.engine.submit_write_at(slot.fd, view, offset)
+            if isinstance(view, Gather):
+                pending = await table.engine.submit_write_gather_at(slot.fd, view, offset)
+            else:
+                pending = await table.engine.submit_write_at(slot.fd, view, offset)
         except BaseException as e:
             table.unpin(slot)
             if isinstance(e, OSError) and e.errno in FATAL_ERRNOS:
@@ -541,7 +553,9 @@ class PendingWrite:
 
     __slots__ = ("_vf", "_view", "_offset", "_pending", "_done")
 
-    def __init__(self, vf: VirtualFile, view: memoryview, offset: int, pending: PendingIo) -> None:
+    def __init__(
+        self, vf: VirtualFile, view: memoryview | Gather, offset: int, pending: PendingIo
+    ) -> None:
         self._vf = vf
         self._view = view
         self._offset = offset
@@ -566,4 +580,6 @@ class PendingWrite:
         if n < len(self._view):
             # The slot was released when the kernel completed the short write: the rest
             # goes through an ordinary (pinning) write.
-            await vf.write_all_at(self._view[n:], self._offset + n)
+            view = self._view
+            rest = view.tail(n) if isinstance(view, Gather) else view[n:]
+            await vf.write_all_at(rest, self._offset + n)

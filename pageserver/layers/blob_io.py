@@ -32,6 +32,7 @@ import numpy.typing as npt
 import zstandard
 
 from pageserver.config import DEFAULT_MAX_FRAME_BYTES, IMAGE_COMPRESSION_KINDS
+from pageserver.io import Gather
 
 if TYPE_CHECKING:
     from pageserver.io import BufferedWriter, VirtualFile
@@ -211,6 +212,44 @@ def pack_blobs(
     return out, starts
 
 
+#: :func:`put_sorted <pageserver.layers.delta_layer.DeltaLayerWriter.put_sorted>` writes a
+#: block of values as a :func:`gather_blobs` (no copy in this process) when its blobs
+#: average at least this many bytes; smaller ones are packed (:func:`pack_blobs`): a piece
+#: per header and per value costs the kernel more than copying small values here.
+GATHER_MIN_MEAN_BYTES = 4096
+
+
+def gather_blobs(
+    src: npt.NDArray[np.uint8], offsets: npt.NDArray[np.int64], lengths: npt.NDArray[np.int64]
+) -> Gather:
+    """The same bytes as :func:`pack_blobs` (uncompressed blobs of ``src[offsets[i]:]
+    [:lengths[i]]``, back to back), as a :class:`~pageserver.io.Gather` of header and
+    value pieces: the headers in a small array of their own, the values where they are in
+    ``src`` (a contiguous array, e.g. a mapped ephemeral file, that must not change until
+    the gather is written). Built with array operations: no step per value."""
+    n = len(lengths)
+    if n:
+        if int(lengths.max()) > MAX_BLOB_LEN:
+            raise BlobError(f"blob too large ({int(lengths.max())} bytes)")
+        if int(offsets.min()) < 0 or int((offsets + lengths).max()) > len(src):
+            raise IndexError(f"a value lies outside the source ({len(src)} bytes)")
+    if not src.flags.c_contiguous:
+        raise ValueError("gather_blobs needs a contiguous source")
+    short = lengths < SHORT_BLOB_LEN
+    headers = np.zeros((n, 4), np.uint8)
+    headers[short, 0] = lengths[short]
+    long_ = ~short
+    if long_.any():
+        word = (lengths[long_] | (BYTE_UNCOMPRESSED << 24)).astype(">u4")
+        headers[long_] = word.view(np.uint8).reshape(-1, 4)
+    iov = np.empty((2 * n, 2), np.uint64)
+    iov[0::2, 0] = np.uint64(headers.ctypes.data) + 4 * np.arange(n, dtype=np.uint64)
+    iov[0::2, 1] = np.where(short, 1, 4)
+    iov[1::2, 0] = np.uint64(src.ctypes.data) + offsets.astype(np.uint64)
+    iov[1::2, 1] = lengths
+    return Gather(iov, (headers, src))
+
+
 def _output(out: npt.NDArray[np.uint8] | None, size: int) -> npt.NDArray[np.uint8]:
     if out is None:
         return np.empty(size, np.uint8)
@@ -379,6 +418,19 @@ class BlobWriter:
         off: int = await self._bw.write(data, borrow=True)
         self._base = self._bw.offset
         return off
+
+    async def write_gather(self, gather: Gather) -> int:
+        """Append blobs given as a gather (by :func:`gather_blobs`), after any staged
+        blobs; the absolute offset of the first."""
+        if self._staging:
+            await self.flush()
+        off: int = await self._bw.write_gather(gather)
+        self._base = self._bw.offset
+        return off
+
+    async def wait_written(self) -> None:
+        """:meth:`BufferedWriter.wait_written`: every write in flight completed."""
+        await self._bw.wait_written()
 
     async def write_blob(self, data: bytes | bytearray | memoryview) -> int:
         """Append one blob with one buffered-writer call (after any staged blobs)."""

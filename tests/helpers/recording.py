@@ -11,7 +11,7 @@ from typing import Any
 
 import trio
 
-from pageserver.io import StdFsEngine
+from pageserver.io import Gather, StdFsEngine
 
 
 class RecordingEngine(StdFsEngine):
@@ -39,6 +39,10 @@ class RecordingEngine(StdFsEngine):
     async def write_at(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
         self._note("write", fd)
         return await super().write_at(fd, data, offset)
+
+    async def write_gather_at(self, fd: int, gather: Gather, offset: int) -> int:
+        self._note("write", fd)
+        return await super().write_gather_at(fd, gather, offset)
 
     async def read_at(self, fd: int, buf: bytearray | memoryview, offset: int) -> int:
         self._note("read", fd)

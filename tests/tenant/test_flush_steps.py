@@ -42,6 +42,9 @@ async def test_no_flush_step_does_more_than_one_bounded_piece(
 ) -> None:
     # 3-byte images (encoded: 16 bytes): a byte bound alone would let 512 KiB / 17 B =
     # ~30k values into one step, where the gather costs ~50 ns a value however short.
+    # The packing path at every size (large values are otherwise written as gathers,
+    # which test_large_values_are_written_as_bounded_gathers covers).
+    monkeypatch.setattr(delta_layer, "GATHER_MIN_MEAN_BYTES", 1 << 62)
     rnd = random.Random(payload)
     layer = await InMemoryLayer.create(io_ctx, str(tmp_path), 0, 10)
     records = 60_000 if payload < 1000 else 6000
@@ -80,6 +83,13 @@ async def test_no_flush_step_does_more_than_one_bounded_piece(
         steps[-1].append(("write", 0, len(packed)))
         return await real_write(self, packed)
 
+    real_write_gather = BlobWriter.write_gather
+
+    async def write_gather(self: BlobWriter, gather: Any) -> int:
+        # Large values are written from where they are (no packing): one piece, the write.
+        steps[-1].append(("write", 0, len(gather)))
+        return await real_write_gather(self, gather)
+
     real_merge = iml.merge_steps
 
     def merge(runs: list[Entries], *a: Any) -> Iterator[Entries | None]:
@@ -114,6 +124,7 @@ async def test_no_flush_step_does_more_than_one_bounded_piece(
     monkeypatch.setattr(delta_layer, "pack_blobs", pack)
     monkeypatch.setattr(DiskBtreeBuilder, "extend_sorted", extend)
     monkeypatch.setattr(BlobWriter, "write_packed", write_packed)
+    monkeypatch.setattr(BlobWriter, "write_gather", write_gather)
     monkeypatch.setattr(iml, "merge_steps", merge)
     monkeypatch.setattr(iml, "_slice_order", order)
     monkeypatch.setattr(iml._BlockPlan, "add", plan_add)
@@ -157,7 +168,9 @@ async def test_packed_pieces_are_bounded_in_bytes_with_mixed_value_sizes(
 ) -> None:
     """8 KiB images on a few keys among ~100 B records: a piece is cut by bytes as well as
     by count, so no step packs more than SORTED_CHUNK_BYTES of blobs unless it is one
-    value (pieces equal in count carried up to 1.7 MB here)."""
+    value (pieces equal in count carried up to 1.7 MB here). (The packing path for every
+    block: those of mostly large values are otherwise written as gathers.)"""
+    monkeypatch.setattr(delta_layer, "GATHER_MIN_MEAN_BYTES", 1 << 62)
     rnd = random.Random(0)
     layer = await InMemoryLayer.create(io_ctx, str(tmp_path), 0, 10)
     lsn = 10
@@ -388,3 +401,63 @@ async def test_mapping_release_is_cut_into_steps(
     assert sum(z - a for a, z in spans) == size
     async with await DeltaLayer.open(io_ctx, info.path) as dl:
         assert len(await dl.load_all()) == nkeys * passes
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+async def test_large_values_are_written_as_bounded_gathers(
+    io_ctx: IoContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mixed: bool
+) -> None:
+    """Blocks of large values go out as gathers (nothing packed in this process), one
+    write of at most SORTED_WRITE_BYTES (plus one value) per step; with small values mixed
+    in, blocks whose blobs average less than GATHER_MIN_MEAN_BYTES are packed as before
+    (write steps of at most GATHER_WRITE_BYTES for gathers).
+    Either way the layer holds every value (byte identity with the per-value writer is
+    test_inmemory_flush_merge's)."""
+    rnd = random.Random(7)
+    layer = await InMemoryLayer.create(io_ctx, str(tmp_path), 0, 10)
+    lsn = 10
+    for _ in range(8):
+        batch = []
+        for _ in range(500):
+            lsn += 1
+            k = rnd.randrange(5000)
+            small = mixed and k < 1500  # a key range of small values: blocks of them
+            v = pg_rec(rnd.randbytes(100)) if small else image(rnd.randbytes(8192))
+            batch.append((key(k), lsn, v))
+        await layer.put_batch(check_put_batch(batch))
+    await layer.freeze(lsn + 1)
+    steps: list[list[Piece]] = [[]]
+
+    async def checkpoint() -> None:
+        steps.append([])
+
+    real_gather = BlobWriter.write_gather
+    real_pack = blob_io.pack_blobs
+
+    async def write_gather(self: BlobWriter, gather: Any) -> int:
+        assert gather.count == 2 * (gather.count // 2) <= 2 * 1024  # header + value each
+        steps[-1].append(("gather", gather.count // 2, len(gather)))
+        return await real_gather(self, gather)
+
+    def pack(
+        data: Any, offs: npt.NDArray[np.int64], lens: npt.NDArray[np.int64], **kw: Any
+    ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
+        steps[-1].append(("values", len(lens), int(blob_io.blob_sizes(lens).sum())))
+        return real_pack(data, offs, lens, **kw)
+
+    monkeypatch.setattr(delta_layer, "cooperative_checkpoint", checkpoint)
+    monkeypatch.setattr(BlobWriter, "write_gather", write_gather)
+    monkeypatch.setattr(delta_layer, "pack_blobs", pack)
+    try:
+        info = await layer.write_delta_layer(str(tmp_path), TID, TLID)
+    finally:
+        await layer.delete()
+    pieces = [p for s in steps for p in s]
+    gathers = [p for p in pieces if p[0] == "gather"]
+    packed = [p for p in pieces if p[0] == "values"]
+    assert gathers
+    assert max(b for _, _, b in gathers) <= delta_layer.GATHER_WRITE_BYTES + 8192 + 20
+    assert all(b >= blob_io.GATHER_MIN_MEAN_BYTES * n for _, n, b in gathers)
+    assert [s for s in steps if any(p[0] == "gather" for p in s) and len(s) > 1] == []
+    assert sum(n for _, n, _ in gathers) + sum(n for _, n, _ in packed) == info.num_entries
+    assert bool(packed) is mixed

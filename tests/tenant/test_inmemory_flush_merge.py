@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from pageserver.io import IoContext
-from pageserver.layers import delta_layer
+from pageserver.layers import blob_io, delta_layer
 from pageserver.layers.batch import KEY_DTYPE, check_put_batch
 from pageserver.tenant import inmemory_layer as iml
 from pageserver.tenant.inmemory_layer import Entries, InMemoryLayer, sorted_slices
@@ -138,16 +138,30 @@ def test_merge_equals_the_reference_merge(kind: str, seed: int) -> None:
 # -- a whole flush ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value_sizes", [(100,), (3, 100, 200, 8192)])
+@pytest.mark.parametrize(
+    "value_sizes",
+    # The last two: blocks mostly (or all) of large values, written as gathers.
+    [(100,), (3, 100, 200, 8192), (100, 8192, 8192, 8192), (5000, 16384)],
+)
 async def test_large_flush_is_byte_identical_to_the_per_value_writer(
     io_ctx: IoContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value_sizes: tuple[int, ...]
 ) -> None:
     """~24k records over 6k keys of one relation (hundreds of B-tree leaves, written
     whole from the batches and across them), small slices and chunks so that every step
-    boundary falls inside keys, leaves and pages."""
+    boundary falls inside keys, leaves and pages (and gathered blocks are small)."""
     monkeypatch.setattr(iml, "FLUSH_SLICE_RECORDS", 3000)
     monkeypatch.setattr(delta_layer, "SORTED_INDEX_RECORDS", 1100)
     monkeypatch.setattr(delta_layer, "SORTED_CHUNK_RECORDS", 700)
+    monkeypatch.setattr(delta_layer, "GATHER_WRITE_BYTES", 200_000)
+    gathers: list[int] = []
+    real_gather = blob_io.gather_blobs
+
+    def gather(*a: Any) -> Any:
+        g = real_gather(*a)
+        gathers.append(len(g))
+        return g
+
+    monkeypatch.setattr(delta_layer, "gather_blobs", gather)
     slices: list[int] = []
     real_merge = iml.merge_steps
 
@@ -180,5 +194,7 @@ async def test_large_flush_is_byte_identical_to_the_per_value_writer(
         # ~24k records in slices of ~3000 (fewer records where 8 KiB values fill
         # FLUSH_SLICE_BYTES first, which they do not here).
         assert len(slices) >= 6 and max(slices) <= 2 * 3000, slices
+        # Gathers where blocks average 4 KiB or more, and only there.
+        assert (len(gathers) > 10) is (sum(value_sizes) / len(value_sizes) > 4096), gathers
     finally:
         await layer.delete()

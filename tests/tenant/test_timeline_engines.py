@@ -63,8 +63,8 @@ async def test_std_fs_flush_is_one_thread_call(tmp_path: Path) -> None:
     async with TenantManager.open(ctx, tmp_path, cfg) as mgr:
         await mgr.create_tenant(TENANT)
         await mgr.create_timeline(TENANT, TIMELINE)
-        for lsn in range(1, 3001):
-            # 8000 B values: ~24 MiB of layer, ~2 writes per 2 MiB block of put_sorted.
+        for lsn in range(1, 6001):
+            # 8000 B values: ~48 MiB of layer, one gathered write per 2 MiB block.
             await mgr.put(TENANT, TIMELINE, [(key(lsn % 400), lsn, image(b"p" * 8000))])
         engine.calls.clear()
         loop_thread = threading.get_ident()
@@ -87,7 +87,7 @@ async def test_std_fs_flush_is_one_thread_call(tmp_path: Path) -> None:
         if "___temp" in c[2] or (c[0] == "read" and "ephemeral-" in c[2])
     ]  # fmt: skip
     layer_writes = [c for c in job_calls if c[0] == "write"]
-    assert len(layer_writes) >= 20  # ~24 MiB of layer in 2 MiB blocks
+    assert len(layer_writes) >= 20  # ~48 MiB of layer in 2 MiB blocks
     assert any(c[0] == "fsync" for c in job_calls)
     assert all(c[1] != loop_thread for c in job_calls if c[0] == "read")
     flush_threads = {tid for _op, tid, _p in job_calls}

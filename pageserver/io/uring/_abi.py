@@ -252,6 +252,7 @@ SYNC_FILE_RANGE_WRITE: Final = 2
 
 # opcodes (enum io_uring_op; the numbering is the ABI)
 IORING_OP_NOP: Final = 0
+IORING_OP_WRITEV: Final = 2
 IORING_OP_FSYNC: Final = 3
 IORING_OP_SYNC_FILE_RANGE: Final = 8  # Linux 5.2
 IORING_OP_ASYNC_CANCEL: Final = 14
@@ -266,6 +267,7 @@ IORING_OP_FTRUNCATE: Final = 55  # Linux 6.9
 
 OP_NAMES: Final[dict[int, str]] = {
     IORING_OP_NOP: "NOP",
+    IORING_OP_WRITEV: "WRITEV",
     IORING_OP_FSYNC: "FSYNC",
     IORING_OP_SYNC_FILE_RANGE: "SYNC_FILE_RANGE",
     IORING_OP_ASYNC_CANCEL: "ASYNC_CANCEL",

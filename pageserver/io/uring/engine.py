@@ -31,6 +31,7 @@ from typing import ClassVar, Final
 import trio
 
 from pageserver.io.engine import TRIO_URING, FileStat, IoEngine, PendingIo
+from pageserver.io.gather import IOV_MAX, Gather
 from pageserver.io.uring import _abi, _buffers
 from pageserver.io.uring._ring import Ring
 from pageserver.io.uring._trio import (
@@ -45,6 +46,7 @@ from pageserver.io.uring._trio import (
 
 _OP_READ: Final = _abi.IORING_OP_READ
 _OP_WRITE: Final = _abi.IORING_OP_WRITE
+_OP_WRITEV: Final = _abi.IORING_OP_WRITEV
 _OP_FSYNC: Final = _abi.IORING_OP_FSYNC
 _OP_SYNC_FILE_RANGE: Final = _abi.IORING_OP_SYNC_FILE_RANGE
 _OP_OPENAT: Final = _abi.IORING_OP_OPENAT
@@ -66,6 +68,7 @@ REQUIRED_OPS: Final = (
     _abi.IORING_OP_OPENAT,
     _abi.IORING_OP_READ,
     _abi.IORING_OP_WRITE,
+    _abi.IORING_OP_WRITEV,
     _abi.IORING_OP_FSYNC,
     _abi.IORING_OP_STATX,
     _abi.IORING_OP_CLOSE,
@@ -280,6 +283,29 @@ class UringEngine(IoEngine):
             drv = await self._driver()
         op = drv.push(_OP_WRITE, self._sqe_flags, fd, offset, addr, min(n, _MAX_RW), 0, keep)
         return PendingUringWrite(drv, op)
+
+    async def write_gather_at(self, fd: int, gather: Gather, offset: int) -> int:
+        op = await self._push_writev(fd, gather, offset)
+        res = await op.driver.wait(op)
+        if res < 0:
+            raise _err(res)
+        return res
+
+    async def submit_write_gather_at(self, fd: int, gather: Gather, offset: int) -> PendingIo:
+        """Queue ``IORING_OP_WRITEV`` of the gather's iovec array and return at once, as
+        :meth:`submit_write_at` does (the in-flight table keeps ``gather``, and so its
+        array and the memory it names, until the CQE)."""
+        op = await self._push_writev(fd, gather, offset)
+        return PendingUringWrite(op.driver, op)
+
+    async def _push_writev(self, fd: int, gather: Gather, offset: int) -> _Op:
+        if offset < 0:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        drv = _RUN_DRIVER.get()
+        if drv is None or not drv.has_room():
+            drv = await self._driver()
+        count = min(gather.count, IOV_MAX)
+        return drv.push(_OP_WRITEV, self._sqe_flags, fd, offset, gather.address, count, 0, gather)
 
     async def _fsync(self, fd: int, flags: int) -> None:
         drv = _RUN_DRIVER.get()

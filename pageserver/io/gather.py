@@ -1,0 +1,91 @@
+"""Gathered writes: one file range whose bytes lie in many places of memory.
+
+Why. A flush writes each value of a frozen layer once more, now in key order, out of the
+ephemeral file (mapped: :class:`~pageserver.tenant.ephemeral_file.MappedFile`), each
+behind a blob header. Packed into a block first, every byte of a layer is copied twice in
+this process: by Python (numpy, or a slice per value) into the block, holding the GIL,
+then by the kernel into the page cache. For large values (8 KiB page images) the first
+copy is the flush's main cost on the thread that runs it: the event loop under
+trio-uring, a worker that holds the GIL under std-fs. A :class:`Gather` names the pieces
+instead (an ``iovec`` array: header, value, header, value...), and the engine hands the
+whole array to the kernel in one vectored write (``pwritev``, ``IORING_OP_WRITEV``): the
+kernel's copy is the only one, made in an io-wq worker under trio-uring and with the GIL
+released under std-fs.
+
+Memory safety. The kernel reads the addresses in the array, not Python objects: a
+:class:`Gather` keeps the objects that own that memory (``owners``) alive, and whoever
+writes it keeps the :class:`Gather` until the write completed (the buffered writer's
+in-flight table, as for a borrowed buffer). The owners must not change those bytes
+meanwhile: a finished ephemeral file's mapping never does.
+
+This module does not import numpy (only its callers make arrays): importing numpy starts
+its BLAS threads, and nothing in :mod:`pageserver.io` may start a thread under
+trio-uring (``tests/io/test_uring_strace.py``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+#: Pieces per vectored write (``IOV_MAX`` on Linux): an engine writes at most this many
+#: at once and reports a short write; the caller writes the rest (:meth:`Gather.tail`).
+IOV_MAX = 1024
+
+
+class Gather:
+    """Bytes to write back to back from ``iov``'s pieces: rows ``(address, length)``.
+
+    ``owners``: the objects whose memory the addresses point into (kept alive with the
+    gather). Reading it back (:meth:`tobytes`, slicing) is for the rare paths that need
+    the bytes themselves: a read of bytes still in flight, a write done again after a
+    full disk, an engine without vectored writes.
+    """
+
+    __slots__ = ("iov", "nbytes", "_owners")
+
+    def __init__(self, iov: npt.NDArray[np.uint64], owners: tuple[object, ...]) -> None:
+        if iov.dtype.str != "<u8" or iov.ndim != 2 or iov.shape[1] != 2 or not iov.flags.c_contiguous:
+            raise ValueError("a gather's iov is a contiguous (n, 2) array of native u64")
+        self.iov = iov
+        self.nbytes = int(iov[:, 1].sum())
+        self._owners = owners
+
+    def __len__(self) -> int:
+        return self.nbytes
+
+    @property
+    def address(self) -> int:
+        """Where the ``struct iovec`` array is (two ``u64`` per piece, as the kernel's)."""
+        return int(self.iov.ctypes.data)
+
+    @property
+    def count(self) -> int:
+        """Pieces."""
+        return len(self.iov)
+
+    def tail(self, done: int) -> Gather:
+        """The gather without its first ``done`` bytes (after a short write)."""
+        if done <= 0:
+            return self
+        ends = self.iov[:, 1].cumsum()
+        i = int(ends.searchsorted(done, side="right"))
+        rest = self.iov[i:].copy()
+        if len(rest):
+            skip = done - (int(ends[i - 1]) if i else 0)
+            rest[0, 0] += skip
+            rest[0, 1] -= skip
+        return Gather(rest, self._owners)
+
+    def tobytes(self) -> bytes:
+        return b"".join(ctypes.string_at(a, n) for a, n in self.iov.tolist() if n)
+
+    def __getitem__(self, s: slice) -> bytes:
+        start, stop, step = s.indices(self.nbytes)
+        if step != 1:
+            raise ValueError("a gather is read in contiguous ranges only")
+        return self.tail(start).tobytes()[: max(0, stop - start)]

@@ -1,0 +1,143 @@
+"""Gathered writes (``pageserver.io.gather``): the bytes of many pieces of memory written
+as one file range, by both engines, through VirtualFile and the buffered writer, with
+short writes (more pieces than IOV_MAX), reads of bytes in flight and a full disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pageserver import failpoints
+from pageserver.io import BufferedWriter, Gather, IoContext
+from pageserver.io.gather import IOV_MAX
+from pageserver.layers.blob_io import gather_blobs, pack_blobs
+
+
+def pieces_gather(chunks: list[bytes]) -> tuple[Gather, bytes]:
+    """A gather of ``chunks`` placed out of order in one array; and their bytes joined."""
+    rng = np.random.default_rng(len(chunks))
+    order = rng.permutation(len(chunks)).tolist()
+    buf = bytearray(b"#")
+    at = [0] * len(chunks)
+    for i in order:
+        at[i] = len(buf)
+        buf += chunks[i] + b"!"
+    src = np.frombuffer(bytes(buf), np.uint8)
+    iov = np.array([[src.ctypes.data + a, len(c)] for a, c in zip(at, chunks, strict=True)], np.uint64)
+    return Gather(iov.reshape(-1, 2), (src,)), b"".join(chunks)
+
+
+@given(
+    st.lists(st.integers(0, 40), max_size=30),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 1300),
+    st.integers(0, 1300),
+)
+def test_gather_reads_back_and_tails_like_its_bytes(
+    sizes: list[int], seed: int, a: int, b: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    chunks = [rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in sizes]
+    g, joined = pieces_gather(chunks)
+    assert len(g) == len(joined) and g.tobytes() == joined
+    assert g.tail(a).tobytes() == joined[a:]
+    assert g[a:b] == joined[a:b]
+
+
+@given(st.lists(st.integers(0, 20_000), min_size=1, max_size=40), st.integers(0, 2**32 - 1))
+def test_gather_blobs_are_the_packed_blobs(lengths: list[int], seed: int) -> None:
+    """The gathered blobs are byte for byte what pack_blobs packs (headers of 1 and 4
+    bytes, empty values, values scattered in the source in another order)."""
+    rng = np.random.default_rng(seed)
+    values = [rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in lengths]
+    buf = bytearray(b"#" * 3)
+    offs = [0] * len(values)
+    for i in rng.permutation(len(values)).tolist():
+        offs[i] = len(buf)
+        buf += values[i] + b"!"
+    src = np.frombuffer(bytes(buf), np.uint8)
+    o, n = np.array(offs, np.int64), np.array(lengths, np.int64)
+    assert gather_blobs(src, o, n).tobytes() == pack_blobs(src, o, n)[0].tobytes()
+    with pytest.raises(IndexError):
+        gather_blobs(src, o + len(src), n + 1)
+
+
+async def test_more_pieces_than_iov_max_are_written_whole(io_ctx: IoContext, tmp_path: Path) -> None:
+    """A gather of 3000 pieces: each engine writes IOV_MAX at a time (short writes), and
+    VirtualFile writes the rest, synchronously and started (write-behind)."""
+    chunks = [bytes([i % 251]) * (1 + i % 7) for i in range(3 * IOV_MAX - 72)]
+    g, joined = pieces_gather(chunks)
+    vf = await io_ctx.create(str(tmp_path / "a"))
+    await vf.write_all_at(g, 5)
+    pending = await vf.start_write_all_at(g, 5 + len(joined))
+    await pending.wait()
+    await vf.close()
+    assert (tmp_path / "a").read_bytes() == bytes(5) + joined + joined
+
+
+@given(
+    ops=st.lists(
+        st.tuples(st.booleans(), st.integers(0, 200_000), st.integers(0, 255)), max_size=10
+    )
+)
+async def test_gathers_and_appends_match_model(
+    engine_kind: str, tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[bool, int, int]]
+) -> None:  # fmt: skip
+    """``write_gather`` among plain appends: same offsets and file as the joined bytes, and
+    every byte readable (from memory while in flight) at every point."""
+    from pageserver.io import create_engine
+
+    ctx = IoContext(create_engine(engine_kind), no_sync=True)
+    vf = await ctx.create(str(tmp_path_factory.mktemp("g") / "f"))
+    w = BufferedWriter(vf, 64 * 1024)
+    model = bytearray()
+    keep = []
+    for gathered, n, fill in ops:
+        chunk = bytes([fill]) * n
+        if gathered:
+            g, joined = pieces_gather([chunk[i : i + 5000] for i in range(0, n, 5000)])
+            keep.append(g)
+            assert await w.write_gather(g) == len(model)
+            model += joined
+        else:
+            assert await w.write(chunk) == len(model)
+            model += chunk
+        lo = max(0, len(model) - 150_000)
+        assert await w.read_at(lo, len(model) - lo) == bytes(model[lo:])
+    assert await w.finish() == len(model)
+    await vf.close()
+    assert Path(vf.path).read_bytes() == bytes(model)
+    await ctx.aclose()
+
+
+@pytest.mark.parametrize("head", [b"", b"head" * 100])
+async def test_a_gather_on_a_full_disk_is_kept_and_written_again(
+    io_ctx: IoContext, tmp_path: Path, head: bytes
+) -> None:
+    """The gather's write fails (ENOSPC): its bytes stay readable from the gather, and it
+    is written again at its offset once there is space; nothing is lost or reordered.
+    (With bytes buffered before it, their write is the one that fails first.)"""
+    vf = await io_ctx.create(str(tmp_path / "f"))
+    w = BufferedWriter(vf, 64 * 1024)
+    await w.write(head)
+    g, joined = pieces_gather([bytes([i]) * 3000 for i in range(200)])
+    failpoints.configure({"virtual-file-write": "return(28)"})
+    with pytest.raises(OSError) as ei:
+        await w.write_gather(g)
+    assert ei.value.errno == 28 and w.broken is None
+    if not head:
+        assert w.offset == len(joined)  # taken whole, kept as an unwritten write
+    logical = head + joined[: w.offset - len(head)]
+    assert await w.read_at(0, w.offset) == logical
+    failpoints.clear()
+    if w.offset == len(head):  # the head's partial buffer failed first: nothing taken
+        assert await w.write_gather(g) == len(head)
+    logical = head + joined
+    assert await w.write(b"tail") == len(logical)
+    assert await w.finish() == len(logical) + 4
+    await vf.close()
+    assert (tmp_path / "f").read_bytes() == logical + b"tail"
