@@ -3,8 +3,10 @@
 Used by the ephemeral file of the in-memory layer, the blob writer of delta and image
 layers, and the benchmarks. It turns many small appends into writes of whole buffers
 (at least 64 KiB; only the last one may be partial, unless the owner asks for large
-appends to go out whole: :meth:`BufferedWriter.write`), which is what both engines
-want: ``std-fs`` pays a syscall per write, ``trio-uring`` a submission and a completion.
+appends to go out whole: :meth:`BufferedWriter.write`, or writes a gather:
+:meth:`BufferedWriter.write_gather`, before which the current buffer goes out as it is),
+which is what both engines want: ``std-fs`` pays a syscall per write, ``trio-uring`` a
+submission and a completion.
 
 Write-behind. With an engine whose ``write_behind_depth`` is above one (trio-uring), a
 full buffer is *submitted* and the writer goes on filling the next buffer while the
@@ -345,11 +347,14 @@ class BufferedWriter:
                 await self.file.start_writeback(start, end - start)
 
     async def wait_written(self) -> None:
-        """Wait until every write in flight has completed: the memory of borrowed appends
-        and gathers is then no longer read by the kernel (a caller about to release it,
-        or to drop it from its mapping, waits here first)."""
+        """Wait until every write in flight has completed, and write again what an earlier
+        failure left unwritten: the memory of borrowed appends and gathers is then no
+        longer read (a caller about to release it, or to drop it from its mapping, waits
+        here first). Raises if a write fails (it stays unwritten, as ever)."""
         self._check()
         await self._drain()
+        if self._unwritten:
+            await self._write_unwritten()
 
     async def _drain(self) -> None:
         first_error: BaseException | None = None

@@ -111,11 +111,13 @@ def pwritev_iov(fd: int, gather: Gather, offset: int) -> int:
         cfn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64]
         cfn.restype = ctypes.c_ssize_t
         _pwritev = fn = cfn
-    n = fn(fd, gather.address, min(gather.count, IOV_MAX), offset)
-    if n < 0:
+    while True:
+        n = fn(fd, gather.address, min(gather.count, IOV_MAX), offset)
+        if n >= 0:
+            return n
         err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return n
+        if err != errno.EINTR:  # retried, as os.pwrite does (PEP 475)
+            raise OSError(err, os.strerror(err))
 
 
 class StdFsEngine(IoEngine):

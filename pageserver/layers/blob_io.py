@@ -196,20 +196,35 @@ def pack_blobs(
         src = src.view(np.uint8)
     if int(lengths.min()) == longest:
         return _pack_equal(src, offsets, longest, out)
-    short = lengths < SHORT_BLOB_LEN
-    hlen = np.where(short, 1, 4)
+    headers, hlen = _blob_headers(lengths)
     sizes = hlen + lengths
     ends = np.cumsum(sizes)
     starts = ends - sizes
     out = _output(out, int(ends[-1]))
-    out[starts[short]] = lengths[short]
+    short = hlen == 1
+    out[starts[short]] = headers[short, 0]
     if not short.all():
         at = starts[~short]
-        word = lengths[~short] | (BYTE_UNCOMPRESSED << 24)
         for b in range(4):
-            out[at + b] = (word >> (24 - 8 * b)) & 0xFF
+            out[at + b] = headers[~short, b]
     copy_segments(src, offsets, out, starts + hlen, lengths)
     return out, starts
+
+
+def _blob_headers(
+    lengths: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
+    """The uncompressed blob header of each length, for a batch (:func:`encode_blob_header`'s
+    rule with array operations): ``(headers, sizes)``, row ``i`` of ``headers`` holding
+    header ``i`` in its first ``sizes[i]`` bytes (1 below :data:`SHORT_BLOB_LEN`, else 4:
+    the length big-endian with the top bit set)."""
+    short = lengths < SHORT_BLOB_LEN
+    headers = np.zeros((len(lengths), 4), np.uint8)
+    headers[short, 0] = lengths[short]
+    if not short.all():
+        word = (lengths[~short] | (BYTE_UNCOMPRESSED << 24)).astype(">u4")
+        headers[~short] = word.view(np.uint8).reshape(-1, 4)
+    return headers, np.where(short, 1, 4)
 
 
 #: :func:`put_sorted <pageserver.layers.delta_layer.DeltaLayerWriter.put_sorted>` writes a
@@ -226,27 +241,28 @@ def gather_blobs(
     [:lengths[i]]``, back to back), as a :class:`~pageserver.io.Gather` of header and
     value pieces: the headers in a small array of their own, the values where they are in
     ``src`` (a contiguous array, e.g. a mapped ephemeral file, that must not change until
-    the gather is written). Built with array operations: no step per value."""
+    the gather is written). Built with array operations: no step per value. Empty values
+    have no piece (only their one-byte header)."""
     n = len(lengths)
     if n:
         if int(lengths.max()) > MAX_BLOB_LEN:
             raise BlobError(f"blob too large ({int(lengths.max())} bytes)")
-        if int(offsets.min()) < 0 or int((offsets + lengths).max()) > len(src):
-            raise IndexError(f"a value lies outside the source ({len(src)} bytes)")
-    if not src.flags.c_contiguous:
-        raise ValueError("gather_blobs needs a contiguous source")
-    short = lengths < SHORT_BLOB_LEN
-    headers = np.zeros((n, 4), np.uint8)
-    headers[short, 0] = lengths[short]
-    long_ = ~short
-    if long_.any():
-        word = (lengths[long_] | (BYTE_UNCOMPRESSED << 24)).astype(">u4")
-        headers[long_] = word.view(np.uint8).reshape(-1, 4)
+        if int(lengths.min()) < 0:
+            raise BlobError(f"negative blob length {int(lengths.min())}")
+    if src.ndim != 1 or not src.flags.c_contiguous:
+        raise ValueError("gather_blobs needs a contiguous one-dimensional source")
+    if src.dtype != np.uint8:
+        src = src.view(np.uint8)
+    if n and (int(offsets.min()) < 0 or int((offsets + lengths).max()) > len(src)):
+        raise IndexError(f"a value lies outside the source ({len(src)} bytes)")
+    headers, hlen = _blob_headers(lengths)
     iov = np.empty((2 * n, 2), np.uint64)
     iov[0::2, 0] = np.uint64(headers.ctypes.data) + 4 * np.arange(n, dtype=np.uint64)
-    iov[0::2, 1] = np.where(short, 1, 4)
+    iov[0::2, 1] = hlen
     iov[1::2, 0] = np.uint64(src.ctypes.data) + offsets.astype(np.uint64)
     iov[1::2, 1] = lengths
+    if not lengths.all():
+        iov = iov[iov[:, 1] > 0]  # no empty pieces (only the header of an empty value)
     return Gather(iov, (headers, src))
 
 

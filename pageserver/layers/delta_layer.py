@@ -333,11 +333,12 @@ class DeltaLayerWriter(LayerWriter):
                 stop = max(start + 1, int(ends.searchsorted(base + SORTED_WRITE_BYTES, "right")))
                 size = int(ends[stop - 1]) - base
                 count = stop - start
-                if size >= GATHER_MIN_MEAN_BYTES * count and src.flags.c_contiguous:
-                    stop = max(start + 1, int(ends.searchsorted(base + GATHER_WRITE_BYTES, "right")))
-                    count = stop - start
-                    # Large values: the block is written from where they are, the kernel
-                    # making the only copy (pageserver.io.gather).
+                gstop = max(start + 1, int(ends.searchsorted(base + GATHER_WRITE_BYTES, "right")))
+                gsize = int(ends[gstop - 1]) - base
+                if gsize >= GATHER_MIN_MEAN_BYTES * (gstop - start) and src.flags.c_contiguous:
+                    # Large values: the next GATHER_WRITE_BYTES are written from where they
+                    # are, the kernel making the only copy (pageserver.io.gather).
+                    stop = gstop
                     gather = gather_blobs(src, offs[start:stop], lens[start:stop])
                     at = await blobs.write_gather(gather)
                     assert at == first + base, "blobs not where the index says"

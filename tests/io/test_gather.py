@@ -4,17 +4,19 @@ short writes (more pieces than IOV_MAX), reads of bytes in flight and a full dis
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from pageserver import failpoints
 from pageserver.io import BufferedWriter, Gather, IoContext
 from pageserver.io.gather import IOV_MAX
-from pageserver.layers.blob_io import gather_blobs, pack_blobs
+from pageserver.layers.blob_io import MAX_BLOB_LEN, BlobError, gather_blobs, pack_blobs
+from tests.helpers.fs import fill, small_tmpfs
 
 
 def pieces_gather(chunks: list[bytes]) -> tuple[Gather, bytes]:
@@ -49,6 +51,8 @@ def test_gather_reads_back_and_tails_like_its_bytes(
 
 
 @given(st.lists(st.integers(0, 20_000), min_size=1, max_size=40), st.integers(0, 2**32 - 1))
+@example([0, 1, 127, 128, 129, 0], 1)
+@example([127] * 3 + [128] * 3, 2)
 def test_gather_blobs_are_the_packed_blobs(lengths: list[int], seed: int) -> None:
     """The gathered blobs are byte for byte what pack_blobs packs (headers of 1 and 4
     bytes, empty values, values scattered in the source in another order)."""
@@ -61,9 +65,79 @@ def test_gather_blobs_are_the_packed_blobs(lengths: list[int], seed: int) -> Non
         buf += values[i] + b"!"
     src = np.frombuffer(bytes(buf), np.uint8)
     o, n = np.array(offs, np.int64), np.array(lengths, np.int64)
-    assert gather_blobs(src, o, n).tobytes() == pack_blobs(src, o, n)[0].tobytes()
+    g = gather_blobs(src, o, n)
+    assert g.tobytes() == pack_blobs(src, o, n)[0].tobytes()
+    assert g.count == len(lengths) + sum(1 for x in lengths if x)  # no empty pieces
     with pytest.raises(IndexError):
         gather_blobs(src, o + len(src), n + 1)
+
+
+def test_gather_blobs_refuses_what_pack_blobs_refuses() -> None:
+    src = np.zeros(10, np.uint8)
+    with pytest.raises(BlobError):
+        gather_blobs(src, np.zeros(1, np.int64), np.array([MAX_BLOB_LEN + 1], np.int64))
+    with pytest.raises(BlobError):
+        gather_blobs(src, np.zeros(1, np.int64), np.array([-5], np.int64))
+
+
+async def test_both_engines_write_a_gather_vectored(io_ctx: IoContext, tmp_path: Path) -> None:
+    """The engine writes the pieces where they are: never through the interface's
+    fallback, which joins them into one buffer first (the copy gathers exist to avoid)."""
+
+    def joined(self: Gather) -> bytes:
+        raise AssertionError("the gather was joined into a buffer to be written")
+
+    g, data = pieces_gather([bytes([i % 251]) * 5000 for i in range(300)])
+    vf = await io_ctx.create(str(tmp_path / "v"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Gather, "tobytes", joined)
+        await vf.write_all_at(g, 0)
+        await (await vf.start_write_all_at(g, len(data))).wait()
+    await vf.close()
+    assert (tmp_path / "v").read_bytes() == data + data
+
+
+async def test_a_gather_on_a_really_full_disk_is_kept_and_written_again(engine_kind: str) -> None:
+    """A real ENOSPC (a small tmpfs), reported by the kernel for a write in flight: what
+    was taken stays readable from memory, and once there is space everything is written
+    again at its offset."""
+    from pageserver.io import create_engine
+
+    with small_tmpfs("4m") as mnt:
+        ctx = IoContext(create_engine(engine_kind), no_sync=True)
+        vf = await ctx.create(str(mnt / "f"))
+        w = BufferedWriter(vf, 64 * 1024)
+        rng = np.random.default_rng(5)
+        src = rng.integers(0, 256, 200 * 5007, dtype=np.uint8)
+        offs = rng.permutation(200).astype(np.int64) * 5007
+        lens = np.full(200, 5000, np.int64)
+        filler = mnt / "filler"
+        fill(filler)
+        os.truncate(filler, filler.stat().st_size - 300 * 1024)  # ~300 KiB left
+        model = bytearray()
+        err: OSError | None = None
+        for k in range(0, 200, 50):
+            g = gather_blobs(src, offs[k : k + 50], lens[k : k + 50])
+            try:
+                assert await w.write_gather(g) == len(model)
+            except OSError as e:
+                err = e
+            model += g.tobytes()
+            if err:
+                break
+        if err is None:
+            try:
+                await w.wait_written()
+            except OSError as e:
+                err = e
+        assert err is not None and err.errno == 28, err
+        assert await w.read_at(0, w.offset) == bytes(model[: w.offset])
+        os.unlink(filler)
+        await w.wait_written()  # writes what was left unwritten, now that there is space
+        assert await w.finish() == len(model)
+        await vf.close()
+        assert (mnt / "f").read_bytes() == bytes(model)
+        await ctx.aclose()
 
 
 async def test_more_pieces_than_iov_max_are_written_whole(io_ctx: IoContext, tmp_path: Path) -> None:
@@ -96,10 +170,12 @@ async def test_gathers_and_appends_match_model(
     w = BufferedWriter(vf, 64 * 1024)
     model = bytearray()
     keep = []
-    for gathered, n, fill in ops:
-        chunk = bytes([fill]) * n
+    for gathered, n, byte in ops:
+        chunk = bytes([byte]) * n
         if gathered:
-            g, joined = pieces_gather([chunk[i : i + 5000] for i in range(0, n, 5000)])
+            # Pieces of different bytes: a piece out of place or cut wrong shows.
+            parts = [bytes([(byte + i) % 256]) * min(5000, n - 5000 * i) for i in range(-(-n // 5000))]
+            g, joined = pieces_gather(parts)
             keep.append(g)
             assert await w.write_gather(g) == len(model)
             model += joined
@@ -141,3 +217,48 @@ async def test_a_gather_on_a_full_disk_is_kept_and_written_again(
     assert await w.finish() == len(logical) + 4
     await vf.close()
     assert (tmp_path / "f").read_bytes() == logical + b"tail"
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.005, 0.02])
+async def test_a_flush_of_gathers_cancelled_midway_leaves_nothing(
+    io_ctx: IoContext, tmp_path: Path, delay: float
+) -> None:
+    """Cancelled while its gathers are in flight, a flush of 8 KiB values waits for the
+    kernel to be done with the mapped file, removes its temp file and leaves the frozen
+    layer whole: a second flush writes the same layer as one never interrupted."""
+    import random
+
+    import trio
+
+    from pageserver.layers.batch import check_put_batch
+    from pageserver.layers.key import TenantId, TimelineId
+    from pageserver.tenant.inmemory_layer import InMemoryLayer
+    from tests.helpers.tenant import image, key
+
+    tid = TenantId.parse("0123456789abcdef0123456789abcdef")
+    tlid = TimelineId.parse("fedcba9876543210fedcba9876543210")
+    rnd = random.Random(3)
+    layer = await InMemoryLayer.create(io_ctx, str(tmp_path), 0, 10)
+    lsn = 10
+    for _ in range(6):
+        batch = []
+        for _ in range(500):
+            lsn += 1
+            batch.append((key(rnd.randrange(3000)), lsn, image(rnd.randbytes(8192))))
+        await layer.put_batch(check_put_batch(batch))
+    await layer.freeze(lsn + 1)
+    out = tmp_path / "out"
+    out.mkdir()
+    try:
+        with trio.move_on_after(delay) as scope:
+            await io_ctx.run_job(layer.write_delta_layer, str(out), tid, tlid)
+        if scope.cancelled_caught:
+            assert list(out.iterdir()) == []
+        again = tmp_path / "again"
+        again.mkdir()
+        info = await io_ctx.run_job(layer.write_delta_layer, str(again), tid, tlid)
+        if not scope.cancelled_caught:
+            assert (out / Path(info.path).name).read_bytes() == Path(info.path).read_bytes()
+        assert info.num_entries == 3000
+    finally:
+        await layer.delete()

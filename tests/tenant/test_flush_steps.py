@@ -408,9 +408,10 @@ async def test_large_values_are_written_as_bounded_gathers(
     io_ctx: IoContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mixed: bool
 ) -> None:
     """Blocks of large values go out as gathers (nothing packed in this process), one
-    write of at most SORTED_WRITE_BYTES (plus one value) per step; with small values mixed
+    write of at most GATHER_WRITE_BYTES (plus one value) per step; with small values mixed
     in, blocks whose blobs average less than GATHER_MIN_MEAN_BYTES are packed as before
-    (write steps of at most GATHER_WRITE_BYTES for gathers).
+    (write steps of at most GATHER_WRITE_BYTES for gathers), and the mapping's pages a
+    slice read are dropped only after its gathers were written.
     Either way the layer holds every value (byte identity with the per-value writer is
     test_inmemory_flush_merge's)."""
     rnd = random.Random(7)
@@ -434,10 +435,23 @@ async def test_large_values_are_written_as_bounded_gathers(
     real_gather = BlobWriter.write_gather
     real_pack = blob_io.pack_blobs
 
+    events: list[str] = []
+    real_wait = BlobWriter.wait_written
+    real_release = MappedFile.release
+
     async def write_gather(self: BlobWriter, gather: Any) -> int:
         assert gather.count == 2 * (gather.count // 2) <= 2 * 1024  # header + value each
         steps[-1].append(("gather", gather.count // 2, len(gather)))
+        events.append("gather")
         return await real_gather(self, gather)
+
+    async def wait_written(self: BlobWriter) -> None:
+        await real_wait(self)
+        events.append("waited")
+
+    def release(self: MappedFile, ranges: list[tuple[int, int]]) -> None:
+        events.append("release")
+        real_release(self, ranges)
 
     def pack(
         data: Any, offs: npt.NDArray[np.int64], lens: npt.NDArray[np.int64], **kw: Any
@@ -447,11 +461,19 @@ async def test_large_values_are_written_as_bounded_gathers(
 
     monkeypatch.setattr(delta_layer, "cooperative_checkpoint", checkpoint)
     monkeypatch.setattr(BlobWriter, "write_gather", write_gather)
+    monkeypatch.setattr(BlobWriter, "wait_written", wait_written)
+    monkeypatch.setattr(MappedFile, "release", release)
     monkeypatch.setattr(delta_layer, "pack_blobs", pack)
     try:
         info = await layer.write_delta_layer(str(tmp_path), TID, TLID)
     finally:
         await layer.delete()
+    # The mapping's pages are dropped only once the gathers reading them are written.
+    assert "release" in events
+    pending = False
+    for e in events:
+        pending = (pending or e == "gather") and e != "waited"
+        assert not (e == "release" and pending), events
     pieces = [p for s in steps for p in s]
     gathers = [p for p in pieces if p[0] == "gather"]
     packed = [p for p in pieces if p[0] == "values"]

@@ -64,7 +64,7 @@ async def test_std_fs_flush_is_one_thread_call(tmp_path: Path) -> None:
         await mgr.create_tenant(TENANT)
         await mgr.create_timeline(TENANT, TIMELINE)
         for lsn in range(1, 6001):
-            # 8000 B values: ~48 MiB of layer, one gathered write per 2 MiB block.
+            # 8000 B values: ~48 MiB of layer, written in gathers of up to 1 MiB.
             await mgr.put(TENANT, TIMELINE, [(key(lsn % 400), lsn, image(b"p" * 8000))])
         engine.calls.clear()
         loop_thread = threading.get_ident()
@@ -87,7 +87,7 @@ async def test_std_fs_flush_is_one_thread_call(tmp_path: Path) -> None:
         if "___temp" in c[2] or (c[0] == "read" and "ephemeral-" in c[2])
     ]  # fmt: skip
     layer_writes = [c for c in job_calls if c[0] == "write"]
-    assert len(layer_writes) >= 20  # ~48 MiB of layer in 2 MiB blocks
+    assert len(layer_writes) >= 20  # ~48 MiB of layer in gathers of up to 1 MiB
     assert any(c[0] == "fsync" for c in job_calls)
     assert all(c[1] != loop_thread for c in job_calls if c[0] == "read")
     flush_threads = {tid for _op, tid, _p in job_calls}
