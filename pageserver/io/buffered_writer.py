@@ -166,10 +166,15 @@ class BufferedWriter:
 
     async def _write_unwritten(self) -> None:
         """Write the buffers whose earlier write failed, oldest first; raises if one fails
-        again (it stays unwritten)."""
+        again (it stays unwritten). A large one (a borrowed put of up to a frame) goes
+        through ``run_job`` as its first write did: under std-fs, not on the loop."""
         while self._unwritten:
             off, buf, length = self._unwritten[0]
-            await self.file.write_all_at(buf if isinstance(buf, Gather) else memoryview(buf)[:length], off)
+            data = buf if isinstance(buf, Gather) else memoryview(buf)[:length]
+            if self._run_job is not None and length >= OFFLOAD_MIN_BYTES:
+                await self._run_job(self.file.write_all_at, data, off)
+            else:
+                await self.file.write_all_at(data, off)
             self._unwritten.pop(0)
 
     def _check(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -341,3 +342,45 @@ async def test_large_borrowed_writes_start_through_run_job(
     assert await w.finish() == len(logical)
     await vf.close()
     assert Path(path).read_bytes() == bytes(logical)
+
+
+async def test_a_large_unwritten_write_is_written_again_through_run_job(
+    io_ctx: IoContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large borrowed write that failed (full disk) is written again the way it was
+    first started: through ``run_job`` (under std-fs in the job's worker thread, not on
+    the loop, where a frame-sized pwrite would stall every connection)."""
+    import threading
+
+    from pageserver.io.buffered_writer import OFFLOAD_MIN_BYTES
+
+    loop_thread = threading.get_ident()
+    rewrites: list[tuple[int, bool]] = []  # (length, on the loop's thread)
+    original = VirtualFile.write_all_at
+
+    async def spy(self: VirtualFile, data: Any, offset: int) -> None:
+        rewrites.append((len(data), threading.get_ident() == loop_thread))
+        await original(self, data, offset)
+
+    jobs = 0
+
+    async def run_job(fn, *args):  # type: ignore[no-untyped-def]
+        nonlocal jobs
+        jobs += 1
+        return await io_ctx.run_job(fn, *args)
+
+    vf = await io_ctx.create(str(tmp_path / "bw"))
+    w = BufferedWriter(vf, BUF, run_job=run_job, whole_buffers=False)
+    big = bytes(range(256)) * (OFFLOAD_MIN_BYTES // 256 + 7)
+    failpoints.configure({"virtual-file-write": "return(28)"})
+    with pytest.raises(OSError):
+        await w.write(big, borrow=True)
+    failpoints.clear()
+    assert w.offset == len(big)  # taken, kept as unwritten
+    jobs = 0
+    monkeypatch.setattr(VirtualFile, "write_all_at", spy)
+    await w.write(b"tail")  # writes the kept one again first
+    assert rewrites == [(len(big), not io_ctx.engine.runs_jobs_in_thread)] and jobs == 1
+    assert await w.finish() == len(big) + 4
+    await vf.close()
+    assert (tmp_path / "bw").read_bytes() == big + b"tail"
