@@ -47,6 +47,13 @@ kernel's own background writeback, only less often (it starts later). Pinning a
 drops (a writer never finished nor abandoned) would stall every close of that file, and
 held slots shrink the table for the others: not done.
 
+Large writes off the loop. Given ``run_job`` (the ephemeral file's writer, which runs on
+the event loop), a borrowed write of :data:`OFFLOAD_MIN_BYTES` or more is started through
+it: under std-fs the ``pwrite`` of a frame-sized put then runs in a worker thread, not on
+the loop; under trio-uring ``run_job`` runs it inline (a submission). A kept write of that
+size (below) is written again the same way. Layer writers run inside a job already and get
+no ``run_job``.
+
 Failed writes. A write error that reaches the writer is one the process survives (EIO,
 EROFS and EACCES abort in :mod:`virtual_file` before they get here): a full disk (ENOSPC,
 EDQUOT), say. The buffer whose write failed is kept, in memory, as *unwritten*: reads
@@ -166,8 +173,9 @@ class BufferedWriter:
 
     async def _write_unwritten(self) -> None:
         """Write the buffers whose earlier write failed, oldest first; raises if one fails
-        again (it stays unwritten). A large one (a borrowed put of up to a frame) goes
-        through ``run_job`` as its first write did: under std-fs, not on the loop."""
+        again (it stays unwritten). One of :data:`OFFLOAD_MIN_BYTES` or more (a borrowed
+        put of up to a frame, or a full buffer) goes through ``run_job``, as large borrowed
+        writes are started: under std-fs, not on the loop."""
         while self._unwritten:
             off, buf, length = self._unwritten[0]
             data = buf if isinstance(buf, Gather) else memoryview(buf)[:length]

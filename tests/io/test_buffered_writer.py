@@ -377,6 +377,14 @@ async def test_a_large_unwritten_write_is_written_again_through_run_job(
         await w.write(big, borrow=True)
     failpoints.clear()
     assert w.offset == len(big)  # taken, kept as unwritten
+    # Still full: the rewrite fails (through run_job too) and the write stays kept.
+    jobs = 0
+    failpoints.configure({"virtual-file-write": "return(28)"})
+    with pytest.raises(OSError) as ei:
+        await w.write(b"tail")
+    failpoints.clear()
+    assert ei.value.errno == 28 and w.broken is None and jobs == 1
+    assert await w.read_at(0, len(big)) == big
     jobs = 0
     monkeypatch.setattr(VirtualFile, "write_all_at", spy)
     await w.write(b"tail")  # writes the kept one again first
