@@ -230,9 +230,7 @@ class BufferedWriter:
         view = memoryview(data).cast("B")
         pos = 0
         if borrow and not self._whole_buffers and n >= self.buffer_size:
-            if self._fill:
-                await self._submit(self._fill)
-            await self._submit_borrowed(view)
+            await self._submit_whole(view)
             return start
         if borrow and n - min(room, n) >= self.buffer_size:
             if self._fill:
@@ -264,12 +262,16 @@ class BufferedWriter:
         if self._unwritten:
             await self._write_unwritten()
         start = self._buf_offset + self._fill
-        if not len(gather):
-            return start
+        if len(gather):
+            await self._submit_whole(gather)
+        return start
+
+    async def _submit_whole(self, data: memoryview | Gather) -> None:
+        """The current buffer as it is (if it holds anything), then ``data`` (borrowed) in
+        one write: a large put without ``whole_buffers``, and every gather."""
         if self._fill:
             await self._submit(self._fill)
-        await self._submit_borrowed(gather)
-        return start
+        await self._submit_borrowed(data)
 
     async def _submit_full(self) -> None:
         await self._submit(self.buffer_size)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import struct
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -128,3 +129,25 @@ async def assert_flush_equals_per_value_writer(
         ref = await w.finish(Key.MAX)
     assert Path(info.path).read_bytes() == Path(ref.path).read_bytes()
     return info
+
+
+async def frozen_layer(
+    ctx: IoContext, directory: str, rnd: random.Random, batches: int, per_batch: int,
+    record: Callable[[random.Random], tuple[int, bytes]],
+) -> InMemoryLayer:  # fmt: skip
+    """An in-memory layer starting at LSN 10, fed ``batches`` checked puts of
+    ``per_batch`` records (each record its own LSN; ``record(rnd)`` gives its key index
+    and encoded value), then frozen."""
+    from pageserver.layers.batch import check_put_batch
+
+    layer = await InMemoryLayer.create(ctx, directory, 0, 10)
+    lsn = 10
+    for _ in range(batches):
+        batch = []
+        for _ in range(per_batch):
+            lsn += 1
+            k, v = record(rnd)
+            batch.append((key(k), lsn, v))
+        await layer.put_batch(check_put_batch(batch))
+    await layer.freeze(lsn + 1)
+    return layer

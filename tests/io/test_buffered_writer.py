@@ -147,6 +147,35 @@ async def test_full_disk_keeps_appended_bytes_and_resumes(io_ctx: IoContext, tmp
         assert f.read() == bytes(logical)
 
 
+def _start_spy(issued: list[tuple[int, int]], sources: list[object]) -> Any:
+    """A ``VirtualFile.start_write_all_at`` that notes (offset, length) of each write in
+    ``issued`` and, in ``sources``, the object its memory belongs to."""
+    original = VirtualFile.start_write_all_at
+
+    async def spy(self: VirtualFile, data: bytes | bytearray | memoryview, offset: int) -> Any:
+        issued.append((offset, len(data)))
+        sources.append(data.obj if isinstance(data, memoryview) else data)
+        return await original(self, data, offset)
+
+    return spy
+
+
+async def _finish_as_model(
+    w: BufferedWriter, vf: VirtualFile, model: bytearray, issued: list[tuple[int, int]]
+) -> None:
+    """Finish and close: the file holds ``model``, written by back-to-back writes."""
+    assert await w.finish() == len(model)
+    await vf.close()
+    assert Path(vf.path).read_bytes() == bytes(model)
+    assert [o for o, _ in issued] == [sum(n for _, n in issued[:i]) for i in range(len(issued))]
+
+
+async def _reads_back(w: BufferedWriter, model: bytearray) -> None:
+    """The last 300 KB appended read back as appended (from memory or from the file)."""
+    lo = max(0, len(model) - 300_000)
+    assert await w.read_at(lo, len(model) - lo) == bytes(model[lo:])
+
+
 @given(
     chunks=st.lists(
         st.tuples(st.integers(0, 400_000), st.booleans(), st.integers(0, 255)), max_size=12
@@ -165,12 +194,7 @@ async def test_borrowed_appends_match_model(
     path = str(tmp_path_factory.mktemp("bw") / "f")
     vf = await ctx.create(path)
     issued: list[tuple[int, int]] = []
-    original = VirtualFile.start_write_all_at
-
-    async def spy(self: VirtualFile, data: bytes | bytearray | memoryview, offset: int):  # type: ignore[no-untyped-def]
-        issued.append((offset, len(data)))
-        return await original(self, data, offset)
-
+    spy = _start_spy(issued, [])
     w = BufferedWriter(vf, BUF)
     model = bytearray()
     with pytest.MonkeyPatch.context() as mp:
@@ -179,12 +203,8 @@ async def test_borrowed_appends_match_model(
             c = bytes([fill]) * n
             assert await w.write(c, borrow=borrow) == len(model)
             model += c
-            lo = max(0, len(model) - 300_000)
-            assert await w.read_at(lo, len(model) - lo) == bytes(model[lo:])
-        assert await w.finish() == len(model)
-    await vf.close()
-    assert Path(path).read_bytes() == bytes(model)
-    assert [o for o, _ in issued] == [sum(n for _, n in issued[:i]) for i in range(len(issued))]
+            await _reads_back(w, model)
+        await _finish_as_model(w, vf, model, issued)
     assert all(n % BUF == 0 for _, n in issued[:-1])
     await ctx.aclose()
 
@@ -214,12 +234,7 @@ async def test_borrowed_appends_without_whole_buffers_are_written_whole(
     vf = await ctx.create(path)
     issued: list[tuple[int, int]] = []
     sources: list[object] = []  # what each write's memory belongs to
-    original = VirtualFile.start_write_all_at
-
-    async def spy(self: VirtualFile, data: bytes | bytearray | memoryview, offset: int):  # type: ignore[no-untyped-def]
-        issued.append((offset, len(data)))
-        sources.append(data.obj if isinstance(data, memoryview) else data)
-        return await original(self, data, offset)
+    spy = _start_spy(issued, sources)
 
     w = BufferedWriter(vf, BUF, whole_buffers=False)
     model = bytearray()
@@ -238,12 +253,8 @@ async def test_borrowed_appends_without_whole_buffers_are_written_whole(
                 assert sources[-1] is c
                 assert len(issued) - before <= 2
             model += c
-            lo = max(0, len(model) - 300_000)
-            assert await w.read_at(lo, len(model) - lo) == bytes(model[lo:])
-        assert await w.finish() == len(model)
-    await vf.close()
-    assert Path(path).read_bytes() == bytes(model)
-    assert [o for o, _ in issued] == [sum(n for _, n in issued[:i]) for i in range(len(issued))]
+            await _reads_back(w, model)
+        await _finish_as_model(w, vf, model, issued)
     assert all(append in issued for append in whole)
     # Every other write is a whole buffer, or one cut short by a whole append or the end.
     cuts = {o for o, _ in whole} | {len(model)}

@@ -230,23 +230,15 @@ async def test_a_flush_of_gathers_cancelled_midway_leaves_nothing(
 
     import trio
 
-    from pageserver.layers.batch import check_put_batch
     from pageserver.layers.key import TenantId, TimelineId
-    from pageserver.tenant.inmemory_layer import InMemoryLayer
-    from tests.helpers.tenant import image, key
+    from tests.helpers.tenant import frozen_layer, image
 
     tid = TenantId.parse("0123456789abcdef0123456789abcdef")
     tlid = TimelineId.parse("fedcba9876543210fedcba9876543210")
-    rnd = random.Random(3)
-    layer = await InMemoryLayer.create(io_ctx, str(tmp_path), 0, 10)
-    lsn = 10
-    for _ in range(6):
-        batch = []
-        for _ in range(500):
-            lsn += 1
-            batch.append((key(rnd.randrange(3000)), lsn, image(rnd.randbytes(8192))))
-        await layer.put_batch(check_put_batch(batch))
-    await layer.freeze(lsn + 1)
+    layer = await frozen_layer(
+        io_ctx, str(tmp_path), random.Random(3), 6, 500,
+        lambda rnd: (rnd.randrange(3000), image(rnd.randbytes(8192))),
+    )  # fmt: skip
     out = tmp_path / "out"
     out.mkdir()
     try:

@@ -30,6 +30,13 @@ class _SizeRecorder(RecordingEngine):
         return n
 
 
+async def _freeze(layer: InMemoryLayer, engine: _SizeRecorder, end_lsn: int) -> tuple[list[int], bytes]:
+    """Freeze ``layer``: the sizes of the writes its ephemeral file got, and its bytes."""
+    await layer.freeze(end_lsn)
+    path = layer.path
+    return [n for p, n in engine.sizes if p == path], Path(path).read_bytes()
+
+
 async def test_small_values_are_written_in_whole_buffers(tmp_path: Path) -> None:
     engine = _SizeRecorder()
     ctx = IoContext(engine, no_sync=True)
@@ -46,10 +53,7 @@ async def test_small_values_are_written_in_whole_buffers(tmp_path: Path) -> None
                 values.append(v)
                 batch.append((key(rnd.randrange(5000)), lsn, v))
             await layer.put_batch(check_put_batch(batch))
-        await layer.freeze(lsn + 1)
-        path = layer.path
-        writes = [n for p, n in engine.sizes if p == path]
-        data = Path(path).read_bytes()
+        writes, data = await _freeze(layer, engine, lsn + 1)
     finally:
         await layer.delete()
         await ctx.aclose()
@@ -88,10 +92,7 @@ async def test_large_puts_are_written_whole_from_the_batch(tmp_path: Path) -> No
                 expected += [pending] if pending else []
                 expected.append(nbytes)
             await layer.put_batch(checked)
-        await layer.freeze(lsn + 1)
-        path = layer.path
-        writes = [n for p, n in engine.sizes if p == path]
-        data = Path(path).read_bytes()
+        writes, data = await _freeze(layer, engine, lsn + 1)
     finally:
         await layer.delete()
         await ctx.aclose()

@@ -28,7 +28,7 @@ from pageserver.layers.key import TenantId, TimelineId
 from pageserver.tenant import inmemory_layer as iml
 from pageserver.tenant.ephemeral_file import MappedFile
 from pageserver.tenant.inmemory_layer import Entries, InMemoryLayer
-from tests.helpers.tenant import image, key, pg_rec
+from tests.helpers.tenant import frozen_layer, image, key, pg_rec
 
 TID = TenantId.parse("0123456789abcdef0123456789abcdef")
 TLID = TimelineId.parse("fedcba9876543210fedcba9876543210")
@@ -171,18 +171,12 @@ async def test_packed_pieces_are_bounded_in_bytes_with_mixed_value_sizes(
     value (pieces equal in count carried up to 1.7 MB here). (The packing path for every
     block: those of mostly large values are otherwise written as gathers.)"""
     monkeypatch.setattr(delta_layer, "GATHER_MIN_MEAN_BYTES", 1 << 62)
-    rnd = random.Random(0)
-    layer = await InMemoryLayer.create(io_ctx, str(tmp_path), 0, 10)
-    lsn = 10
-    for _ in range(40):
-        batch = []
-        for _ in range(1000):
-            lsn += 1
-            k = rnd.randrange(20_000)
-            v = image(rnd.randbytes(8192)) if k < 1000 else pg_rec(rnd.randbytes(100))
-            batch.append((key(k), lsn, v))
-        await layer.put_batch(check_put_batch(batch))
-    await layer.freeze(lsn + 1)
+
+    def record(rnd: random.Random) -> tuple[int, bytes]:
+        k = rnd.randrange(20_000)
+        return k, image(rnd.randbytes(8192)) if k < 1000 else pg_rec(rnd.randbytes(100))
+
+    layer = await frozen_layer(io_ctx, str(tmp_path), random.Random(0), 40, 1000, record)
     pieces: list[tuple[int, int]] = []
     real_pack = blob_io.pack_blobs
 
@@ -414,19 +408,13 @@ async def test_large_values_are_written_as_bounded_gathers(
     slice read are dropped only after its gathers were written.
     Either way the layer holds every value (byte identity with the per-value writer is
     test_inmemory_flush_merge's)."""
-    rnd = random.Random(7)
-    layer = await InMemoryLayer.create(io_ctx, str(tmp_path), 0, 10)
-    lsn = 10
-    for _ in range(8):
-        batch = []
-        for _ in range(500):
-            lsn += 1
-            k = rnd.randrange(5000)
-            small = mixed and k < 1500  # a key range of small values: blocks of them
-            v = pg_rec(rnd.randbytes(100)) if small else image(rnd.randbytes(8192))
-            batch.append((key(k), lsn, v))
-        await layer.put_batch(check_put_batch(batch))
-    await layer.freeze(lsn + 1)
+
+    def record(rnd: random.Random) -> tuple[int, bytes]:
+        k = rnd.randrange(5000)
+        small = mixed and k < 1500  # a key range of small values: blocks of them
+        return k, pg_rec(rnd.randbytes(100)) if small else image(rnd.randbytes(8192))
+
+    layer = await frozen_layer(io_ctx, str(tmp_path), random.Random(7), 8, 500, record)
     steps: list[list[Piece]] = [[]]
 
     async def checkpoint() -> None:
