@@ -2,14 +2,14 @@
 loop-mounted ext4, and an ext4 shut down under the daemon (EIO).
 
 They need root and loop devices; where the machine refuses a mount the script reports
-``skipped``, and the test skips, except under ``CI=true`` where it fails.
+``skipped``, and the test fails (it never skips).
 """
 
 from __future__ import annotations
 
 import pytest
 
-from tests.reliability._scripts import describe_failures, run_script, skip_or_fail
+from tests.reliability._scripts import describe_failures, fail_refused, run_script
 
 
 def _run(engine_kind: str, kind: str, *extra: str) -> dict:  # type: ignore[type-arg]
@@ -17,7 +17,7 @@ def _run(engine_kind: str, kind: str, *extra: str) -> dict:  # type: ignore[type
         "faults.py", "--engine", engine_kind, "--kind", kind, "--short", "--seed", "7", *extra
     )
     if r["skipped"]:
-        skip_or_fail(r["skipped"])
+        fail_refused(r["skipped"])
     assert r["failures"] == [], describe_failures(r)
     assert r["lost"] == 0
     assert r["ok"] and r["_returncode"] == 0, r["_stderr"]
