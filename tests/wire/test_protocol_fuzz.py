@@ -6,10 +6,10 @@ import struct
 from typing import Any
 
 import msgpack
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pageserver.layers import value as value_mod
 from pageserver.layers.value_check import validate_value
 from pageserver.wire import (
     CLOSED,
@@ -436,11 +436,10 @@ def test_check_put_batch_matches_reference(records: list[Any]) -> None:
     )
 
 
-# --- the provisional value validator agrees with the layers codec ----------------------
+# --- the wire's value validator agrees with the layers codec ------------------------------
 
 
 def _codec_verdict(b: bytes) -> bool:
-    value_mod = pytest.importorskip("pageserver.layers.value")
     try:
         v = value_mod.decode_value(b)
     except value_mod.BadValue:
