@@ -7,8 +7,11 @@ when it started and how late it woke (``CLOCK_MONOTONIC`` seconds, the clock of
 ``time.perf_counter`` in every process on Linux). At exit the ticks are written to
 ``TICKS`` as native doubles, ``(start, lateness)`` pairs; the benchmark keeps those that
 started while its ``flush`` request was outstanding (SPEC section 9: the lateness of a 1 ms
-ticker in the daemon during a flush). One tick per millisecond costs the loop a few
-microseconds; the samples live in an ``array`` (no Python object per tick).
+ticker in the daemon during a flush). A tick costs the loop ~25 us of CPU (trio's sleep is
+a cancel scope with a deadline: measured with a trio instrument, 1,211 steps in 30 ms), ~2.5%
+of it; in four alternating pairs of 60k x 8 KiB durable ingests with and without the
+ticker the daemon ran at the same speed (within the runs' spread). The samples live in an
+``array`` (no Python object per tick).
 """
 
 from __future__ import annotations
