@@ -545,6 +545,19 @@ def _tenant_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("tenant_id", metavar="TENANT", type=parse_id, help="tenant id (32 hex digits)")
 
 
+def _config_arg(p: argparse.ArgumentParser, *, reset: bool = False) -> None:
+    """``--config KEY=VALUE`` (repeatable): tenant config overrides. With ``reset`` (the
+    ``config`` command, which replaces them all) no ``--config`` is an empty list."""
+    p.add_argument(
+        "--config",
+        metavar="KEY=VALUE",
+        type=parse_config_pair,
+        action="append",
+        default=[] if reset else None,
+        help="a tenant config override (repeatable)",
+    )
+
+
 def _timeline_args(p: argparse.ArgumentParser) -> None:
     _tenant_arg(p)
     p.add_argument(
@@ -573,13 +586,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "tenant_id", metavar="TENANT", nargs="?", type=parse_id, help="tenant id (default: random)"
     )
-    p.add_argument(
-        "--config",
-        metavar="KEY=VALUE",
-        type=parse_config_pair,
-        action="append",
-        help="a tenant config override (repeatable)",
-    )
+    _config_arg(p)
     p.set_defaults(func=_cmd_tenant_create)
     p = tsub.add_parser(
         "config",
@@ -589,14 +596,7 @@ def register(subparsers: Any) -> None:
         "the effective config. No --config resets it to the defaults.",
     )
     _tenant_arg(p)
-    p.add_argument(
-        "--config",
-        metavar="KEY=VALUE",
-        type=parse_config_pair,
-        action="append",
-        default=[],
-        help="a tenant config override (repeatable)",
-    )
+    _config_arg(p, reset=True)
     p.set_defaults(func=_cmd_tenant_config)
     p = tsub.add_parser(
         "attach",
@@ -608,13 +608,7 @@ def register(subparsers: Any) -> None:
         "generation and the timelines.",
     )
     _tenant_arg(p)
-    p.add_argument(
-        "--config",
-        metavar="KEY=VALUE",
-        type=parse_config_pair,
-        action="append",
-        help="a tenant config override (repeatable)",
-    )
+    _config_arg(p)
     p.set_defaults(func=_cmd_tenant_attach)
     p = tsub.add_parser(
         "detach",

@@ -26,7 +26,7 @@ import errno
 import os
 import threading
 from collections.abc import Callable
-from typing import ClassVar, Final
+from typing import Any, ClassVar, Final
 
 import trio
 
@@ -146,6 +146,15 @@ def uring_missing_optional_ops() -> list[str]:
     return [_abi.OP_NAMES[o] for o in OPTIONAL_OPS if o not in ops]
 
 
+async def _completed(op: _Op, path: object = None, path2: object = None) -> int:
+    """Wait (cancellably: see the class docstring) for ``op``'s CQE: its result, or the
+    ``OSError`` of a negative one, naming ``path`` (and ``path2``)."""
+    res = await op.driver.wait(op)
+    if res < 0:
+        raise _err(res, path, path2)
+    return res
+
+
 def _err(res: int, path: object = None, path2: object = None) -> OSError:
     e = -res
     if path2 is not None:
@@ -228,38 +237,10 @@ class UringEngine(IoEngine):
     # -- data ---------------------------------------------------------------------------
 
     async def read_at(self, fd: int, buf: bytearray | memoryview, offset: int) -> int:
-        n = buf.nbytes if isinstance(buf, memoryview) else len(buf)
-        if offset < 0:
-            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
-        if n:
-            addr, keep = _buffers.writable(buf)
-        else:
-            addr, keep = 0, None
-        drv = _RUN_DRIVER.get()
-        if drv is None or not drv.has_room():
-            drv = await self._driver()
-        op = drv.push(_OP_READ, self._sqe_flags, fd, offset, addr, min(n, _MAX_RW), 0, keep)
-        res = await drv.wait(op)
-        if res < 0:
-            raise _err(res)
-        return res
+        return await _completed(await self._push_rw(_OP_READ, fd, buf, offset, _buffers.writable))
 
     async def write_at(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
-        n = data.nbytes if isinstance(data, memoryview) else len(data)
-        if offset < 0:
-            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
-        if n:
-            addr, keep = _buffers.readable(data)
-        else:
-            addr, keep = 0, None
-        drv = _RUN_DRIVER.get()
-        if drv is None or not drv.has_room():
-            drv = await self._driver()
-        op = drv.push(_OP_WRITE, self._sqe_flags, fd, offset, addr, min(n, _MAX_RW), 0, keep)
-        res = await drv.wait(op)
-        if res < 0:
-            raise _err(res)
-        return res
+        return await _completed(await self._push_rw(_OP_WRITE, fd, data, offset, _buffers.readable))
 
     async def submit_write_at(
         self, fd: int, data: bytes | bytearray | memoryview, offset: int
@@ -271,25 +252,11 @@ class UringEngine(IoEngine):
         happens, and the end of the run waits for it). Waiting for room in a full ring
         is the only suspension here, and it is cancellable (nothing was queued).
         """
-        n = data.nbytes if isinstance(data, memoryview) else len(data)
-        if offset < 0:
-            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
-        if n:
-            addr, keep = _buffers.readable(data)
-        else:
-            addr, keep = 0, None
-        drv = _RUN_DRIVER.get()
-        if drv is None or not drv.has_room():
-            drv = await self._driver()
-        op = drv.push(_OP_WRITE, self._sqe_flags, fd, offset, addr, min(n, _MAX_RW), 0, keep)
-        return PendingUringWrite(drv, op)
+        op = await self._push_rw(_OP_WRITE, fd, data, offset, _buffers.readable)
+        return PendingUringWrite(op.driver, op)
 
     async def write_gather_at(self, fd: int, gather: Gather, offset: int) -> int:
-        op = await self._push_writev(fd, gather, offset)
-        res = await op.driver.wait(op)
-        if res < 0:
-            raise _err(res)
-        return res
+        return await _completed(await self._push_writev(fd, gather, offset))
 
     async def submit_write_gather_at(self, fd: int, gather: Gather, offset: int) -> PendingIo:
         """Queue ``IORING_OP_WRITEV`` of the gather's iovec array and return at once, as
@@ -298,22 +265,42 @@ class UringEngine(IoEngine):
         op = await self._push_writev(fd, gather, offset)
         return PendingUringWrite(op.driver, op)
 
-    async def _push_writev(self, fd: int, gather: Gather, offset: int) -> _Op:
-        if offset < 0:
-            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+    async def _ring(self) -> UringDriver:
+        """This run's driver, once its ring has room for one more SQE (the wait for room,
+        the only suspension before a push, is cancellable: nothing was queued)."""
         drv = _RUN_DRIVER.get()
         if drv is None or not drv.has_room():
             drv = await self._driver()
+        return drv
+
+    async def _push_rw(
+        self,
+        opcode: int,
+        fd: int,
+        buf: Any,
+        offset: int,
+        pin: Callable[[Any], tuple[int, object]],
+    ) -> _Op:
+        """Queue a read or write of ``buf`` (``pin``: how its address is taken and kept
+        alive, ``_buffers.writable`` for a read, ``readable`` for a write) at ``offset``;
+        at most ``_MAX_RW`` bytes, a short transfer for the caller to continue."""
+        n = buf.nbytes if isinstance(buf, memoryview) else len(buf)
+        if offset < 0:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        addr, keep = pin(buf) if n else (0, None)
+        drv = await self._ring()
+        return drv.push(opcode, self._sqe_flags, fd, offset, addr, min(n, _MAX_RW), 0, keep)
+
+    async def _push_writev(self, fd: int, gather: Gather, offset: int) -> _Op:
+        if offset < 0:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        drv = await self._ring()
         count = min(gather.count, IOV_MAX)
         return drv.push(_OP_WRITEV, self._sqe_flags, fd, offset, gather.address, count, 0, gather)
 
     async def _fsync(self, fd: int, flags: int) -> None:
-        drv = _RUN_DRIVER.get()
-        if drv is None or not drv.has_room():
-            drv = await self._driver()
-        res = await drv.wait(drv.push(_OP_FSYNC, self._sqe_flags, fd, 0, 0, 0, flags, None))
-        if res < 0:
-            raise _err(res)
+        drv = await self._ring()
+        await _completed(drv.push(_OP_FSYNC, self._sqe_flags, fd, 0, 0, 0, flags, None))
 
     async def fsync(self, fd: int) -> None:
         await self._fsync(fd, 0)
@@ -334,9 +321,7 @@ class UringEngine(IoEngine):
         """
         if offset < 0 or nbytes < 0:
             raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
-        drv = _RUN_DRIVER.get()
-        if drv is None or not drv.has_room():
-            drv = await self._driver()
+        drv = await self._ring()
         op = drv.push(
             _OP_SYNC_FILE_RANGE,
             self._sqe_flags,
@@ -359,15 +344,11 @@ class UringEngine(IoEngine):
         ``Cancelled`` is raised: a cancelled open never hands out, or leaks, an fd.
         """
         addr, keep = _buffers.c_path(path)
-        drv = _RUN_DRIVER.get()
-        if drv is None or not drv.has_room():
-            drv = await self._driver()
+        drv = await self._ring()
         op = drv.push(
             _OP_OPENAT, self._sqe_flags, _AT_FDCWD, 0, addr, mode, flags | os.O_CLOEXEC, keep
         )
-        res = await drv.wait(op)
-        if res < 0:
-            raise _err(res, path)
+        res = await _completed(op, path)
         if op.cancelled and trio.current_effective_deadline() == float("-inf"):
             # Still effectively cancelled (cancellation is sticky, so this is the normal
             # case): drop the fd, then let the checkpoint raise Cancelled.
@@ -393,9 +374,7 @@ class UringEngine(IoEngine):
     async def stat(self, fd: int) -> FileStat:
         st = _abi.Statx()
         path_addr, path = _buffers.c_path(b"")
-        drv = _RUN_DRIVER.get()
-        if drv is None or not drv.has_room():
-            drv = await self._driver()
+        drv = await self._ring()
         op = drv.push(
             _OP_STATX,
             self._sqe_flags,
@@ -406,9 +385,7 @@ class UringEngine(IoEngine):
             _abi.AT_EMPTY_PATH,
             (st, path),
         )
-        res = await drv.wait(op)
-        if res < 0:
-            raise _err(res)
+        await _completed(op)
         return FileStat(size=st.stx_size, mode=st.stx_mode, ino=st.stx_ino)
 
     async def set_len(self, fd: int, length: int) -> None:
@@ -421,19 +398,13 @@ class UringEngine(IoEngine):
             os.ftruncate(fd, length)
             await trio.lowlevel.checkpoint()
             return
-        drv = _RUN_DRIVER.get()
-        if drv is None or not drv.has_room():
-            drv = await self._driver()
-        res = await drv.wait(drv.push(_OP_FTRUNCATE, self._sqe_flags, fd, length, 0, 0, 0, None))
-        if res < 0:
-            raise _err(res)
+        drv = await self._ring()
+        await _completed(drv.push(_OP_FTRUNCATE, self._sqe_flags, fd, length, 0, 0, 0, None))
 
     async def _rename(self, src: str, dst: str, flags: int) -> None:
         src_addr, src_b = _buffers.c_path(src)
         dst_addr, dst_b = _buffers.c_path(dst)
-        drv = _RUN_DRIVER.get()
-        if drv is None or not drv.has_room():
-            drv = await self._driver()
+        drv = await self._ring()
         op = drv.push(
             _OP_RENAMEAT,
             self._sqe_flags,
@@ -444,9 +415,7 @@ class UringEngine(IoEngine):
             flags,
             (src_b, dst_b),
         )
-        res = await drv.wait(op)
-        if res < 0:
-            raise _err(res, src, dst)
+        await _completed(op, src, dst)
 
     async def rename(self, src: str, dst: str) -> None:
         await self._rename(src, dst, 0)
