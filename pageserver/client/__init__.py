@@ -7,7 +7,7 @@ here for client users.
 """
 
 from pageserver.addresses import DEFAULT_ADDR, Address, parse_address
-from pageserver.client._client import Client, ConnectionLost, PutBatch, ServerError
+from pageserver.client._client import Client, ConnectionLost, PutBatch, ServerError, next_reply
 
 __all__ = [
     "DEFAULT_ADDR",
@@ -16,5 +16,6 @@ __all__ = [
     "ConnectionLost",
     "PutBatch",
     "ServerError",
+    "next_reply",
     "parse_address",
 ]

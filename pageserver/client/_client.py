@@ -87,6 +87,22 @@ class PutBatch:
     tag: object = None
 
 
+def next_reply(decoder: ReplyDecoder, addr: str) -> Reply | None:
+    """The decoder's next reply, or None when it needs more bytes; a malformed reply or a
+    closed connection is :class:`ConnectionLost`. What every client (this one, and the
+    blocking test client of :mod:`pageserver.testing.blocking`) makes of the decoder's
+    events."""
+    ev = decoder.next_event()
+    if isinstance(ev, Reply):
+        return ev
+    if isinstance(ev, ProtocolError):
+        raise ConnectionLost(f"malformed reply from {addr}: {ev.message}")
+    if ev is CLOSED:
+        raise ConnectionLost(f"connection to {addr} closed by the server")
+    assert ev is NEED_DATA
+    return None
+
+
 class Client:
     """One connection to a pageserver. Create with :meth:`connect`; close with :meth:`aclose`
     (or ``async with``)."""
@@ -172,20 +188,13 @@ class Client:
 
     async def receive(self) -> Reply:
         """The next reply, in order (success or not; see :meth:`check`)."""
-        while True:
-            ev = self._decoder.next_event()
-            if isinstance(ev, Reply):
-                return ev
-            if isinstance(ev, ProtocolError):
-                raise ConnectionLost(f"malformed reply from {self.addr}: {ev.message}")
-            if ev is CLOSED:
-                raise ConnectionLost(f"connection to {self.addr} closed by the server")
-            assert ev is NEED_DATA
+        while (reply := next_reply(self._decoder, self.addr)) is None:
             try:
                 data = await self._stream.receive_some(_RECEIVE_CHUNK)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
                 raise ConnectionLost(f"connection to {self.addr} lost: {e}") from e
             self._decoder.receive_data(data)
+        return reply
 
     @staticmethod
     def check(reply: Reply) -> dict[str, Any]:

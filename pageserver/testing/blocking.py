@@ -19,10 +19,10 @@ from types import TracebackType
 from typing import Any
 
 from pageserver.addresses import parse_address
-from pageserver.client import ConnectionLost, ServerError
+from pageserver.client import ConnectionLost, ServerError, next_reply
 from pageserver.layers.batch import PutRecord
 from pageserver.layers.key import TenantId, TimelineId
-from pageserver.wire import CLOSED, NEED_DATA, ProtocolError, Reply, ReplyDecoder, encode_request
+from pageserver.wire import Reply, ReplyDecoder, encode_request
 
 __all__ = ["BlockingClient"]
 
@@ -87,20 +87,13 @@ class BlockingClient:
     # -- the protocol ------------------------------------------------------------------------
 
     def _receive(self) -> Reply:
-        while True:
-            ev = self._decoder.next_event()
-            if isinstance(ev, Reply):
-                return ev
-            if isinstance(ev, ProtocolError):
-                raise ConnectionLost(f"malformed reply from {self.addr}: {ev.message}")
-            if ev is CLOSED:
-                raise ConnectionLost(f"connection to {self.addr} closed by the server")
-            assert ev is NEED_DATA
+        while (reply := next_reply(self._decoder, self.addr)) is None:
             try:
                 data = self._sock.recv(_RECEIVE_CHUNK)
             except OSError as e:
                 raise ConnectionLost(f"connection to {self.addr} lost: {e}") from e
             self._decoder.receive_data(data)
+        return reply
 
     def request(self, op: str, **fields: Any) -> dict[str, Any]:
         """Send ``op`` with ``fields`` (``None`` values left out) and return the reply's
