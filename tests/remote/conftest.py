@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from pageserver.config import RemoteStorageConfig
+from pageserver.io import TEMP_SUFFIX
 from tests.helpers.seaweed import SeaweedFS
 
 
@@ -65,13 +66,23 @@ def remote_conf(
 
 
 def listing(conf: RemoteStorageConfig, seaweed: SeaweedFS | None = None) -> dict[str, int]:
-    """key -> size of every object, seen independently of the pageserver (os / boto3)."""
+    """key -> size of every object, seen independently of the pageserver (os / boto3).
+
+    Under ``local_path`` the backend may be writing meanwhile: an upload's temporary file
+    (``TEMP_SUFFIX``) is not an object, and a file renamed into place or deleted between
+    the walk and its ``getsize`` is left out, as the backend's own listing does (a
+    ``FileNotFoundError`` here made a generations test flaky under load)."""
     if conf.local_path is not None:
         out = {}
         for dirpath, _dirs, files in os.walk(conf.local_path):
             for f in files:
+                if f.endswith(TEMP_SUFFIX):
+                    continue
                 full = os.path.join(dirpath, f)
-                out[os.path.relpath(full, conf.local_path)] = os.path.getsize(full)
+                try:
+                    out[os.path.relpath(full, conf.local_path)] = os.path.getsize(full)
+                except FileNotFoundError:
+                    continue
         return out
     assert seaweed is not None
     prefix = conf.prefix_in_bucket + "/"

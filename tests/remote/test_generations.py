@@ -116,6 +116,11 @@ async def test_split_brain_never_destroys_the_new_holders_data(
             await b.flush(TENANT, TIMELINE)
             await b.compact(TENANT, TIMELINE)
             await wait_remote(b, lsn_b - 1)
+            # The flush's index already covers lsn_b - 1; the compaction's uploads and
+            # deletions may still run: the bucket is checked once B's queue is idle.
+            tl_b = b.timeline(TENANT, TIMELINE)
+            with trio.fail_after(20):
+                assert tl_b.remote is not None and await tl_b.remote.wait_drained()
             await check_reads(b, model, lsn_b - 1, random.Random(6), n=300)
             index_b = read_index(remote_conf, seaweed, 2)
             objs = listing(remote_conf, seaweed)
