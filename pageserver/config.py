@@ -175,13 +175,21 @@ def remote_storage_from_mapping(raw: Any) -> RemoteStorageConfig:
             "config key 'remote_storage' needs exactly one of 'local_path' and 'bucket_name'"
         )
     if has_path:
-        extra = sorted(k for k in values if k not in ("local_path", "concurrency_limit", "timeout"))
+        # prefix_in_bucket applies to both backends (SPEC section 10: the object layout is
+        # "below prefix_in_bucket"; under local_path, a directory below it).
+        allowed = ("local_path", "prefix_in_bucket", "concurrency_limit", "timeout")
+        extra = sorted(k for k in values if k not in allowed)
         if extra:
             raise ConfigError(
                 f"config key 'remote_storage.{extra[0]}' applies to S3 only, not to local_path"
             )
         if not values["local_path"]:
             raise ConfigError("config key 'remote_storage.local_path' must not be empty")
+        if any(part in (".", "..") for part in values.get("prefix_in_bucket", "").split("/")):
+            raise ConfigError(
+                "config key 'remote_storage.prefix_in_bucket' must not have '.' or '..'"
+                " parts (under local_path it is a directory below local_path)"
+            )
     elif len(values["bucket_name"]) < 3:
         raise ConfigError("config key 'remote_storage.bucket_name' must have 3 characters or more")
     if values.get("timeout", 1.0) <= 0:

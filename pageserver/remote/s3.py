@@ -162,7 +162,10 @@ def open_remote_storage(conf: RemoteStorageConfig) -> RemoteStorage:
     if conf.local_path is not None:
         from pageserver.remote.local_fs import LocalPathStorage
 
+        prefix = [p for p in conf.prefix_in_bucket.split("/") if p]
         return LocalPathStorage(
-            conf.local_path, concurrency_limit=conf.concurrency_limit, timeout=conf.timeout
+            os.path.join(conf.local_path, *prefix),
+            concurrency_limit=conf.concurrency_limit,
+            timeout=conf.timeout,
         )
     return S3Storage(conf)

@@ -129,6 +129,7 @@ async def test_uploads_follow_neons_ordering_and_coalesce(engine_kind: str, tmp_
         ({"bucket_name": "abc", "timeout": 5}, "remote_storage.timeout"),
         ({"bucket_name": "abc", "concurrency_limit": 0}, "remote_storage.concurrency_limit"),
         ({"bucket_name": "abc", "secret": "x"}, "remote_storage.secret"),
+        ({"local_path": "/x", "prefix_in_bucket": "a/../b"}, "remote_storage.prefix_in_bucket"),
     ],
 )
 def test_remote_storage_config_errors_name_the_key(table: dict[str, object], message: str) -> None:
@@ -153,6 +154,23 @@ def test_remote_storage_config() -> None:
         prefix_in_bucket="ps1", concurrency_limit=7, timeout=3.0,
     )  # fmt: skip
     assert config_from_mapping({}).remote_storage is None
+
+
+async def test_local_path_objects_go_below_prefix_in_bucket(tmp_path: Path) -> None:
+    """``prefix_in_bucket`` applies under ``local_path`` too (SPEC section 10: the object
+    layout is below it): a directory below ``local_path``; an empty one is the root."""
+    from pageserver.remote.s3 import open_remote_storage
+
+    for prefix, where in (("ps1/a", tmp_path / "r" / "ps1" / "a"), ("", tmp_path / "r")):
+        cfg = config_from_mapping(
+            {"remote_storage": {"local_path": str(tmp_path / "r"), "prefix_in_bucket": prefix}}
+        )
+        assert cfg.remote_storage is not None
+        storage = open_remote_storage(cfg.remote_storage)
+        await storage.put("tenants/t/x", b"object bytes")
+        assert (where / "tenants" / "t" / "x").read_bytes() == b"object bytes"
+        assert [o.key for o in await storage.list_objects("tenants/t/")] == ["tenants/t/x"]
+        await storage.delete(["tenants/t/x"])
 
 
 def test_s3_needs_credentials_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
