@@ -2,7 +2,7 @@
 
 On disk (SPEC section 3)::
 
-    DIR/tenants/<tenant_id>/config-v1                  overrides of [tenant_config], TOML
+    DIR/tenants/<tenant_id>/config-v1                  overrides of [tenant_config], TOML (Neon's layout)
     DIR/tenants/<tenant_id>/timelines/<timeline_id>/   metadata + layer files
 
 ``config-v1`` and ``metadata`` are written with the crash-safe overwrite. A tenant
@@ -79,6 +79,9 @@ CONFIG_HEADER = (
     "# This file contains a specific per-tenant's config.\n"
     "#  It is read in case of pageserver restart.\n"
 )
+#: The table a ``config-v1`` holds its overrides in, after the header and a blank line: the
+#: layout Neon's pageserver writes (and reads: a file of Neon's loads here as it is).
+CONFIG_TABLE = "tenant_config"
 
 
 parse_tenant_id = TenantId.parse
@@ -263,12 +266,16 @@ class TenantManager:
             await vf.close()
         try:
             data = tomllib.loads(raw.decode())
+            # Neon's layout (and ours): the overrides in a [tenant_config] table. Files
+            # written before we followed it hold the keys at the top level; they load too.
+            if set(data) == {CONFIG_TABLE} and isinstance(data[CONFIG_TABLE], dict):
+                data = data[CONFIG_TABLE]
             return validate_tenant_overrides(data)
         except (tomllib.TOMLDecodeError, UnicodeDecodeError, ConfigError) as e:
             raise ConfigError(f"{path}: {e}") from None
 
     async def _write_tenant_config(self, tenant_path: str, overrides: Mapping[str, Any]) -> None:
-        content = CONFIG_HEADER + render_toml(tenant_overrides_to_toml(overrides))
+        content = f"{CONFIG_HEADER}\n[{CONFIG_TABLE}]\n" + render_toml(tenant_overrides_to_toml(overrides))
         await self.ctx.crashsafe_overwrite(os.path.join(tenant_path, CONFIG_FILE), content.encode())
 
     async def shutdown(self, flush: bool = True) -> None:

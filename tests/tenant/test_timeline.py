@@ -140,10 +140,17 @@ async def test_tenant_and_timeline_errors(engine_kind: str, tmp_path: Path) -> N
     assert text.startswith(
         "# This file contains a specific per-tenant's config.\n#  It is read in case of pageserver restart.\n"
     )
+    # Neon's layout: a blank line, then the overrides in a [tenant_config] table.
+    assert text.split("\n")[2:4] == ["", "[tenant_config]"]
     assert "compaction_threshold = 4" in text and "checkpoint_distance" not in text
     async with manager(engine_kind, tmp_path) as mgr:
         assert mgr.effective_config(TENANT)["compaction_threshold"] == 4
         assert mgr.status()[0]["timelines"][0]["disk_consistent_lsn"] == 5
+    # A file with the keys at the top level (written before the table) loads the same.
+    header = "".join(text.splitlines(keepends=True)[:2])
+    (tmp_path / "tenants" / TENANT / "config-v1").write_text(header + "compaction_threshold = 7\n")
+    async with manager(engine_kind, tmp_path) as mgr:
+        assert mgr.effective_config(TENANT)["compaction_threshold"] == 7
 
 
 async def test_rolls_at_checkpoint_distance_and_restart(engine_kind: str, tmp_path: Path) -> None:
