@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "-D", "--data-dir", default=DEFAULT_DATA_DIR, help=f"data directory (default {DEFAULT_DATA_DIR})"
     )
+    # Also after ``run`` (``pageserver run -D DIR --log-format json``, as SPEC section 2
+    # writes it); SUPPRESS keeps the top-level value when it is not given here.
+    run.add_argument(
+        "--log-format", choices=("kv", "json"), default=argparse.SUPPRESS,
+        help="log line format (stderr); also accepted before COMMAND",
+    )  # fmt: skip
     run.set_defaults(func=_cmd_run)
     for name in _SUBCOMMAND_MODULES:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -191,6 +192,34 @@ def test_run_creates_dir_and_stops_on_signals(tmp_path: Path) -> None:
         assert "io_engine='std-fs'" in text
         assert "shutting down" in err
         assert (data_dir / "pageserver.toml").is_file()
+
+
+@pytest.mark.parametrize("where", ["after run", "before run"])
+def test_run_logs_json_with_log_format_json(tmp_path: Path, where: str) -> None:
+    """``--log-format json`` (SPEC section 2) after ``run`` as before it: every stderr line
+    of a daemon's start and stop is a JSON object."""
+    env = dict(os.environ, PAGESERVER_VIRTUAL_FILE_IO_ENGINE="std-fs", PYTHONPATH=str(REPO_ROOT))
+    run = ["run", "-D", str(tmp_path / "d")]
+    flag = ["--log-format", "json"]
+    argv = run + flag if where == "after run" else flag + run
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pageserver.cli", *argv], env=env, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stderr is not None
+    lines = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "pageserver ready" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, "".join(lines) + err
+    records = [json.loads(line) for line in lines + err.splitlines() if line.strip()]
+    assert any(r.get("event") == "pageserver ready" and r.get("io_engine") == "std-fs" for r in records)
 
 
 def test_run_rejects_bad_config(tmp_path: Path) -> None:
