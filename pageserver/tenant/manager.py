@@ -47,7 +47,7 @@ from pageserver.errors import (
     TenantNotFound,
     TimelineNotFound,
 )
-from pageserver.io import IoContext
+from pageserver.io import TEMP_SUFFIX, IoContext
 from pageserver.layers.batch import check_start_lsn
 from pageserver.layers.key import TenantId, TimelineId
 from pageserver.remote.generation import claim_generation, claim_owner, list_claims
@@ -216,8 +216,15 @@ class TenantManager:
                 concurrency_limit=self.remote_storage.concurrency_limit,
                 timeout_s=self.remote_storage.timeout,
             )  # fmt: skip
+        # SPEC section 3: every *.___temp goes at startup, those of the data directory and
+        # of tenant directories too (a crash in a crash-safe overwrite of node_id, config-v1
+        # or generation); the timelines' own are removed by Timeline.load.
+        await self._remove_temp_files(self.data_dir)
+        await self._remove_temp_files(self.tenants_dir)
         for entry in sorted(os.listdir(self.tenants_dir)):
             tpath = self.tenants_dir / entry
+            if tpath.is_dir():
+                await self._remove_temp_files(tpath)
             try:
                 tenant_id = TenantId.parse(entry)
             except InvalidId:
@@ -257,6 +264,15 @@ class TenantManager:
             tenants=len(self.tenants),
             timelines=sum(len(t.timelines) for t in self.tenants.values()),
         )
+
+    async def _remove_temp_files(self, directory: Path) -> None:
+        """Unlink the ``*.___temp`` files directly in ``directory`` (leftovers of a crash in
+        a crash-safe overwrite: the file they were to replace is whole)."""
+        for entry in sorted(os.listdir(directory)):
+            path = directory / entry
+            if entry.endswith(TEMP_SUFFIX) and path.is_file():
+                log.info("removing leftover file", file=str(path))
+                await self.ctx.unlink(str(path))
 
     async def _read_tenant_config(self, path: str) -> dict[str, Any]:
         vf = await self.ctx.open(path)

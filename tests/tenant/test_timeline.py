@@ -207,9 +207,16 @@ async def test_restart_cleans_up_and_validates(engine_kind: str, tmp_path: Path)
     (d / "ephemeral-7").write_bytes(b"junk")
     future = d / layer.name.replace("__0000000000000001-000000000000000B", "__000000000000000B-0000000000000014")
     shutil.copy(layer, future)
+    # And of crash-safe overwrites above the timeline (config-v1, node_id, generation).
+    tenant_dir = tmp_path / "tenants" / TENANT
+    others = [tenant_dir / "config-v1.___temp", tmp_path / "tenants" / "x.___temp", tmp_path / "node_id.___temp"]
+    for other in others:
+        other.write_bytes(b"partial")
     async with manager(engine_kind, tmp_path) as mgr:
         assert await mgr.get(TENANT, TIMELINE, key(1), 10) == b"v10"
     assert sorted(p.name for p in d.iterdir()) == sorted(["metadata", layer.name])
+    assert [p for p in others if p.exists()] == []
+    assert (tenant_dir / "config-v1").is_file()
     # A corrupt layer stops startup, naming it.
     data = bytearray(layer.read_bytes())
     data[0] ^= 0xFF
