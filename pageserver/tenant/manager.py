@@ -168,6 +168,9 @@ class TenantManager:
         """
         mgr = cls(ctx, data_dir, config)
         await mgr.load()
+        # Read at each scrape, with or without remote storage (it used to be set only by
+        # the eviction pass, so it stayed 0 on a pageserver without one).
+        metrics.RESIDENT_LAYER_BYTES.set_function(mgr.resident_layer_bytes)
         async with trio.open_nursery() as nursery:
             mgr._nursery = nursery
             for tenant in mgr.tenants.values():
@@ -689,6 +692,17 @@ class TenantManager:
                     f"timeline {tl.timeline_id}: uploads did not finish in time; retry the detach"
                 )
 
+    def resident_layer_bytes(self) -> float:
+        """Bytes of layer files on local disk over every timeline: the
+        ``pageserver_resident_layer_bytes`` gauge (what ``status`` reports per timeline)."""
+        return float(
+            sum(
+                tl.layer_map.residency()[0]
+                for tenant in list(self.tenants.values())
+                for tl in list(tenant.timelines.values())
+            )
+        )
+
     def _poke_eviction(self) -> None:
         self._evict_wakeup.set()
 
@@ -718,5 +732,4 @@ class TenantManager:
                     total = await evict_to_limit(self.ctx, candidates, total, target)
                 except (OSError, PageserverError) as e:
                     log.error("eviction failed", error=repr(e))
-            metrics.RESIDENT_LAYER_BYTES.set(total)
             return total

@@ -81,6 +81,12 @@ def test_metrics_move_after_feed_and_flush() -> None:
         assert metric_value(after, "pageserver_last_record_lsn", ids) == 20000
         assert metric_value(after, "pageserver_disk_consistent_lsn", ids) == 20000
         assert metric_value(after, "pageserver_layers", {**ids, "kind": "l0"}) >= 2
+        # Without remote storage too: the bytes of the layer files on disk, as status says.
+        status = json.loads(d.cli("status", "--json").stdout)
+        resident = status["tenants"][0]["timelines"][0]["layers"]["resident_bytes"]
+        tl_dir = d.timeline_path(t, tl)
+        on_disk = sum(p.stat().st_size for p in tl_dir.iterdir() if "__" in p.name)
+        assert metric_value(after, "pageserver_resident_layer_bytes") == resident == on_disk > 0
         assert d.stop() == 0
     finally:
         d.cleanup()
