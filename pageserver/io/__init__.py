@@ -16,6 +16,7 @@ from pageserver.io.context import IoContext
 from pageserver.io.crashsafe import TEMP_SUFFIX
 from pageserver.io.engine import STD_FS, TRIO_URING, FileStat, IoEngine, PendingIo
 from pageserver.io.gather import Gather
+from pageserver.io.mapping import FileMapping
 from pageserver.io.offload import (
     JobSuspendedError,
     cleanup_shield,
@@ -42,6 +43,7 @@ __all__ = [
     "BufferedWriter",
     "ENGINE_KINDS",
     "EngineUnavailable",
+    "FileMapping",
     "FileStat",
     "Gather",
     "IoContext",

@@ -29,7 +29,6 @@ pins are held across awaits, so the holder could never run to release them.
 from __future__ import annotations
 
 import errno
-import mmap
 import os
 import sys
 import threading
@@ -43,6 +42,7 @@ import trio
 from pageserver import failpoints, metrics
 from pageserver.io.engine import FileStat, IoEngine
 from pageserver.io.gather import Gather
+from pageserver.io.mapping import FileMapping, map_readonly_fd
 from pageserver.io.offload import on_trio_loop
 
 if TYPE_CHECKING:
@@ -518,20 +518,22 @@ class VirtualFile:
             table.unpin(slot)
             metrics.OP_SECONDS["metadata"].observe(time.perf_counter() - t0)
 
-    async def map_readonly(self, length: int) -> mmap.mmap:
+    async def map_readonly(self, length: int) -> FileMapping:
         """The first ``length`` bytes of the file, mapped read-only (``length`` > 0).
 
         For reading a large file whose pages are in the page cache in an order other than
         the file's (the flush of a frozen ephemeral file): the mapping shares the page
         cache's pages, so nothing is copied and no fresh memory is zeroed, where reading
         into a buffer would do both. The mapping stays valid after the slot is reused
-        (it holds its own reference to the file); close it when done. Touching a page that
-        is not cached is a disk read in the page fault (by whichever thread touches it).
+        (it holds its own reference to the file, and no descriptor: see
+        :mod:`pageserver.io.mapping`); it goes with the last reference to it. Touching a
+        page that is not cached is a disk read in the page fault (by whichever thread
+        touches it).
         """
         table = self._table
         slot = await table.pin(self)
         try:
-            return mmap.mmap(slot.fd, length, mmap.MAP_SHARED, mmap.PROT_READ)
+            return map_readonly_fd(slot.fd, length)
         finally:
             table.unpin(slot)
 

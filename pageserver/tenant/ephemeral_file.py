@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from pageserver.io import (
     BufferedWriter,
+    FileMapping,
     IoContext,
     VirtualFile,
     cleanup_shield,
@@ -110,11 +111,11 @@ class EphemeralFile:
         size = self.size
         if not size:
             return MappedFile(None)
-        mm = await self._vf.map_readonly(size)
+        mapping = await self._vf.map_readonly(size)
         # Pages evicted since they were written are read back by the kernel ahead of the
         # gather (asynchronously), not one page fault at a time.
-        mm.madvise(mmap.MADV_WILLNEED)
-        return MappedFile(mm)
+        mapping.madvise(mmap.MADV_WILLNEED)
+        return MappedFile(mapping)
 
     async def delete(self) -> None:
         """Close and remove the file (shielded: this is clean-up).
@@ -155,10 +156,10 @@ class MappedFile:
     be closed).
     """
 
-    def __init__(self, mm: mmap.mmap | None) -> None:
-        self._mm = mm
+    def __init__(self, mapping: FileMapping | None) -> None:
+        self._mapping = mapping
         self.data: npt.NDArray[np.uint8] = (
-            np.frombuffer(mm, np.uint8) if mm is not None else np.empty(0, np.uint8)
+            mapping.array() if mapping is not None else np.empty(0, np.uint8)
         )
 
     def release(self, ranges: list[tuple[int, int]]) -> None:
@@ -166,20 +167,16 @@ class MappedFile:
         from this process's mapping: ``MADV_DONTNEED`` on a shared file mapping removes
         only the page-table entries (the pages stay in the page cache, nothing is written),
         so RSS falls, and touching them again is a minor fault that maps the same bytes."""
-        mm = self._mm
-        if mm is None:
+        mapping = self._mapping
+        if mapping is None:
             return
         for start, end in ranges:
             if end > start:
-                mm.madvise(mmap.MADV_DONTNEED, start, end - start)
+                mapping.madvise(mmap.MADV_DONTNEED, start, end - start)
 
     def close(self) -> None:
+        """Drop this handle's references: the mapping is unmapped with the last of them
+        (at once, unless a view is still alive: say, in the traceback of a failed flush,
+        or a gather not yet written; then with that view)."""
         self.data = np.empty(0, np.uint8)
-        mm, self._mm = self._mm, None
-        if mm is not None:
-            try:
-                mm.close()
-            except BufferError:
-                # A view is still alive (say, in the traceback of a failed flush): the
-                # mapping goes when the last view does.
-                pass
+        self._mapping = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import threading
@@ -342,17 +343,37 @@ async def test_context_aclose_closes_its_engine(engine_kind: str, tmp_path: Path
 
 async def test_map_readonly_outlives_the_slot(engine_kind: str, tmp_path: Path) -> None:
     """A read-only mapping of a VirtualFile (the flush's view of a frozen ephemeral file)
-    shows the file's bytes and stays valid after the slot is evicted and reused."""
+    shows the file's bytes and stays valid after the slot is evicted and reused; it keeps
+    no descriptor of its own (the slot table's bound holds), and goes with its last view."""
     ctx = await small_ctx(engine_kind, 2)
     try:
         data = bytes(range(256)) * 1000
         vf = await ctx.create(str(tmp_path / "f"))
         await vf.write_all_at(data, 0)
-        mm = await vf.map_readonly(len(data) - 3)
+        mapping = await vf.map_readonly(len(data) - 3)
+        # Descriptors of the file: its VirtualFile slot's, no other.
+        fds = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                fds.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except FileNotFoundError:
+                pass  # listdir's own descriptor
+        assert sum(path == str(tmp_path / "f") for path in fds) == 1, fds
+        view = mapping.array()
         for i in range(4):  # evict vf's slot, reuse its fd number
             await (await ctx.create(str(tmp_path / f"o{i}"))).write_all_at(b"x", 0)
-        assert mm[:] == data[:-3]
-        assert mm[1000:1010] == data[1000:1010]
-        mm.close()
+        assert view.tobytes() == data[:-3]
+        assert bytes(view[1000:1010]) == data[1000:1010]
+        assert not view.flags.writeable
+        maps = Path("/proc/self/maps").read_text
+        assert str(tmp_path / "f") in maps()
+        del mapping
+        assert str(tmp_path / "f") in maps()  # the view still holds it
+        tail = view[-10:]
+        del view
+        assert bytes(tail) == data[-13:-3]
+        del tail
+        gc.collect()
+        assert str(tmp_path / "f") not in maps()  # unmapped with its last view
     finally:
         await ctx.aclose()
