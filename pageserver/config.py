@@ -31,24 +31,28 @@ class ConfigError(ValueError):
     """The configuration is invalid; the message names the offending key."""
 
 
+#: humantime's units (what Neon's config durations are parsed with), case-sensitive as
+#: there: ``m`` is a minute and ``M`` a month (30.44 days), ``y`` a year of 365.25 days.
 _DURATION_UNITS = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "sec": 1.0,
-    "m": 60.0,
-    "min": 60.0,
-    "h": 3600.0,
-    "hr": 3600.0,
-    "d": 86400.0,
+    **dict.fromkeys(("nanos", "nsec", "ns"), 1e-9),
+    **dict.fromkeys(("usec", "us"), 1e-6),
+    **dict.fromkeys(("millis", "msec", "ms"), 1e-3),
+    **dict.fromkeys(("seconds", "second", "secs", "sec", "s"), 1.0),
+    **dict.fromkeys(("minutes", "minute", "mins", "min", "m"), 60.0),
+    **dict.fromkeys(("hours", "hour", "hrs", "hr", "h"), 3600.0),
+    **dict.fromkeys(("days", "day", "d"), 86400.0),
+    **dict.fromkeys(("weeks", "week", "w"), 7 * 86400.0),
+    **dict.fromkeys(("months", "month", "M"), 2_630_016.0),
+    **dict.fromkeys(("years", "year", "y"), 31_557_600.0),
 }
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]+)")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([A-Za-z]+)")
 
 
 def parse_duration(text: str) -> float:
-    """Parse a humantime duration (``"1h 30m"``) into seconds."""
-    s = text.strip().lower()
+    """Parse a humantime duration (``"1h 30m"``, ``"2 hours"``, ``"1M"``) into seconds.
+
+    A superset of humantime's syntax: decimals (``"0.5s"``) are taken too."""
+    s = text.strip()
     if not s:
         raise ValueError("empty duration")
     pos = 0

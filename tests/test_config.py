@@ -117,13 +117,18 @@ def test_invalid_toml(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "text,seconds",
-    [("10m", 600), ("20s", 20), ("1h 30m", 5400), ("500ms", 0.5), ("1d", 86400), ("2h5s", 7205)],
+    [
+        ("10m", 600), ("20s", 20), ("1h 30m", 5400), ("500ms", 0.5), ("1d", 86400), ("2h5s", 7205),
+        # humantime's long forms and larger units, case-sensitive (M is a month, m a minute)
+        ("30 seconds", 30), ("2mins", 120), ("1hour", 3600), ("1w", 604800), ("1M", 2630016),
+        ("1y", 31557600), ("3 days 4 hours", 3 * 86400 + 4 * 3600),
+    ],
 )
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "10", "m", "5 lightyears", "10m x"])
+@pytest.mark.parametrize("text", ["", "10", "m", "5 lightyears", "10m x", "10S", "1H"])
 def test_bad_durations(text: str) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)
