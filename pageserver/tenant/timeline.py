@@ -757,6 +757,11 @@ class Timeline:
             )
         if lsn < self.gc_cutoff_lsn:
             raise LsnTooOld(f"lsn {lsn} is below the timeline's gc_cutoff_lsn {self.gc_cutoff_lsn}")
+        return await self._walk(key, lsn)
+
+    async def _walk(self, key: bytes, lsn: int) -> Reconstruction:
+        """The read walk (the one of :mod:`pageserver.tenant.read_path`) of ``key`` at
+        ``lsn``, counted as a read in flight (layers it may open stay until it ends)."""
         in_memory = ([self.open_layer] if self.open_layer is not None else []) + list(
             reversed(self.frozen)
         )
@@ -782,8 +787,21 @@ class Timeline:
             raise RedoFailed(str(e)) from None
 
     async def get_history(self, key: bytes, lsn: int) -> History:
+        """SPEC section 5: ``image`` is the newest Image value at or below ``lsn`` (nil if
+        none), and the records are those a read applies, from the newest ``will_init``
+        record when no image is newer than it. The read walk stops at that record; the
+        image, if an older one exists, is then found by walking on below it (a ``get``
+        never needs it, so only ``get_history`` pays for that)."""
         found = await self._reconstruct(key, lsn)
-        return History(found.image, found.image_lsn, found.records[::-1])
+        image, image_lsn = found.image, found.image_lsn
+        below = found
+        while image is None and below.records:
+            oldest = below.records[-1][0]  # the will_init record the walk stopped at
+            if oldest == 0:
+                break
+            below = await self._walk(key, oldest - 1)
+            image, image_lsn = below.image, below.image_lsn
+        return History(image, image_lsn, found.records[::-1])
 
     def status(self) -> dict[str, object]:
         resident_bytes, remote_only = self.layer_map.residency()

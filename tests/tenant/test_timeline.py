@@ -89,9 +89,13 @@ async def test_get_rules_and_history(engine_kind: str, tmp_path: Path) -> None:
             (key(4), 103, trec("x", clear=True, will_init=True)),
             (key(4), 104, trec("y", only_if="x")),
             (key(4), 105, trec("z", only_if="nope")),
+            (key(5), 105, image(b"old")),
         ])  # fmt: skip
         await mgr.flush(TENANT, TIMELINE)
-        await mgr.put(TENANT, TIMELINE, [(key(1), 106, trec("+2"))])
+        await mgr.put(TENANT, TIMELINE, [
+            (key(1), 106, trec("+2")),
+            (key(5), 106, trec("new", clear=True, will_init=True)),
+        ])  # fmt: skip
         assert await mgr.get(TENANT, TIMELINE, key(1), 100) is None
         assert await mgr.get(TENANT, TIMELINE, key(1), 101) == b"base"
         assert await mgr.get(TENANT, TIMELINE, key(1), 105) == b"base+1"
@@ -114,6 +118,12 @@ async def test_get_rules_and_history(engine_kind: str, tmp_path: Path) -> None:
         assert [lsn for lsn, _ in h.records] == [103, 104, 105]
         h = await mgr.get_history(TENANT, TIMELINE, key(9), 106)
         assert (h.image, h.image_lsn, h.records) == (None, None, [])
+        # A will_init record above an image: the records start at it (a read needs no
+        # more), and the image is still the newest one at or below lsn (SPEC section 5).
+        assert await mgr.get(TENANT, TIMELINE, key(5), 106) == b"new"
+        h = await mgr.get_history(TENANT, TIMELINE, key(5), 106)
+        assert (h.image, h.image_lsn) == (b"old", 105)
+        assert h.records == [(106, trec("new", clear=True, will_init=True))]
 
 
 async def test_tenant_and_timeline_errors(engine_kind: str, tmp_path: Path) -> None:
