@@ -400,6 +400,10 @@ OPS: Final = frozenset(_PARSERS)
 """Every op name of SPEC section 5."""
 
 
+class TooManyMaps(ValueError):
+    """:func:`unpack_limited` met more maps than its ``map_cap``."""
+
+
 def unpack_limited(payload: bytes | memoryview, *, use_list: bool, map_cap: int | None) -> object:
     """``msgpack.unpackb`` with every length limit bounded by the payload itself.
 
@@ -417,7 +421,7 @@ def unpack_limited(payload: bytes | memoryview, *, use_list: bool, map_cap: int 
             nonlocal count
             count += 1
             if count > map_cap:
-                raise ValueError("too many maps")
+                raise TooManyMaps(f"more than {map_cap} msgpack maps")
             return d
 
     return msgpack.unpackb(  # type: ignore[no-any-return]
@@ -578,6 +582,14 @@ def parse_envelope(
             # Tuples, not lists: ``put`` records arrive as the (key, lsn, value) tuples the
             # request holds, with no per-record conversion.
             m = unpack_limited(payload, use_list=False, map_cap=_MAX_MAPS_PER_REQUEST)
+        except TooManyMaps:
+            # Valid msgpack, but no request holds that many maps (see the cap): refused
+            # undecoded, as a frame, since decoding it is what the cap prevents.
+            return ProtocolError(
+                ErrorCode.BAD_FRAME,
+                f"frame holds more than {_MAX_MAPS_PER_REQUEST} msgpack maps"
+                " (a request has at most 2: the request and its config)",
+            )
         except Exception:  # msgpack raises many types (ValueError, ExtraData, StackError, ...)
             return ProtocolError(ErrorCode.BAD_FRAME, "frame is not msgpack")
     if type(m) is not dict:

@@ -282,6 +282,16 @@ def test_not_msgpack(raw: bytes) -> None:
     assert isinstance(e, ProtocolError) and e.code is ErrorCode.BAD_FRAME
 
 
+def test_too_many_maps_is_named_as_such() -> None:
+    """Valid msgpack, but more maps than a request holds: refused as a frame (decoding it is
+    what the cap prevents), with a message that says why rather than "not msgpack"."""
+    ok = parse_request(payload({"op": "hello", "id": 2, "extra": [{}] * 63}))
+    assert not (isinstance(ok, ProtocolError) and ok.code is ErrorCode.BAD_FRAME)
+    e = parse_request(payload({"op": "hello", "id": 2, "extra": [{}] * 64}))
+    assert isinstance(e, ProtocolError) and e.code is ErrorCode.BAD_FRAME
+    assert "more than 64 msgpack maps" in e.message
+
+
 def test_garbage() -> None:
     import random
 
