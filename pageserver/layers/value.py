@@ -232,15 +232,19 @@ def materialize(base: bytes | None, records: Iterable[Value]) -> bytes:
 
     ``records`` are oldest first. An Image replaces the page; a ``will_init`` record starts
     from an empty page; anything else needs a page to apply to, else :class:`RedoError`.
-    A Postgres record raises :class:`RedoUnsupported`.
+    A Postgres record anywhere in ``records`` raises :class:`RedoUnsupported`, before any
+    other redo error (SPEC section 5 lists ``redo_unsupported`` first: the history cannot
+    be reconstructed here whatever else is wrong with it).
     """
+    records = list(records)
+    if any(isinstance(rec, PostgresRecord) for rec in records):
+        raise RedoUnsupported("reconstruction needs Postgres WAL redo")
     page = base
     for rec in records:
         if isinstance(rec, Image):
             page = rec.data
-        elif isinstance(rec, PostgresRecord):
-            raise RedoUnsupported("reconstruction needs Postgres WAL redo")
         else:
+            assert not isinstance(rec, PostgresRecord)
             if rec.will_init:
                 page = b""
             elif page is None:

@@ -180,6 +180,12 @@ def test_test_redo() -> None:
         materialize(None, [TestRecord("b")])
     with pytest.raises(RedoUnsupported):
         materialize(b"x", [PostgresRecord(False, b"r")])
+    # A Postgres record comes first among the redo errors (SPEC section 5's order), even
+    # when an older record could not be applied either.
+    with pytest.raises(RedoUnsupported):
+        materialize(None, [TestRecord("orphan"), PostgresRecord(False, b"r")])
+    with pytest.raises(RedoUnsupported):
+        materialize(b"ab", [TestRecord("c", only_if="x"), PostgresRecord(False, b"r")])
 
 
 # -- blob headers --------------------------------------------------------------------------
