@@ -515,8 +515,16 @@ class PagedReader:
         rel = offset - start
         return self._win[rel : rel + n]
 
+    @staticmethod
+    def _check_blob_offset(offset: int) -> None:
+        """Blobs start after the summary page (SPEC section 4: leaf offsets are >= 8192):
+        an index value pointing into it names a damaged file."""
+        if offset < PAGE_SZ:
+            raise BlobError(f"blob offset {offset} lies in the summary page (below {PAGE_SZ})")
+
     async def read_blob(self, offset: int) -> bytes:
         """Read the blob at ``offset``, decompressing zstd blobs."""
+        self._check_blob_offset(offset)
         rel = offset - self._win_start
         if 0 <= rel and rel + 4 <= len(self._win):
             # Hot path (iterating in file order): the header is in the read-ahead window,
@@ -531,6 +539,7 @@ class PagedReader:
 
     async def read_blob_raw(self, offset: int) -> tuple[int, int, bytes]:
         """``(header_len, compression_bits, stored bytes)`` without decompressing."""
+        self._check_blob_offset(offset)
         hdr_len, data_len, bits = await self._read_header(offset)
         return hdr_len, bits, await self.read_at(offset + hdr_len, data_len)
 

@@ -174,3 +174,20 @@ async def test_truncated_value_is_an_error_naming_the_file(io_ctx: IoContext, tm
         with pytest.raises(LayerFileError) as ei:
             await layer.get_values_reconstruct_data(k, (0, 11))
     assert str(ei.value).startswith(path) and "corrupt value" in str(ei.value)
+
+
+async def test_blob_offset_in_the_summary_page_is_an_error(io_ctx: IoContext, tmp_path: Path) -> None:
+    """SPEC section 4: leaf values are offsets >= 8192; one pointing into the summary page
+    is a damaged file (named), not a value read from the summary's bytes."""
+    key = Key.from_int(5)
+    path = await write_image(io_ctx, str(tmp_path), [(key, b"img")], 20, "disabled")
+    blk, root, _ = await _root(io_ctx, path)
+    assert root.level == 0
+    _patch(path, blk * PAGE_SZ + root.vals_off, (100).to_bytes(5, "big"))
+    async with await ImageLayer.open(io_ctx, path) as layer:
+        with pytest.raises(LayerFileError) as ei:
+            await layer.get(key)
+    assert str(ei.value).startswith(path) and "summary page" in str(ei.value)
+    dump = await trio.to_thread.run_sync(_cli, "dump", "--values", path)
+    assert dump.returncode == 1 and "Traceback" not in dump.stderr, dump.stderr
+    assert path in dump.stderr and "summary page" in dump.stderr
