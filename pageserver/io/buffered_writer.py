@@ -3,7 +3,7 @@
 Used by the ephemeral file of the in-memory layer, the blob writer of delta and image
 layers, and the benchmarks. It turns many small appends into writes of whole buffers
 (at least 64 KiB; only the last one may be partial, unless the owner asks for large
-appends to go out whole: :meth:`BufferedWriter.write`, or writes a gather:
+appends and gathers to go out whole, ``whole_buffers=False``: :meth:`BufferedWriter.write`,
 :meth:`BufferedWriter.write_gather`, before which the current buffer goes out as it is),
 which is what both engines want: ``std-fs`` pays a syscall per write, ``trio-uring`` a
 submission and a completion.
@@ -139,6 +139,10 @@ class BufferedWriter:
         #: Buffers whose write failed with an OSError, oldest first: (offset, buf, length).
         #: Written again before anything else; served from memory by ``read_at`` meanwhile.
         self._unwritten: list[tuple[int, bytearray | memoryview | Gather, int]] = []
+        #: The last gather's bytes past the last whole buffer (less than one), still where
+        #: they are: the next gather writes them first, anything else copies them into
+        #: the buffer (:meth:`write_gather`, :meth:`_settle`).
+        self._carry: Gather | None = None
         #: Starts large borrowed writes (module docstring); None: on the caller's thread.
         self._run_job = run_job
         #: Where the next writeback range starts; -1: no early writeback (module docstring).
@@ -153,7 +157,19 @@ class BufferedWriter:
     @property
     def offset(self) -> int:
         """Absolute offset of the next byte appended (= logical file length)."""
-        return self._buf_offset + self._fill
+        return self._buf_offset + self._fill + (len(self._carry) if self._carry is not None else 0)
+
+    def _settle(self) -> None:
+        """Copy a gather's held tail (:meth:`write_gather`) into the current buffer (it is
+        less than a buffer, and the buffer is empty while a tail is held): from now on no
+        memory of the gather is read. Every entry point but ``write_gather`` does this
+        first."""
+        carry = self._carry
+        if carry is not None:
+            self._carry = None
+            assert self._fill == 0
+            carry.copy_into(0, len(carry), self._buf, 0)
+            self._fill = len(carry)
 
     @property
     def durable_offset(self) -> int:
@@ -214,6 +230,7 @@ class BufferedWriter:
         """
         if self._error is not None:
             self._check()
+        self._settle()
         if self._unwritten:
             await self._write_unwritten()
         start = self._buf_offset + self._fill
@@ -253,22 +270,74 @@ class BufferedWriter:
 
     async def write_gather(self, gather: Gather) -> int:
         """Append the bytes of ``gather`` (:mod:`pageserver.io.gather`); return the absolute
-        offset where they start. Its memory is borrowed (unchanged until written, as with
-        ``write(..., borrow=True)``): the current buffer goes out as it is (if it holds
-        anything), then the gather as one vectored write, nothing copied by this process.
-        In flight, unwritten or read back, it is handled like a borrowed buffer."""
+        offset where they start. Its memory is borrowed: unchanged until the writer no
+        longer reads it, which is once :meth:`wait_written` (or :meth:`finish`) returned.
+
+        Cut as a borrowed append is, so that a layer file still gets whole buffers only
+        (SPEC section 4): the current buffer topped up from the gather's head (a copy of
+        less than a buffer), then the whole buffers' worth after it as one vectored write
+        straight from the gather. The rest (less than a buffer) is *held* where it is: the
+        next gather writes it first, so a run of gathers (a flush of large values) copies
+        nothing but at its two ends; any other call copies it into the buffer first.
+        Without ``whole_buffers`` the current buffer goes out as it is, then the gather
+        whole. In flight, unwritten or read back, it is handled like a borrowed buffer."""
         if self._error is not None:
             self._check()
+        if not self._whole_buffers:
+            self._settle()
         if self._unwritten:
+            self._settle()
             await self._write_unwritten()
-        start = self._buf_offset + self._fill
-        if len(gather):
+        start = self.offset
+        if not len(gather):
+            return start
+        if not self._whole_buffers:
             await self._submit_whole(gather)
+            return start
+        if self._carry is not None:
+            gather = Gather.concat(self._carry, gather)
+            self._carry = None
+        n = len(gather)
+        # The gather is taken whole even when a write fails on the way (a full disk): a
+        # failed write keeps its bytes as unwritten, a part not yet started becomes
+        # unwritten as it is, and the rest is copied into the buffer; then the error is
+        # raised. (As a borrowed write or a gather without ``whole_buffers`` is.)
+        err: OSError | None = None
+        pos = 0
+        if self._fill:
+            pos = min(self.buffer_size - self._fill, n)
+            gather.copy_into(0, pos, self._buf, self._fill)
+            self._fill += pos
+            if self._fill == self.buffer_size:
+                try:
+                    await self._submit_full()
+                except OSError as e:
+                    err = e
+        whole = (n - pos) // self.buffer_size * self.buffer_size if self._fill == 0 else 0
+        if whole:
+            part = gather.tail(pos).head(whole)
+            if err is None:
+                try:
+                    await self._submit_borrowed(part)
+                except OSError as e:
+                    err = e
+            else:
+                self._unwritten.append((self._buf_offset, part, whole))
+                self._buf_offset += whole
+            pos += whole
+        if pos < n:
+            if err is None and self._fill == 0:
+                self._carry = gather.tail(pos)
+            else:
+                gather.copy_into(pos, n - pos, self._buf, self._fill)
+                self._fill += n - pos
+        if err is not None:
+            raise err
         return start
 
     async def _submit_whole(self, data: memoryview | Gather) -> None:
         """The current buffer as it is (if it holds anything), then ``data`` (borrowed) in
-        one write: a large put without ``whole_buffers``, and every gather."""
+        one write: a large put or a gather without ``whole_buffers``."""
         if self._fill:
             await self._submit(self._fill)
         await self._submit_borrowed(data)
@@ -367,6 +436,7 @@ class BufferedWriter:
         longer read (a caller about to release it, or to drop it from its mapping, waits
         here first). Raises if a write fails (it stays unwritten, as ever)."""
         self._check()
+        self._settle()
         await self._drain()
         if self._unwritten:
             await self._write_unwritten()
@@ -394,6 +464,7 @@ class BufferedWriter:
         After an error it may be called again: what failed is written again first.
         """
         self._check()
+        self._settle()
         # The fsync that follows writes back what is left: a hint now would only add a
         # syscall (or an SQE racing the fsync's).
         self._wb_from = -1
@@ -412,6 +483,7 @@ class BufferedWriter:
         to delete the file.
         """
         self._wb_from = -1
+        self._carry = None
         while self._inflight:
             try:
                 await self._complete_oldest(rewrite=False)
@@ -429,6 +501,7 @@ class BufferedWriter:
         ``[offset, durable_offset)`` is read from the file, and those bytes never change.
         """
         self._check()
+        self._settle()
         end = offset + n
         if end > self.offset:
             raise EOFError(f"read past the end of {self.file.path}: {offset}+{n} > {self.offset}")

@@ -85,6 +85,42 @@ class Gather:
             rest[0, 1] -= skip
         return Gather(rest, self._owners)
 
+    @staticmethod
+    def concat(first: Gather, second: Gather) -> Gather:
+        """``first``'s bytes, then ``second``'s."""
+        import numpy as np
+
+        return Gather(np.concatenate((first.iov, second.iov)), first._owners + second._owners)
+
+    def head(self, n: int) -> Gather:
+        """The gather's first ``n`` bytes (0 < ``n`` <= its length): the pieces up to the
+        one byte ``n - 1`` is in, that one cut short."""
+        if not 0 < n <= self.nbytes:
+            raise ValueError(f"head of {n} bytes of a {self.nbytes}-byte gather")
+        ends = self.iov[:, 1].cumsum()
+        i = int(ends.searchsorted(n, side="left"))
+        rows = self.iov[: i + 1].copy()
+        rows[-1, 1] -= int(ends[i]) - n
+        return Gather(rows, self._owners)
+
+    def copy_into(self, start: int, n: int, dst: bytearray, at: int) -> None:
+        """``dst[at : at + n] = self[start : start + n]``, one ``memmove`` per piece, with no
+        intermediate ``bytes`` (how a buffered writer tops its buffer up from a gather)."""
+        if n <= 0:
+            return
+        if start < 0 or start + n > self.nbytes or at < 0 or at + n > len(dst):
+            raise ValueError(f"copy of {n} bytes from {start} to {at} out of range")
+        rows = self.tail(start).head(n).iov.tolist()  # the pieces of the range, exactly
+        anchor = ctypes.c_char.from_buffer(dst)  # pins dst (no resize) while it lives
+        try:
+            to = ctypes.addressof(anchor) + at
+            memmove = ctypes.memmove
+            for address, length in rows:
+                memmove(to, address, length)
+                to += length
+        finally:
+            del anchor
+
     def tobytes(self) -> bytes:
         return b"".join(ctypes.string_at(a, n) for a, n in self.iov.tolist() if n)
 

@@ -13,10 +13,11 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from pageserver import failpoints
-from pageserver.io import BufferedWriter, Gather, IoContext
+from pageserver.io import BufferedWriter, Gather, IoContext, VirtualFile
 from pageserver.io.gather import IOV_MAX
 from pageserver.layers.blob_io import MAX_BLOB_LEN, BlobError, gather_blobs, pack_blobs
 from tests.helpers.fs import fill, small_tmpfs
+from tests.io.test_buffered_writer import _start_spy
 
 
 def pieces_gather(chunks: list[bytes]) -> tuple[Gather, bytes]:
@@ -48,6 +49,16 @@ def test_gather_reads_back_and_tails_like_its_bytes(
     assert len(g) == len(joined) and g.tobytes() == joined
     assert g.tail(a).tobytes() == joined[a:]
     assert g[a:b] == joined[a:b]
+    if 0 < b <= len(joined):
+        assert g.head(b).tobytes() == joined[:b] and len(g.head(b)) == b
+        if a < b:
+            assert g.tail(a).head(b - a).tobytes() == joined[a:b]
+            dst = bytearray(b"\xee" * (b + 3))
+            g.copy_into(a, b - a, dst, 3)
+            assert dst == b"\xee" * 3 + joined[a:b] + b"\xee" * a
+    else:
+        with pytest.raises(ValueError):
+            g.head(b)
 
 
 @given(st.lists(st.integers(0, 20_000), min_size=1, max_size=40), st.integers(0, 2**32 - 1))
@@ -162,12 +173,18 @@ async def test_gathers_and_appends_match_model(
     engine_kind: str, tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[bool, int, int]]
 ) -> None:  # fmt: skip
     """``write_gather`` among plain appends: same offsets and file as the joined bytes, and
-    every byte readable (from memory while in flight) at every point."""
+    every byte readable (from memory while in flight) at every point; the file is written
+    in whole buffers only (a multiple of the buffer each, back to back), all but the last
+    (SPEC section 4: a layer file's writer writes full buffers only)."""
     from pageserver.io import create_engine
 
     ctx = IoContext(create_engine(engine_kind), no_sync=True)
     vf = await ctx.create(str(tmp_path_factory.mktemp("g") / "f"))
-    w = BufferedWriter(vf, 64 * 1024)
+    buf = 64 * 1024
+    w = BufferedWriter(vf, buf)
+    issued: list[tuple[int, int]] = []
+    mp = pytest.MonkeyPatch()
+    mp.setattr(VirtualFile, "start_write_all_at", _start_spy(issued, []))
     model = bytearray()
     keep = []
     for gathered, n, byte in ops:
@@ -185,9 +202,12 @@ async def test_gathers_and_appends_match_model(
         lo = max(0, len(model) - 150_000)
         assert await w.read_at(lo, len(model) - lo) == bytes(model[lo:])
     assert await w.finish() == len(model)
+    mp.undo()
     await vf.close()
     assert Path(vf.path).read_bytes() == bytes(model)
     await ctx.aclose()
+    assert [o for o, _ in issued] == [sum(n for _, n in issued[:i]) for i in range(len(issued))]
+    assert all(n % buf == 0 for _, n in issued[:-1]), issued
 
 
 @pytest.mark.parametrize("head", [b"", b"head" * 100])
@@ -254,3 +274,49 @@ async def test_a_flush_of_gathers_cancelled_midway_leaves_nothing(
         assert info.num_entries == 3000
     finally:
         await layer.delete()
+
+
+@given(sizes=st.lists(st.integers(1, 300_000), min_size=1, max_size=12), seed=st.integers(0, 2**32 - 1))
+async def test_a_run_of_gathers_copies_only_its_last_tail(
+    engine_kind: str, tmp_path_factory: pytest.TempPathFactory, sizes: list[int], seed: int
+) -> None:
+    """Back-to-back gathers into an empty buffer: whole buffers only, straight from the
+    gathers, each one's tail held for the next; the process copies only the last tail
+    (less than a buffer), when the caller waits for the writes. The file is the bytes."""
+    from pageserver.io import create_engine
+
+    ctx = IoContext(create_engine(engine_kind), no_sync=True)
+    vf = await ctx.create(str(tmp_path_factory.mktemp("run") / "f"))
+    buf = 64 * 1024
+    w = BufferedWriter(vf, buf)
+    rng = np.random.default_rng(seed)
+    copied: list[int] = []
+    real_copy = Gather.copy_into
+    issued: list[tuple[int, int]] = []
+    model = bytearray()
+    keep = []
+    with pytest.MonkeyPatch.context() as mp:
+
+        def counting(self: Gather, start: int, n: int, dst: bytearray, at: int) -> None:
+            copied.append(n)
+            real_copy(self, start, n, dst, at)
+
+        mp.setattr(Gather, "copy_into", counting)
+        mp.setattr(VirtualFile, "start_write_all_at", _start_spy(issued, []))
+        for size in sizes:
+            parts = [rng.integers(0, 256, min(7000, size - i), dtype=np.uint8).tobytes() for i in range(0, size, 7000)]
+            g, joined = pieces_gather(parts)
+            keep.append(g)
+            assert await w.write_gather(g) == len(model)
+            model += joined
+            assert w.offset == len(model)
+        assert sum(copied) == 0
+        await w.wait_written()
+        assert sum(copied) == len(model) % buf
+        assert await w.read_at(0, len(model)) == bytes(model)
+        assert await w.finish() == len(model)
+    await vf.close()
+    assert Path(vf.path).read_bytes() == bytes(model)
+    await ctx.aclose()
+    assert [o for o, _ in issued] == [sum(n for _, n in issued[:i]) for i in range(len(issued))]
+    assert all(n % buf == 0 for _, n in issued[:-1]), issued
