@@ -178,6 +178,12 @@ class TenantManager:
                     mgr._start_background(tl)
             if mgr.remote_storage is not None and config.max_resident_layer_bytes is not None:
                 nursery.start_soon(mgr._eviction_loop, config.max_resident_layer_bytes)
+            elif config.max_resident_layer_bytes is not None:
+                # Only uploaded layers can be evicted (their objects are the copy).
+                log.warning(
+                    "max_resident_layer_bytes is ignored without [remote_storage]",
+                    max_resident_layer_bytes=config.max_resident_layer_bytes,
+                )
             try:
                 yield mgr
             finally:

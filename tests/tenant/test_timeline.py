@@ -344,3 +344,21 @@ async def test_lsn_max_is_rejected(engine_kind: str, tmp_path: Path) -> None:
         await mgr.put(TENANT, TIMELINE, [(key(1), 2**64 - 2, image(b"top"))])
         assert await mgr.flush(TENANT, TIMELINE) == 2**64 - 2
         assert await mgr.get(TENANT, TIMELINE, key(1), 2**64 - 2) == b"top"
+
+
+async def test_max_resident_layer_bytes_without_remote_storage_is_said_to_be_ignored(
+    engine_kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only uploaded layers can be evicted: without ``[remote_storage]`` the bound is
+    ignored, and the log says so (it was silently accepted)."""
+    import dataclasses
+
+    cfg = dataclasses.replace(config(), max_resident_layer_bytes=4096)
+    capsys.readouterr()
+    async with manager(engine_kind, tmp_path, cfg):
+        pass
+    err = capsys.readouterr().err
+    assert "max_resident_layer_bytes is ignored without [remote_storage]" in err
+    async with manager(engine_kind, tmp_path, config()):
+        pass
+    assert "max_resident_layer_bytes" not in capsys.readouterr().err
