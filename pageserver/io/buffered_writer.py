@@ -72,13 +72,17 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pageserver.io.gather import Gather
+from pageserver.io.gather import IOV_MAX, Gather
 from pageserver.io.virtual_file import PendingWrite, VirtualFile
 
 DEFAULT_BUFFER_SIZE = 64 * 1024
 MIN_BUFFER_SIZE = 64 * 1024
 #: Borrowed writes at least this large are started through ``run_job`` (module docstring).
 OFFLOAD_MIN_BYTES = 256 * 1024
+#: A gather's held tail (:meth:`BufferedWriter.write_gather`) is copied instead when it has
+#: more pieces than this: with the next gather's it should fit a vectored write (IOV_MAX),
+#: and tiny gathers piling up in it (each keeping its owners alive) are bounded.
+_HOLD_MAX_PIECES = IOV_MAX // 4
 
 #: With ``will_fsync``, writeback of the file is started every time this many more bytes
 #: are written (module docstring). Large enough that the hint costs nothing (one syscall
@@ -294,42 +298,63 @@ class BufferedWriter:
         if not self._whole_buffers:
             await self._submit_whole(gather)
             return start
+        owners = gather.owners
+        held = 0  # bytes of an earlier gather at the front of this one
         if self._carry is not None:
+            held = len(self._carry)
             gather = Gather.concat(self._carry, gather)
             self._carry = None
         n = len(gather)
+        bs = self.buffer_size
         # The gather is taken whole even when a write fails on the way (a full disk): a
-        # failed write keeps its bytes as unwritten, a part not yet started becomes
-        # unwritten as it is, and the rest is copied into the buffer; then the error is
+        # failed write keeps its bytes as unwritten, the parts not yet started become
+        # unwritten as they are, and the rest is copied into the buffer; then the error is
         # raised. (As a borrowed write or a gather without ``whole_buffers`` is.)
         err: OSError | None = None
         pos = 0
         if self._fill:
-            pos = min(self.buffer_size - self._fill, n)
+            pos = min(bs - self._fill, n)
             gather.copy_into(0, pos, self._buf, self._fill)
             self._fill += pos
-            if self._fill == self.buffer_size:
+            if self._fill == bs:
                 try:
                     await self._submit_full()
                 except OSError as e:
                     err = e
-        whole = (n - pos) // self.buffer_size * self.buffer_size if self._fill == 0 else 0
-        if whole:
-            part = gather.tail(pos).head(whole)
-            if err is None:
+        rest = gather.tail(pos)
+        whole = (n - pos) // bs * bs if self._fill == 0 else 0
+        while whole:
+            # One write takes at most IOV_MAX pieces (the kernel's limit: more would be a
+            # short write, continued at an offset that is no buffer boundary), so whole
+            # buffers' worth of them; a buffer that needs more pieces than that is copied.
+            chunk = min(whole, rest.bytes_in(IOV_MAX)) // bs * bs
+            if err is not None:
+                self._unwritten.append((self._buf_offset, rest.head(whole), whole))
+                self._buf_offset += whole
+                chunk = whole
+            elif not chunk:
+                chunk = bs
+                rest.copy_into(0, bs, self._buf, 0)
+                self._fill = bs
                 try:
-                    await self._submit_borrowed(part)
+                    await self._submit_full()
                 except OSError as e:
                     err = e
             else:
-                self._unwritten.append((self._buf_offset, part, whole))
-                self._buf_offset += whole
-            pos += whole
+                try:
+                    await self._submit_borrowed(rest.head(chunk))
+                except OSError as e:
+                    err = e
+            rest = rest.tail(chunk)
+            whole -= chunk
+            pos += chunk
         if pos < n:
-            if err is None and self._fill == 0:
-                self._carry = gather.tail(pos)
+            if err is None and self._fill == 0 and rest.count <= _HOLD_MAX_PIECES:
+                # Past the earlier tail, the pieces are this gather's: only its owners are
+                # kept (a run of gathers does not keep every earlier one alive).
+                self._carry = Gather(rest.iov, owners) if pos >= held else rest
             else:
-                gather.copy_into(pos, n - pos, self._buf, self._fill)
+                rest.copy_into(0, n - pos, self._buf, self._fill)
                 self._fill += n - pos
         if err is not None:
             raise err
@@ -511,12 +536,18 @@ class BufferedWriter:
             i = offset - buf_off
             return bytes(self._buf[i : i + n])
         out = bytearray(n)
-        # On disk: everything below the first buffer in flight (or the current one),
-        # except the unwritten buffers, which only memory has.
-        disk_end = min(end, self._inflight[0][0] if self._inflight else buf_off)
+        # Below the current buffer: the writes in flight and the unwritten ones from
+        # memory, every other byte from the file (its write completed: those bytes never
+        # change). Not just what lies below the oldest write in flight: a write done again
+        # after a failure can complete while an older one is still in flight, and its
+        # bytes are then in neither list (a review found reads of zeros there).
+        in_memory = [(off, buf, length) for off, buf, length, _p in self._inflight]
+        in_memory += self._unwritten
+        in_memory.sort(key=lambda m: m[0])
+        disk_end = min(end, buf_off)
         disk_ranges = []
         pos = offset
-        for off, buf, length in list(self._unwritten):
+        for off, buf, length in in_memory:
             lo = max(offset, off)
             hi = min(end, off + length)
             if lo < hi:
@@ -526,11 +557,6 @@ class BufferedWriter:
             pos = max(pos, off + length)
         if pos < disk_end:
             disk_ranges.append((pos, disk_end))
-        for off, buf, length, _p in self._inflight:
-            lo = max(offset, off)
-            hi = min(end, off + length)
-            if lo < hi:
-                out[lo - offset : hi - offset] = buf[lo - off : hi - off]
         if end > buf_off:
             lo = max(offset, buf_off)
             out[lo - offset :] = self._buf[lo - buf_off : end - buf_off]

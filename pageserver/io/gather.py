@@ -85,12 +85,22 @@ class Gather:
             rest[0, 1] -= skip
         return Gather(rest, self._owners)
 
+    @property
+    def owners(self) -> tuple[object, ...]:
+        """The objects kept alive for the memory the pieces point into."""
+        return self._owners
+
     @staticmethod
     def concat(first: Gather, second: Gather) -> Gather:
-        """``first``'s bytes, then ``second``'s."""
+        """``first``'s bytes, then ``second``'s (owners kept once each)."""
         import numpy as np
 
-        return Gather(np.concatenate((first.iov, second.iov)), first._owners + second._owners)
+        owners = tuple({id(o): o for o in first._owners + second._owners}.values())
+        return Gather(np.concatenate((first.iov, second.iov)), owners)
+
+    def bytes_in(self, pieces: int) -> int:
+        """Bytes of the first ``pieces`` pieces."""
+        return int(self.iov[:pieces, 1].sum())
 
     def head(self, n: int) -> Gather:
         """The gather's first ``n`` bytes (0 < ``n`` <= its length): the pieces up to the

@@ -403,3 +403,41 @@ async def test_a_large_unwritten_write_is_written_again_through_run_job(
     assert await w.finish() == len(big) + 4
     await vf.close()
     assert (tmp_path / "bw").read_bytes() == big + b"tail"
+
+
+async def test_a_write_done_again_behind_one_in_flight_reads_back(
+    engine_kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A buffer whose write failed to start (kept unwritten) is written again by the next
+    append while an older write may still be in flight (trio-uring's write-behind): its
+    bytes are then on disk, in neither list, and read back from the file (they used to be
+    read as zeros: a review finding)."""
+    import errno
+
+    from pageserver.io import create_engine
+
+    ctx = IoContext(create_engine(engine_kind), no_sync=True)
+    vf = await ctx.create(str(tmp_path / "f"))
+    original = VirtualFile.start_write_all_at
+    fail = [False]
+
+    async def start(self: VirtualFile, data: Any, offset: int) -> Any:
+        if fail[0]:
+            fail[0] = False
+            raise OSError(errno.ENOSPC, "injected: no space")
+        return await original(self, data, offset)
+
+    monkeypatch.setattr(VirtualFile, "start_write_all_at", start)
+    w = BufferedWriter(vf, BUF)
+    a, b, c = b"A" * BUF, b"B" * BUF, b"C" * 10
+    await w.write(a)
+    fail[0] = True
+    with pytest.raises(OSError):
+        await w.write(b)
+    await w.write(c)  # writes B again first
+    assert await w.read_at(0, w.offset) == a + b + c
+    assert await w.read_at(BUF, BUF) == b
+    assert await w.finish() == 2 * BUF + 10
+    await vf.close()
+    assert (tmp_path / "f").read_bytes() == a + b + c
+    await ctx.aclose()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -320,3 +321,47 @@ async def test_a_run_of_gathers_copies_only_its_last_tail(
     await ctx.aclose()
     assert [o for o, _ in issued] == [sum(n for _, n in issued[:i]) for i in range(len(issued))]
     assert all(n % buf == 0 for _, n in issued[:-1]), issued
+
+
+@pytest.mark.parametrize("piece", [10, 100])
+async def test_gathers_of_more_than_iov_max_pieces_still_write_whole_buffers(
+    engine_kind: str, tmp_path: Path, piece: int
+) -> None:
+    """One vectored write takes at most IOV_MAX pieces: more would be a short write,
+    continued at an offset that is no buffer boundary. So a gather of many small pieces
+    goes out as whole buffers' worth of at most IOV_MAX pieces each (100 B pieces), or
+    copied a buffer at a time where a buffer needs more pieces than that (10 B)."""
+    from pageserver.io import StdFsEngine, UringEngine, create_engine
+    from pageserver.io.gather import IOV_MAX
+
+    ctx = IoContext(create_engine(engine_kind), no_sync=True)
+    vf = await ctx.create(str(tmp_path / "f"))
+    buf = 64 * 1024
+    w = BufferedWriter(vf, buf)
+    issued: list[tuple[int, int]] = []
+    vectored: list[tuple[int, int]] = []  # (offset, pieces) of each vectored write
+    model = bytearray()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(VirtualFile, "start_write_all_at", _start_spy(issued, []))
+        for cls, name in ((StdFsEngine, "write_gather_at"), (UringEngine, "_push_writev")):
+            real = getattr(cls, name)
+
+            async def spy(self: Any, fd: int, g: Gather, offset: int, real: Any = real) -> Any:
+                vectored.append((offset, g.count))
+                return await real(self, fd, g, offset)
+
+            mp.setattr(cls, name, spy)
+        for k in range(3):
+            g, joined = pieces_gather([bytes([(k * 7 + i) % 256]) * piece for i in range(5000)])
+            assert await w.write_gather(g) == len(model)
+            model += joined
+        assert await w.finish() == len(model)
+    await vf.close()
+    assert (tmp_path / "f").read_bytes() == bytes(model)
+    await ctx.aclose()
+    assert [o for o, _ in issued] == [sum(n for _, n in issued[:i]) for i in range(len(issued))]
+    assert all(n % buf == 0 for _, n in issued[:-1]), issued
+    # Each vectored write is whole: no short write continued mid-buffer. (Pieces of 10 B:
+    # 1024 of them are less than a buffer, so everything is copied, nothing vectored.)
+    assert bool(vectored) == (piece == 100)
+    assert all(c <= IOV_MAX and o % buf == 0 for o, c in vectored), vectored
