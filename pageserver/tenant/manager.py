@@ -20,6 +20,7 @@ import json
 import os
 import secrets
 import tomllib
+import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -170,7 +171,12 @@ class TenantManager:
         await mgr.load()
         # Read at each scrape, with or without remote storage (it used to be set only by
         # the eviction pass, so it stayed 0 on a pageserver without one).
-        metrics.RESIDENT_LAYER_BYTES.set_function(mgr.resident_layer_bytes)
+        # (Through a weak reference: the process-wide gauge must not keep a manager alive
+        # after it closed, nor report its layers; tests open many in one process.)
+        mgr_ref = weakref.ref(mgr)
+        metrics.RESIDENT_LAYER_BYTES.set_function(
+            lambda: m.resident_layer_bytes() if (m := mgr_ref()) is not None else 0.0
+        )
         async with trio.open_nursery() as nursery:
             mgr._nursery = nursery
             for tenant in mgr.tenants.values():
