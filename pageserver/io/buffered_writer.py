@@ -523,7 +523,7 @@ class BufferedWriter:
         The parts still in memory (the current buffer, buffers in flight) are copied
         *before* any await: a concurrent ``write`` may submit the current buffer, reuse a
         completed one or move ``durable_offset`` while this read waits for the disk. Only
-        ``[offset, durable_offset)`` is read from the file, and those bytes never change.
+        bytes whose write completed are read from the file, and those never change.
         """
         self._check()
         self._settle()
