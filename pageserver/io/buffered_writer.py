@@ -298,6 +298,21 @@ class BufferedWriter:
         if not self._whole_buffers:
             await self._submit_whole(gather)
             return start
+        try:
+            return await self._write_gather_whole(gather, start)
+        except OSError:
+            raise
+        except BaseException as e:
+            # Cancelled (a cancelled job's JobCancelled, trio's Cancelled while waiting for
+            # a slot or ring room) or a bug halfway through a gather: part of it may be
+            # taken and the held tail is gone, so the writer is unusable from here on, as
+            # the module docstring says of a cancelled job.
+            if self._error is None:
+                self._error = e
+            raise
+
+    async def _write_gather_whole(self, gather: Gather, start: int) -> int:
+        """:meth:`write_gather` with ``whole_buffers``."""
         owners = gather.owners
         held = 0  # bytes of an earlier gather at the front of this one
         if self._carry is not None:
@@ -308,8 +323,10 @@ class BufferedWriter:
         bs = self.buffer_size
         # The gather is taken whole even when a write fails on the way (a full disk): a
         # failed write keeps its bytes as unwritten, the parts not yet started become
-        # unwritten as they are, and the rest is copied into the buffer; then the error is
-        # raised. (As a borrowed write or a gather without ``whole_buffers`` is.)
+        # unwritten as they are (cut as they would have been written: whole buffers of at
+        # most IOV_MAX pieces, so a rewrite is whole buffers too), and the rest is copied
+        # into the buffer; then the error is raised. (Only an earlier unwritten write that
+        # fails again, at the start, leaves it untaken.)
         err: OSError | None = None
         pos = 0
         if self._fill:
@@ -328,13 +345,18 @@ class BufferedWriter:
             # short write, continued at an offset that is no buffer boundary), so whole
             # buffers' worth of them; a buffer that needs more pieces than that is copied.
             chunk = min(whole, rest.bytes_in(IOV_MAX)) // bs * bs
-            if err is not None:
-                self._unwritten.append((self._buf_offset, rest.head(whole), whole))
-                self._buf_offset += whole
-                chunk = whole
-            elif not chunk:
+            part: Gather | bytearray
+            if not chunk:
                 chunk = bs
-                rest.copy_into(0, bs, self._buf, 0)
+                part = bytearray(bs)
+                rest.copy_into(0, bs, part, 0)
+            else:
+                part = rest.head(chunk)
+            if err is not None:
+                self._unwritten.append((self._buf_offset, part, chunk))
+                self._buf_offset += chunk
+            elif isinstance(part, bytearray):
+                self._buf[:] = part
                 self._fill = bs
                 try:
                     await self._submit_full()
@@ -342,7 +364,7 @@ class BufferedWriter:
                     err = e
             else:
                 try:
-                    await self._submit_borrowed(rest.head(chunk))
+                    await self._submit_borrowed(part)
                 except OSError as e:
                     err = e
             rest = rest.tail(chunk)
@@ -536,11 +558,24 @@ class BufferedWriter:
             i = offset - buf_off
             return bytes(self._buf[i : i + n])
         out = bytearray(n)
-        # Below the current buffer: the writes in flight and the unwritten ones from
-        # memory, every other byte from the file (its write completed: those bytes never
-        # change). Not just what lies below the oldest write in flight: a write done again
-        # after a failure can complete while an older one is still in flight, and its
-        # bytes are then in neither list (a review found reads of zeros there).
+        # Copied in a function of its own: nothing in this frame refers to borrowed memory
+        # (a gather, a caller's buffer) across the reads from the file below.
+        disk_ranges = self._copy_from_memory(out, offset, end)
+        view = memoryview(out)
+        for lo, hi in disk_ranges:
+            await self.file.read_exact_at_into(view[lo - offset : hi - offset], lo)
+        self._check()
+        return bytes(out)
+
+    def _copy_from_memory(self, out: bytearray, offset: int, end: int) -> list[tuple[int, int]]:
+        """For :meth:`read_at`: copy into ``out`` (the bytes ``[offset, end)``) what only
+        memory has -- the writes in flight, the unwritten ones, the current buffer -- and
+        return the ranges to read from the file: every other byte below the current buffer
+        (its write completed: those bytes never change). Not just what lies below the
+        oldest write in flight: a write done again after a failure can complete while an
+        older one is still in flight, and its bytes are then in neither list (a review
+        found reads of zeros there)."""
+        buf_off = self._buf_offset
         in_memory = [(off, buf, length) for off, buf, length, _p in self._inflight]
         in_memory += self._unwritten
         in_memory.sort(key=lambda m: m[0])
@@ -560,8 +595,4 @@ class BufferedWriter:
         if end > buf_off:
             lo = max(offset, buf_off)
             out[lo - offset :] = self._buf[lo - buf_off : end - buf_off]
-        view = memoryview(out)
-        for lo, hi in disk_ranges:
-            await self.file.read_exact_at_into(view[lo - offset : hi - offset], lo)
-        self._check()
-        return bytes(out)
+        return disk_ranges
