@@ -284,7 +284,12 @@ class BufferedWriter:
         next gather writes it first, so a run of gathers (a flush of large values) copies
         nothing but at its two ends; any other call copies it into the buffer first.
         Without ``whole_buffers`` the current buffer goes out as it is, then the gather
-        whole. In flight, unwritten or read back, it is handled like a borrowed buffer."""
+        whole. In flight, unwritten or read back, it is handled like a borrowed buffer.
+
+        With ``whole_buffers``, :attr:`offset` and :meth:`read_at` do not cover the gather
+        (nor a held tail) until the call returns: not for a file read by another task
+        while it is written (the layer writers' files are read once finished; the
+        ephemeral file, which is read meanwhile, has no ``whole_buffers``)."""
         if self._error is not None:
             self._check()
         if not self._whole_buffers:
