@@ -12,8 +12,9 @@ slot reused, right after the call. What remains outside the ring is the ``mmap``
 
 Lifetime: the mapping is unmapped when the last reference to its :class:`FileMapping`
 goes, and every array from :meth:`FileMapping.array` holds one (through the ctypes array
-it is a view of). So a view that outlives :meth:`close` (say, in the traceback of a failed
-flush) stays valid, and the memory goes with the last view, as with ``mmap.mmap``.
+it is a view of). So a view that outlives its owner's close (the flush's
+``MappedFile.close``; say, a view in the traceback of a failed flush) stays valid, and the
+memory goes with the last view, as with ``mmap.mmap``.
 """
 
 from __future__ import annotations
