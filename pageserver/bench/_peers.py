@@ -20,7 +20,7 @@ the records are durable:
   per batch; the last commit runs with ``synchronous = FULL``, which syncs the WAL and so
   every frame before it.
 
-With ``no_sync`` (the benchmark's default, as the daemon's ``no_sync``) neither syncs.
+With ``no_sync`` (``pageserver bench --no-sync``, as the daemon's ``no_sync``) neither syncs.
 """
 
 from __future__ import annotations

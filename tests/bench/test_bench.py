@@ -6,6 +6,7 @@ starts its own daemons and trio runs, and a hang is bounded by the timeout.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -88,6 +89,8 @@ def test_every_metric_per_engine(report: dict[str, Any], kind: str) -> None:
         for q in ("p50", "p99", "max"):
             assert fields[f"{prefix}daemon_ticker_flush_{q}_ms"] >= 0
         assert fields[f"{prefix}daemon_ticker_ingest_max_ms"] > 0
+        ingest = [fields[f"{prefix}daemon_ticker_ingest_{q}_ms"] for q in ("p50", "p99", "max")]
+        assert 0 <= ingest[0] <= ingest[1] <= ingest[2], ingest
 
 
 def test_daemon_ticks_are_cut_to_the_windows(tmp_path: Path) -> None:
@@ -117,6 +120,23 @@ def test_baselines_and_ratios(report: dict[str, Any]) -> None:
     if len(report["engines"]) == 2:
         assert ratios["flush MiB/s: trio-uring / std-fs"] > 0
     assert report["settings"]["get_via"] == "socket"
+    # Durable by default (SPEC section 9: durable ingest, raw write *with fsync* as the
+    # physical limit): the flush ratios are against the synced raw write.
+    assert report["settings"]["no_sync"] is False
+    assert any("raw sequential write (with fsync)" in name for name in ratios), ratios
+
+
+def test_no_sync_is_asked_for_and_said(tmp_path: Path) -> None:
+    """``--no-sync`` turns every fsync off, and the parser says which one a run takes."""
+    from pageserver.bench import harness as bench
+
+    parser = argparse.ArgumentParser()
+    bench.register(parser.add_subparsers())
+    assert parser.parse_args(["bench"]).no_sync is False
+    assert parser.parse_args(["bench", "--sync"]).no_sync is False
+    assert parser.parse_args(["bench", "--no-sync"]).no_sync is True
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "--sync", "--no-sync"])
 
 
 def test_uring_skip_is_reported(report: dict[str, Any]) -> None:
