@@ -61,13 +61,8 @@ class CliError(Exception):
 
 def parse_lsn(text: str) -> int:
     """An LSN as a decimal number, ``0x`` hex, or Neon's ``HI/LO`` form."""
-    t = text.strip()
     try:
-        if "/" in t:
-            return int(Lsn.parse(t))
-        if t.lower().startswith("0x"):
-            return int(Lsn(int(t, 16)))
-        return int(Lsn(int(t, 10)))
+        return int(Lsn.from_text(text))
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"invalid LSN {text!r} (use a decimal number, 0x hex, or HI/LO like 0/16B5A50)"

@@ -30,7 +30,7 @@ from pageserver.client._client import (
     backoff_delays,
 )
 from pageserver.layers.batch import PutRecord
-from pageserver.layers.key import Key
+from pageserver.layers.key import Key, Lsn
 from pageserver.layers.value import Image, TestRecord, encode_value
 
 __all__ = [
@@ -180,8 +180,10 @@ class FileSource:
                 key = bytes(Key.from_hex(obj["key"]))
                 lsn = obj["lsn"]
                 value = bytes.fromhex(obj["value"])
-                if type(lsn) is not int:
-                    raise ValueError("key must be 36 hex digits and lsn an integer")
+                if type(lsn) is str:  # "0/16B5A50", "0x15", "21": as the client commands take
+                    lsn = int(Lsn.from_text(lsn))
+                elif type(lsn) is not int:
+                    raise ValueError("key must be 36 hex digits and lsn an integer or LSN text")
             except (ValueError, KeyError, TypeError) as e:
                 raise FeedError(f"{self.path}:{n}: bad record: {e}") from None
             yield key, lsn, value

@@ -117,6 +117,19 @@ class Lsn(int):
             raise ValueError(f"invalid LSN {text!r}")
         return cls(int(hi, 16))
 
+    @classmethod
+    def from_text(cls, text: str) -> Lsn:
+        """An LSN as a user writes it: a decimal number, ``0x`` hex, or Neon's ``HI/LO``
+        (what the client commands and ``feed``'s JSON-lines files take)."""
+        t = text.strip()
+        if "/" in t:
+            return cls.parse(t)
+        if t.lower().startswith("0x"):
+            return cls(int(t, 16))
+        if not t.isdigit():
+            raise ValueError(f"invalid LSN {text!r}")
+        return cls(int(t, 10))
+
     def file_hex(self) -> str:
         """The 16-digit uppercase form used in layer file names."""
         return f"{int(self):016X}"

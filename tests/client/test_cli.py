@@ -224,10 +224,12 @@ async def test_feed_from_files(
         for k, lsn, v in records[:150]:
             f.write(msgpack.packb([k, lsn, v], use_bin_type=True))
     jl = tmp_path / "r.jsonl"
+    # LSNs as a number or in the client commands' text forms (HI/LO, 0x hex, decimal).
+    forms = (lambda n: n, lambda n: f"0/{n:X}", hex, str)
     jl.write_text(
         "".join(
-            json.dumps({"key": k.hex(), "lsn": lsn, "value": v.hex()}) + "\n"
-            for k, lsn, v in records[150:]
+            json.dumps({"key": k.hex(), "lsn": forms[i % 4](lsn), "value": v.hex()}) + "\n"
+            for i, (k, lsn, v) in enumerate(records[150:])
         )
     )
     rc, out, err = await run_cli(
@@ -250,9 +252,11 @@ async def test_feed_from_files(
         for k in keys:
             assert await c.get(t, tl, k, 100) == latest[k]
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"key": "zz", "lsn": 1, "value": ""}\n')
-    rc, out, err = await run_cli(capsys, "feed", t, tl, "--file", str(bad), *a)
-    assert rc == 1 and "bad.jsonl:1: bad record" in err
+    bad_lsn = json.dumps({"key": keys[0].hex(), "lsn": "0/zz", "value": ""})
+    for line in ('{"key": "zz", "lsn": 1, "value": ""}', bad_lsn):
+        bad.write_text(line + "\n")
+        rc, out, err = await run_cli(capsys, "feed", t, tl, "--file", str(bad), *a)
+        assert rc == 1 and "bad.jsonl:1: bad record" in err
 
 
 async def test_feed_generator_then_test_kind(

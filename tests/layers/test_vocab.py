@@ -93,6 +93,8 @@ def test_lsn_text_forms(v: int) -> None:
     assert str(lsn) == f"{v >> 32:X}/{v & 0xFFFFFFFF:X}"
     assert Lsn.parse(str(lsn)) == v
     assert Lsn.parse(lsn.file_hex()) == v and len(lsn.file_hex()) == 16
+    # What users write (client commands, feed files): decimal, 0x hex, HI/LO.
+    assert Lsn.from_text(str(v)) == Lsn.from_text(hex(v)) == Lsn.from_text(str(lsn)) == v
 
 
 def test_lsn_examples_and_errors() -> None:
@@ -105,6 +107,9 @@ def test_lsn_examples_and_errors() -> None:
         Lsn(-1)
     with pytest.raises(ValueError):
         Lsn(2**64)
+    for bad in ["", "-1", "0x", "1.5", "0/100000000", str(2**64), " 1 2", "0x-1"]:
+        with pytest.raises(ValueError):
+            Lsn.from_text(bad)
 
 
 @given(st.binary(min_size=16, max_size=16))
