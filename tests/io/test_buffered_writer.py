@@ -160,6 +160,23 @@ def _start_spy(issued: list[tuple[int, int]], sources: list[object]) -> Any:
     return spy
 
 
+def _start_failing_once() -> tuple[Any, list[bool]]:
+    """A ``VirtualFile.start_write_all_at`` whose next call fails to start (ENOSPC) once
+    the returned flag is set (``flag[0] = True``), and the flag."""
+    import errno
+
+    original = VirtualFile.start_write_all_at
+    fail = [False]
+
+    async def start(self: VirtualFile, data: Any, offset: int) -> Any:
+        if fail[0]:
+            fail[0] = False
+            raise OSError(errno.ENOSPC, "injected: no space")
+        return await original(self, data, offset)
+
+    return start, fail
+
+
 async def _finish_as_model(
     w: BufferedWriter, vf: VirtualFile, model: bytearray, issued: list[tuple[int, int]]
 ) -> None:
@@ -412,21 +429,11 @@ async def test_a_write_done_again_behind_one_in_flight_reads_back(
     append while an older write may still be in flight (trio-uring's write-behind): its
     bytes are then on disk, in neither list, and read back from the file (they used to be
     read as zeros: a review finding)."""
-    import errno
-
     from pageserver.io import create_engine
 
     ctx = IoContext(create_engine(engine_kind), no_sync=True)
     vf = await ctx.create(str(tmp_path / "f"))
-    original = VirtualFile.start_write_all_at
-    fail = [False]
-
-    async def start(self: VirtualFile, data: Any, offset: int) -> Any:
-        if fail[0]:
-            fail[0] = False
-            raise OSError(errno.ENOSPC, "injected: no space")
-        return await original(self, data, offset)
-
+    start, fail = _start_failing_once()
     monkeypatch.setattr(VirtualFile, "start_write_all_at", start)
     w = BufferedWriter(vf, BUF)
     a, b, c = b"A" * BUF, b"B" * BUF, b"C" * 10

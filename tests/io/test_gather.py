@@ -18,7 +18,7 @@ from pageserver.io import BufferedWriter, Gather, IoContext, VirtualFile
 from pageserver.io.gather import IOV_MAX
 from pageserver.layers.blob_io import MAX_BLOB_LEN, BlobError, gather_blobs, pack_blobs
 from tests.helpers.fs import fill, small_tmpfs
-from tests.io.test_buffered_writer import _start_spy
+from tests.io.test_buffered_writer import _start_failing_once, _start_spy
 
 
 def pieces_gather(chunks: list[bytes]) -> tuple[Gather, bytes]:
@@ -374,7 +374,6 @@ async def test_a_gather_left_unwritten_is_written_again_in_whole_buffers(
     kept as it would have been written (whole buffers of at most IOV_MAX pieces), so the
     writes done again later are whole buffers too, never a vectored write cut short
     mid-buffer (a review finding: one entry of 1967 pieces went out in two short writes)."""
-    import errno
 
     from pageserver.io import create_engine
     from pageserver.io.gather import IOV_MAX
@@ -395,15 +394,7 @@ async def test_a_gather_left_unwritten_is_written_again_in_whole_buffers(
     w = BufferedWriter(vf, buf)
     parts = [bytes([i % 251]) * 100 for i in range(3000)]
     g, joined = pieces_gather(parts)
-    original = VirtualFile.start_write_all_at
-    fail = [False]
-
-    async def start(self: VirtualFile, data: Any, offset: int) -> Any:
-        if fail[0]:
-            fail[0] = False
-            raise OSError(errno.ENOSPC, "injected: no space")
-        return await original(self, data, offset)
-
+    start, fail = _start_failing_once()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(VirtualFile, "start_write_all_at", start)
         await w.write(b"x")
