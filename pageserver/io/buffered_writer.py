@@ -292,10 +292,8 @@ class BufferedWriter:
         ephemeral file, which is read meanwhile, has no ``whole_buffers``)."""
         if self._error is not None:
             self._check()
-        if not self._whole_buffers:
-            self._settle()
         if self._unwritten:
-            self._settle()
+            self._settle()  # (a held tail lies above them; only whole_buffers holds one)
             await self._write_unwritten()
         start = self.offset
         if not len(gather):
