@@ -126,3 +126,24 @@ def test_block_plan_marks_first_and_last_reader_of_every_block() -> None:
     data = np.zeros(size, np.uint8)
     touched = [sum(plan.prefault(j, data)) for j in range(4)]
     assert touched == [block, block, size - 3 * block, 0]
+
+
+def test_block_plan_bridges_gaps_already_released_but_not_pending_blocks() -> None:
+    """A slice's released blocks are one ``madvise`` range across blocks released after
+    earlier slices (or read by nobody), but never across a block a later slice reads."""
+    block = 1 << iml._BLOCK_SHIFT
+    size = 7 * block
+    plan = iml._BlockPlan(size, 4)
+    # Block b read by slices reads[b] (block 5: nobody).
+    reads = {0: [0, 2], 1: [1], 2: [2], 3: [0, 3], 4: [2], 6: [2]}
+    for j in range(4):
+        at = [b * block for b, js in reads.items() if j in js]
+        plan.add(j, np.array(at, np.int64), np.full(len(at), 100, np.int64))
+    plan.finish()
+    assert plan.last.tolist() == [2, 1, 2, 3, 2, -1, 2]
+    assert plan.released_after(0) == [(5 * block, 6 * block)]
+    assert plan.released_after(1) == [(block, 2 * block)]
+    # Blocks 0, 2: bridged over block 1 (released after slice 1); 4 and 6: bridged over
+    # block 5 (nobody's); block 3 (slice 3 still reads it) splits the two.
+    assert plan.released_after(2) == [(0, 3 * block), (4 * block, size)]
+    assert plan.released_after(3) == [(3 * block, 4 * block)]

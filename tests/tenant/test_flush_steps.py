@@ -388,11 +388,12 @@ async def test_mapping_release_is_cut_into_steps(
     assert all(len(s) == 1 and s[0] <= 3 for s in calls), calls
     nslices = -(-nkeys * passes // 2048)
     assert len(calls) > nslices  # some slice's release took more than one step
-    # Every block goes once its last reader is written: the whole file, each byte once.
-    spans = sorted(released)
-    assert spans[0][0] == 0 and spans[-1][1] == size
-    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
-    assert sum(z - a for a, z in spans) == size
+    # Every block goes once its last reader is written: the whole file is released (a
+    # range may also bridge blocks released before: _BlockPlan's own test).
+    covered = np.zeros(size, np.bool_)
+    for a, z in released:
+        covered[a:z] = True
+    assert covered.all()
     async with await DeltaLayer.open(io_ctx, info.path) as dl:
         assert len(await dl.load_all()) == nkeys * passes
 
