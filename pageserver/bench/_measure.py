@@ -463,10 +463,13 @@ async def _socket_bench_async(
         await c.request("timeline_create", tenant_id=TENANT, timeline_id=TIMELINE)
         dev_before = device_bytes_written(data_dir)
         # The second connection is another process (pageserver.bench._poller): what it
-        # measures is the daemon, not this process's own loop.
+        # measures is the daemon, not this process's own loop. Without OpenBLAS's worker
+        # threads (nothing here multiplies matrices): each spins ~100 ms of a CPU once
+        # numpy is imported, which perf showed overlapping the first ~25 ms of ingest.
         poller = subprocess.Popen(
             [sys.executable, "-m", "pageserver.bench._poller", addr, str(status_interval), status_path],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
         )  # fmt: skip
         stdout = poller.stdout
         assert stdout is not None
