@@ -51,7 +51,7 @@ from pageserver import failpoints, metrics
 from pageserver.errors import PageserverError, StaleGeneration
 from pageserver.io import IoContext
 from pageserver.remote.download import read_layer_file, write_downloaded_layer
-from pageserver.remote.generation import claim_owner, newest_claim
+from pageserver.remote.generation import newest_claim
 from pageserver.remote.index import (
     IndexPart,
     LayerMeta,
@@ -95,15 +95,21 @@ class TenantRemote:
             self.log.error("stale generation: a newer attachment exists; stopping writes", newer_generation=newer)
 
     async def still_current(self, *, deadline: float | None = None) -> bool:
-        """List the claims; a newer one than ours makes this attachment stale (final)."""
+        """List the claims; a newer one than ours makes this attachment stale (final).
+
+        Whoever made the newer claim: a running attachment knows its own generation, so a
+        newer claim is always another attachment, even one naming this ``node_id``. That
+        is a copy of this data directory (a restored snapshot, a cloned VM) started
+        elsewhere; exempting it let this process go on compacting and deleting the
+        objects the copy's index names. (Only a restart, which cannot tell its own claim
+        whose reply was lost from a copy's, goes by the ``node_id``: ``_reattach``.)
+        """
         if self.stale:
             return False
         newest = await newest_claim(self.storage, self.tenant_id, deadline=deadline)
         if newest > self.generation:
-            owner = await claim_owner(self.storage, self.tenant_id, newest, deadline=deadline)
-            if owner != self.node_id:
-                self.mark_stale(newest)
-                return False
+            self.mark_stale(newest)
+            return False
         return True
 
 

@@ -42,13 +42,18 @@ def named_objects(index: dict[str, object]) -> dict[str, int]:
     }
 
 
+@pytest.mark.parametrize("same_node_id", [False, True], ids=["other-node", "cloned-data-dir"])
 async def test_split_brain_never_destroys_the_new_holders_data(
     engine_kind: str,
     tmp_path: Path,
     remote_conf: RemoteStorageConfig,
     request: pytest.FixtureRequest,
     capsys: pytest.CaptureFixture[str],
+    same_node_id: bool,
 ) -> None:
+    """``cloned-data-dir``: B starts from a copy of A's identity (its ``node_id`` file, as
+    a restored snapshot or a cloned VM has): B's claim names A's node id, and A must be
+    fenced all the same."""
     seaweed = request.getfixturevalue("seaweedfs") if remote_conf.bucket_name else None
     cfg = rconfig(remote_conf)
     rng = random.Random(3)
@@ -64,7 +69,11 @@ async def test_split_brain_never_destroys_the_new_holders_data(
         await wait_remote(a, dcl_a)
         assert a.status(TENANT)[0]["generation"] == 1
 
+        if same_node_id:
+            (tmp_path / "b").mkdir()
+            (tmp_path / "b" / "node_id").write_bytes((tmp_path / "a" / "node_id").read_bytes())
         async with manager(engine_kind, tmp_path / "b", cfg) as b:
+            assert b.node_id == a.node_id if same_node_id else b.node_id != a.node_id
             gen_b, _ = await b.attach_tenant(TENANT)
             assert gen_b == 2
             with trio.fail_after(20):
@@ -128,6 +137,10 @@ async def test_split_brain_never_destroys_the_new_holders_data(
                 assert objs.get(key) == size
             _ = lsn_a
 
+    if same_node_id:
+        # A restart cannot tell a copy's claim from its own whose reply was lost (both name
+        # this node id): it claims anew, and B would be fenced in turn.
+        return
     # A restarts: B's claim is newer, so A drops its local copy and no longer serves it.
     async with manager(engine_kind, tmp_path / "a", cfg) as a2:
         assert a2.status() == []
