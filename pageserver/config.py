@@ -17,6 +17,7 @@ import dataclasses
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,6 +168,22 @@ _REMOTE_KINDS: dict[str, str] = {
 }
 
 
+def _check_endpoint(endpoint: str) -> None:
+    """An S3 ``endpoint`` is an ``http://`` or ``https://`` URL with a host (and a valid
+    port, if any): obstore takes anything at startup and panics on the first request
+    otherwise, e.g. for ``127.0.0.1:8333`` without its scheme."""
+    try:
+        url = urllib.parse.urlsplit(endpoint)
+        _ = url.port  # ValueError for a port that is not a number in range
+    except ValueError as e:
+        raise ConfigError(f"config key 'remote_storage.endpoint' is not a URL ({e}): {endpoint!r}") from None
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ConfigError(
+            "config key 'remote_storage.endpoint' must be an http:// or https:// URL with a"
+            f" host, like \"http://127.0.0.1:8333\", not {endpoint!r}"
+        )
+
+
 def remote_storage_from_mapping(raw: Any) -> RemoteStorageConfig:
     """Validate the ``[remote_storage]`` table (key names prefixed ``remote_storage.``)."""
     if not isinstance(raw, Mapping):
@@ -189,13 +206,17 @@ def remote_storage_from_mapping(raw: Any) -> RemoteStorageConfig:
             )
         if not values["local_path"]:
             raise ConfigError("config key 'remote_storage.local_path' must not be empty")
-        if any(part in (".", "..") for part in values.get("prefix_in_bucket", "").split("/")):
-            raise ConfigError(
-                "config key 'remote_storage.prefix_in_bucket' must not have '.' or '..'"
-                " parts (under local_path it is a directory below local_path)"
-            )
     elif len(values["bucket_name"]) < 3:
         raise ConfigError("config key 'remote_storage.bucket_name' must have 3 characters or more")
+    # Both backends: a key below the prefix is a path (a directory below local_path; for S3
+    # obstore refuses such a path on every request, which would look like a store that is
+    # down and be retried forever).
+    if any(part in (".", "..") for part in values.get("prefix_in_bucket", "").split("/")):
+        raise ConfigError(
+            "config key 'remote_storage.prefix_in_bucket' must not have '.' or '..' parts"
+        )
+    if values.get("endpoint") is not None:
+        _check_endpoint(values["endpoint"])
     if values.get("timeout", 1.0) <= 0:
         raise ConfigError("config key 'remote_storage.timeout' must be positive")
     return RemoteStorageConfig(**values)
@@ -307,6 +328,15 @@ def load_config(data_dir: str | os.PathLike[str]) -> PageserverConfig:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
     config = config_from_mapping(data)
+    remote = config.remote_storage
+    if remote is not None and remote.local_path is not None and not os.path.isabs(remote.local_path):
+        # Relative to the data directory (Neon's paths are relative to its workdir), not to
+        # wherever the daemon happens to be started: the same config must find the same
+        # store from any working directory.
+        local_path = os.path.join(os.path.abspath(data_dir), remote.local_path)
+        config = dataclasses.replace(
+            config, remote_storage=dataclasses.replace(remote, local_path=local_path)
+        )
     return apply_env_overrides(config)
 
 

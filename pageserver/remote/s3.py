@@ -57,6 +57,28 @@ def s3_credentials_from_env() -> dict[str, str]:
     return creds
 
 
+class ObjectStoreClientPanic(RuntimeError):
+    """obstore's Rust code panicked (pyo3's ``PanicException``)."""
+
+
+def _no_panic(fn: Callable[[], T]) -> T:
+    """``fn()``, with a Rust panic turned into an ordinary error.
+
+    pyo3 raises a panic as ``PanicException``, a ``BaseException``: it passed every
+    ``except Exception`` (the retry loop's included) and ended the daemon. One request's
+    panic is that request's failure, retried like any other error (the known cause, an
+    endpoint that is not a URL, is refused at startup now).
+    """
+    try:
+        return fn()
+    except Exception:
+        raise
+    except BaseException as e:
+        if type(e).__name__ != "PanicException":
+            raise
+        raise ObjectStoreClientPanic(f"object store client panicked: {e}") from None
+
+
 class S3Storage(RemoteStorage):
     def __init__(self, conf: RemoteStorageConfig) -> None:
         assert conf.bucket_name is not None
@@ -89,7 +111,9 @@ class S3Storage(RemoteStorage):
         return self.prefix + key
 
     async def _run(self, fn: Callable[[], T], *, abandon: bool) -> T:
-        return await trio.to_thread.run_sync(fn, limiter=self._limiter, abandon_on_cancel=abandon)
+        return await trio.to_thread.run_sync(
+            _no_panic, fn, limiter=self._limiter, abandon_on_cancel=abandon
+        )
 
     async def put(self, key: str, data: bytes | bytearray) -> None:
         await self._run(partial(obstore.put, self._store, self._k(key), data), abandon=False)

@@ -130,6 +130,13 @@ async def test_uploads_follow_neons_ordering_and_coalesce(engine_kind: str, tmp_
         ({"bucket_name": "abc", "concurrency_limit": 0}, "remote_storage.concurrency_limit"),
         ({"bucket_name": "abc", "secret": "x"}, "remote_storage.secret"),
         ({"local_path": "/x", "prefix_in_bucket": "a/../b"}, "remote_storage.prefix_in_bucket"),
+        ({"bucket_name": "abc", "prefix_in_bucket": "a/../b"}, "remote_storage.prefix_in_bucket"),
+        ({"bucket_name": "abc", "prefix_in_bucket": "./a"}, "remote_storage.prefix_in_bucket"),
+        ({"bucket_name": "abc", "endpoint": "127.0.0.1:8333"}, "remote_storage.endpoint.*http://"),
+        ({"bucket_name": "abc", "endpoint": "not a url"}, "remote_storage.endpoint"),
+        ({"bucket_name": "abc", "endpoint": "ftp://h"}, "remote_storage.endpoint"),
+        ({"bucket_name": "abc", "endpoint": "http://"}, "remote_storage.endpoint"),
+        ({"bucket_name": "abc", "endpoint": "http://h:99999"}, "remote_storage.endpoint"),
     ],
 )
 def test_remote_storage_config_errors_name_the_key(table: dict[str, object], message: str) -> None:
@@ -180,3 +187,45 @@ def test_s3_needs_credentials_from_the_environment(monkeypatch: pytest.MonkeyPat
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
     with pytest.raises(ConfigError, match="AWS_ACCESS_KEY_ID"):
         open_remote_storage(RemoteStorageConfig(bucket_name="abc", endpoint="http://127.0.0.1:1"))
+
+
+def test_relative_local_path_is_below_the_data_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative ``local_path`` is resolved against the data directory, not the working
+    directory the daemon was started from (which would find another, empty store)."""
+    from pageserver.config import CONFIG_FILE_NAME, load_config
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / CONFIG_FILE_NAME).write_text('[remote_storage]\nlocal_path = "remote/store"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    remote = load_config("../data").remote_storage
+    assert remote is not None and remote.local_path == str(data / "remote" / "store")
+    (data / CONFIG_FILE_NAME).write_text('[remote_storage]\nlocal_path = "/abs/store"\n')
+    remote = load_config(data).remote_storage
+    assert remote is not None and remote.local_path == "/abs/store"
+
+
+async def test_an_object_store_client_panic_is_a_retried_error_not_the_end_of_the_daemon(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """obstore panics (pyo3's ``PanicException``, a ``BaseException``) on a request to an
+    endpoint that is not a URL; such a config is refused at startup now, but a panic of
+    one request must stay that request's (retried) failure, not pass every ``except
+    Exception`` and end the process. A real panic: the config check bypassed."""
+    import trio
+
+    from pageserver.errors import RemoteUnavailable
+    from pageserver.remote.s3 import ObjectStoreClientPanic, S3Storage
+    from pageserver.remote.storage import retrying
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    storage = S3Storage(RemoteStorageConfig(bucket_name="abc", endpoint="127.0.0.1:1", timeout=1.0))
+    with pytest.raises(ObjectStoreClientPanic, match="panicked"):
+        await storage.list_objects("tenants/")
+    with pytest.raises(RemoteUnavailable, match="ObjectStoreClientPanic"):
+        await retrying("list", lambda: storage.list_objects("tenants/"), deadline=trio.current_time() + 0.3)
