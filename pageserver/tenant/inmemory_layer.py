@@ -320,28 +320,40 @@ class InMemoryLayer:
     # -- writes (open layer only, under the timeline's write lock) ------------------------
 
     async def put_batch(self, batch: CheckedBatch) -> None:
-        """Append a checked, LSN-ordered batch (its values are one contiguous buffer).
+        """Append a checked, LSN-ordered batch (its values are one contiguous buffer):
+        :meth:`append_values`, then :meth:`publish`."""
+        await self.publish(await self.append_values(batch))
 
-        All values are appended first; the index is updated only after every append
-        succeeded, so a failing write leaves the index (and so every read) unchanged. The
-        orphaned bytes at the file's tail are harmless. The batch's index entries are
-        published in one step; merging runs afterwards yields between merges.
+    async def append_values(self, batch: CheckedBatch) -> Entries:
+        """Append the batch's values to the file; its index entries, not yet published.
+
+        The index is updated only by :meth:`publish`, after every append of the batch
+        succeeded, so a failing write leaves the index (and so every read) unchanged: the
+        orphaned bytes at the file's tail are harmless. (A large ``put`` appends all of
+        its steps before publishing any: ``Timeline._apply``.)
         """
         assert self.end_lsn is None, "put into a frozen layer"
         self.check_usable()
-        m = len(batch)
-        if not m:
-            return
+        if not len(batch):
+            return Entries(batch.keys, batch.lsns, batch.starts, batch.starts, batch.will_init)
         # One append for the whole batch: a single copy into the writer instead of an
         # await per record; offsets follow from the batch's value offsets.
         base = await self._file.append(batch.value_buffer())
-        new = Entries(
+        return Entries(
             batch.keys, batch.lsns, batch.starts - (int(batch.starts[0]) - base),
             batch.ends - batch.starts, batch.will_init,
         )  # fmt: skip
+
+    async def publish(self, new: Entries) -> None:
+        """Index appended records (LSN-ordered, after this layer's): readers see them in
+        one step; merging runs afterwards yields between merges. No I/O: cannot fail."""
+        assert self.end_lsn is None, "put into a frozen layer"
+        m = len(new)
+        if not m:
+            return
         self._add(new)
         self.num_records += m
-        self.max_lsn = max(self.max_lsn, int(batch.lsns[-1]))
+        self.max_lsn = max(self.max_lsn, int(new.lsns[-1]))
         while self._merge_step():
             await cooperative_checkpoint()
 

@@ -76,7 +76,7 @@ from pageserver.tenant.compaction import (
 )
 from pageserver.tenant.ephemeral_file import EphemeralFile
 from pageserver.tenant.gc import GcResult, keys_covered, next_cutoff, plan
-from pageserver.tenant.inmemory_layer import InMemoryLayer
+from pageserver.tenant.inmemory_layer import Entries, InMemoryLayer
 from pageserver.tenant.layer_map import HistoricLayer, LayerMap
 from pageserver.tenant.metadata import (
     METADATA_FILE,
@@ -282,6 +282,12 @@ class Timeline:
         start = 0
         n = len(batch)
         lsns, starts = batch.lsns, batch.starts
+        # Steps appended to the open layer, published (indexed) only once the last step
+        # for this layer is appended: a failed append (a full disk) then leaves none of
+        # them applied, and the client may send the same batch again. (A batch that rolls
+        # the layer is applied up to the roll when a later part fails: the frozen layer
+        # cannot take its records back. last_record_lsn says how far it got.)
+        pending: list[Entries] = []
         while start < n:
             layer = await self._writable_layer()
             # How far this layer may take the batch: a roll happens only at an LSN
@@ -322,8 +328,14 @@ class Timeline:
                     end = start + PUT_STEP_RECORDS + int(np.argmax(step))
                     roll = False
             if end > start:
-                await layer.put_batch(batch.slice(start, end))
-                self.last_record_lsn = int(lsns[end - 1])
+                pending.append(await layer.append_values(batch.slice(start, end)))
+            if roll or end == n:
+                for i, entries in enumerate(pending):
+                    if i:
+                        await trio.lowlevel.checkpoint()  # a step each, as the appends
+                    await layer.publish(entries)
+                    self.last_record_lsn = int(entries.lsns[-1])
+                pending.clear()
             if roll:
                 await self._freeze_open_layer()
             elif end < n:

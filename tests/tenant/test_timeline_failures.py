@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,45 @@ async def test_real_full_tmpfs_rejects_then_resumes(engine_kind: str) -> None:
         async with manager(engine_kind, data) as mgr:
             for k, (_at, value) in model.items():
                 assert await mgr.get(TENANT, TIMELINE, k, lsn - 1) == value
+
+
+async def test_a_large_put_refused_by_a_full_disk_applies_nothing_and_can_be_resent(
+    engine_kind: str,
+) -> None:
+    """A ``put`` of more than ``PUT_STEP_RECORDS`` records is applied in steps; when a
+    later step's append meets a full disk (a real tmpfs), none of the batch is applied
+    (the earlier steps' records used to stay, be flushed later, and make the resend of the
+    same batch ``lsn_out_of_order``). Where the put itself meets the full disk (writes
+    that complete before the reply), ``last_record_lsn`` has not moved and the same batch
+    is accepted once there is space; either way every record ends up durable."""
+    from pageserver.tenant.timeline import PUT_STEP_RECORDS
+
+    n = 3 * PUT_STEP_RECORDS
+    batch = [(key(i % 500), 101 + i, image(b"%08d" % i * 7)) for i in range(n)]  # ~3.3 MB
+    with small_tmpfs("16m") as mnt:
+        data = mnt / "d"
+        async with manager(engine_kind, data, config(checkpoint_distance=1 << 30)) as mgr:
+            await mgr.create_tenant(TENANT)
+            await mgr.create_timeline(TENANT, TIMELINE, start_lsn=100)
+            filler = mnt / "filler"
+            # Room for the first step's values (~1.1 MB), not for the whole batch.
+            os.truncate(filler, fill(filler) - (2 << 20))
+            try:
+                await mgr.put(TENANT, TIMELINE, batch)
+                refused = False
+            except OSError as e:
+                assert e.errno == 28, e
+                refused = True
+            if refused:
+                st = mgr.status()[0]["timelines"][0]
+                assert st["last_record_lsn"] == 100, st
+            filler.unlink()
+            if refused:
+                result = await mgr.put(TENANT, TIMELINE, batch)  # the same batch again
+                assert result.skipped == 0 and result.last_record_lsn == 100 + n
+            assert await mgr.flush(TENANT, TIMELINE) == 100 + n
+            for i in (0, PUT_STEP_RECORDS - 1, PUT_STEP_RECORDS, n - 1):
+                assert await mgr.get(TENANT, TIMELINE, key(i % 500), 101 + i) == b"%08d" % i * 7
+        async with manager(engine_kind, data) as mgr:
+            for i in (0, PUT_STEP_RECORDS + 1, n - 1):
+                assert await mgr.get(TENANT, TIMELINE, key(i % 500), 101 + i) == b"%08d" % i * 7
