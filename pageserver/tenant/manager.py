@@ -667,12 +667,26 @@ class TenantManager:
             live = remote is not None and not remote.stale
             deadline = trio.current_time() + max(storage.timeout, 1.0) * 3
             if live:
+                # Puts are refused from here on, and taken again if the uploads do not
+                # finish in time: the detach fails, the tenant goes on as before. (It used
+                # to shut the timelines down first, which cannot be undone: after a failed
+                # wait every put answered shutting_down until a retried detach or a
+                # restart.) Nothing new comes in, so the shutdown's flush below has
+                # nothing to write.
                 for tl in tenant.timelines.values():
-                    await tl.flush()
-                await self._wait_uploads(tenant, deadline)
+                    tl.pause_writes(True)
+                try:
+                    for tl in tenant.timelines.values():
+                        await tl.flush()
+                    await self._wait_uploads(tenant, deadline)
+                except BaseException:
+                    for tl in tenant.timelines.values():
+                        tl.pause_writes(False)
+                    raise
             for tl in tenant.timelines.values():
                 await tl.shutdown(flush=live)
             if live:
+                # What a compaction still queued meanwhile (the flushes are uploaded).
                 await self._wait_uploads(tenant, deadline)
             for tlid, tl in tenant.timelines.items():
                 entry = self._task_scopes.pop((tenant.tenant_id, tlid), None)

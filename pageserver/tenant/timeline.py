@@ -163,6 +163,8 @@ class Timeline:
         self._flush_error: BaseException | None = None
         #: Shutdown has begun: no new puts, backpressure waits give up.
         self._stopping = False
+        #: A detach in progress (``pause_writes``): puts are refused, nothing else stops.
+        self._writes_paused = False
         self._closed = False
         #: With remote storage: the upload queue and downloads (set by the tenant manager).
         self.remote: RemoteTimelineClient | None = None
@@ -252,6 +254,8 @@ class Timeline:
         batch = check_put_batch(records)
         async with self._write_lock:
             self._check_running()
+            if self._writes_paused:
+                raise ShuttingDown("the tenant is being detached")
             self._check_not_broken()
             dcl = self.disk_consistent_lsn
             last = self.last_record_lsn
@@ -727,6 +731,12 @@ class Timeline:
         self._m_dcl.set(self.disk_consistent_lsn)
         self._m_last_record.set(self.last_record_lsn)
         self._m_gc_cutoff.set(self.gc_cutoff_lsn)
+
+    def pause_writes(self, paused: bool) -> None:
+        """Refuse puts (``shutting_down``) while a detach waits for the uploads, or take
+        them again when that wait failed: unlike :meth:`shutdown`, which cannot be undone,
+        this stops nothing else (the flush, compaction, GC and upload tasks go on)."""
+        self._writes_paused = paused
 
     async def shutdown(self, flush: bool) -> bool:
         """Stop ingest; with ``flush``, write every in-memory record to a layer first.

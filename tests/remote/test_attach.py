@@ -202,3 +202,56 @@ async def test_a_read_cancelled_during_the_download_commit_leaves_the_layer_read
         slow["on"] = False
         with trio.fail_after(20):
             assert await b.get(TENANT, TIMELINE, k, dcl) == model.get(k, dcl)
+
+
+async def test_a_detach_that_times_out_leaves_the_tenant_taking_writes(
+    engine_kind: str, tmp_path: Path, remote_conf: RemoteStorageConfig
+) -> None:
+    """A detach whose uploads do not finish in time fails with ``remote_unavailable``
+    ("retry the detach"), and the tenant goes on as before: puts are refused only while
+    the detach waits (they used to answer ``shutting_down`` until a restart or another
+    detach); retried once the store answers, the detach succeeds, and a fresh pageserver
+    attaches every record."""
+    from pageserver import failpoints
+    from pageserver.errors import RemoteUnavailable, ShuttingDown
+
+    # A 1 s timeout: the detach waits 3 s for the uploads; an index upload sleeps 4.5 s.
+    cfg = rconfig(dataclasses.replace(remote_conf, timeout=1.0))
+    rng = random.Random(11)
+    model = Model()
+    data = tmp_path / "a"
+    async with manager(engine_kind, data, cfg) as a:
+        await a.create_tenant(TENANT)
+        await a.create_timeline(TENANT, TIMELINE, start_lsn=0)
+        lsn = await ingest(a, model, 1, 40, rng)
+        await wait_remote(a, await a.flush(TENANT, TIMELINE))
+        lsn = await ingest(a, model, lsn, 20, rng)  # not uploaded yet
+        failpoints.configure({"remote-before-index-upload": "sleep(4500)"})
+        refused: list[str] = []
+
+        async def put_meanwhile() -> None:
+            await trio.sleep(0.5)  # the detach is waiting for the index upload
+            try:
+                await a.put(TENANT, TIMELINE, [(key(1), 10_000, image(b"late"))])
+            except ShuttingDown as e:
+                refused.append(str(e))
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(put_meanwhile)
+                with pytest.raises(RemoteUnavailable, match="retry the detach"):
+                    await a.detach_tenant(TENANT)
+        finally:
+            failpoints.clear()
+        assert refused and "detached" in refused[0]
+        assert (data / "tenants" / TENANT).exists() and a.status(TENANT)
+        lsn = await ingest(a, model, lsn, 10, rng)  # writes are taken again
+        dcl = await a.flush(TENANT, TIMELINE)
+        assert dcl == lsn - 1
+        await check_reads(a, model, dcl, random.Random(12), n=100)
+        with trio.fail_after(30):
+            await a.detach_tenant(TENANT)  # retried: the uploads finish now
+        assert not (data / "tenants" / TENANT).exists() and a.status() == []
+    async with manager(engine_kind, tmp_path / "b", cfg) as b:
+        await b.attach_tenant(TENANT)
+        await check_reads(b, model, dcl, random.Random(13), n=200)
