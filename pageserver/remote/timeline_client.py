@@ -53,6 +53,7 @@ from pageserver.io import IoContext
 from pageserver.remote.download import read_layer_file, write_downloaded_layer
 from pageserver.remote.generation import newest_claim
 from pageserver.remote.index import (
+    INDEX_FILE_NAME,
     IndexPart,
     LayerMeta,
     index_generation,
@@ -171,6 +172,8 @@ class RemoteTimelineClient:
         self._progress = trio.Event()
         self._busy = False
         self._stopped = False
+        #: Whether the indexes of older generations are known to be deleted (``_round``).
+        self._old_indexes_gone = False
         self.log = tenant.log.bind(timeline_id=timeline_id)
         labels = {"tenant_id": tenant.tenant_id, "timeline_id": timeline_id}
         self._m_rcl = metrics.REMOTE_CONSISTENT_LSN.labels(**labels)
@@ -301,6 +304,9 @@ class RemoteTimelineClient:
         named = {self._layer_key(n, m.generation) for n, m in index.layers.items()}
         due = [k for k in deletions if k not in named]
         if due:
+            await self._delete_old_indexes()
+            if self.tenant.stale:
+                return False
             await self._delete(due)
             for k in due:
                 self._pending_deletions.pop(k, None)
@@ -361,6 +367,34 @@ class RemoteTimelineClient:
         self._m_rcl.set(index.disk_consistent_lsn)
         if self.on_index_uploaded is not None:
             self.on_index_uploaded()
+
+    async def _delete_old_indexes(self) -> None:
+        """Before this generation first deletes a layer object: delete the indexes of older
+        generations (of this timeline), which may name it.
+
+        SPEC section 10: "every layer an uploaded index names exists in the bucket". An
+        older generation's index names the layers of its time; once this generation's
+        index is uploaded, nothing reads those any more (an attach loads the newest index
+        not above its own generation), but a layer this generation deletes would leave
+        them naming a missing object. So they go first, once; an index is never deleted
+        before a newer one exists (ours, just uploaded).
+        """
+        if self._old_indexes_gone:
+            return
+        prefix = timeline_prefix(self.tenant.tenant_id, self.timeline_id)
+        objs = await retrying(
+            f"list {prefix}", lambda: self.storage.list_objects(prefix + INDEX_FILE_NAME), deadline=None
+        )
+        old = [
+            o.key
+            for o in objs
+            if (g := index_generation(o.key)) is not None and g < self.generation
+        ]
+        if old:
+            await self._delete(old)
+        self._old_indexes_gone = not self.tenant.stale
+        if old and self._old_indexes_gone:
+            self.log.info("deleted the indexes of older generations", indexes=len(old))
 
     async def _delete(self, keys: list[str]) -> None:
         async def attempt() -> None:

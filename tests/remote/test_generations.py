@@ -135,6 +135,11 @@ async def test_split_brain_never_destroys_the_new_holders_data(
             objs = listing(remote_conf, seaweed)
             for key, size in named_objects(index_b).items():
                 assert objs.get(key) == size
+            # SPEC 10: *every* uploaded index names only objects in the bucket. B's
+            # compaction deleted L0s that A's index (generation 1) names: that index went
+            # first, and only B's is left.
+            indexes = sorted(k for k in objs if k.startswith(INDEX))
+            assert indexes == [f"{INDEX}-00000002"], indexes
             _ = lsn_a
 
     if same_node_id:
