@@ -421,8 +421,10 @@ class VirtualFile:
         :class:`~pageserver.io.gather.Gather` goes out as one vectored write.
         """
         table = self._table
-        slot = await table.pin(self)
+        # Before the pin: a ``data`` that cannot be cast would otherwise leave the slot
+        # pinned for good (and a close waiting for it forever).
         view = data if isinstance(data, Gather) else memoryview(data).cast("B")
+        slot = await table.pin(self)
         try:
             await failpoints.failpoint("virtual-file-write")
             if isinstance(view, Gather):

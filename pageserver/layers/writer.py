@@ -112,9 +112,12 @@ class LayerFileWriter:
         await vf.write_all_at(summary.pack_page(), 0)
         await vf.sync_all()
         # Close before the rename: a VirtualFile reopens by path after eviction, and the
-        # temp path is about to disappear.
-        self.vf = None
+        # temp path is about to disappear. ``self.vf`` is dropped only once the close
+        # returned: a close cancelled while it waits for the slot's pins (a writeback
+        # hint still in flight under trio-uring) leaves the file to ``abandon``, which
+        # closes it, instead of an open descriptor of a deleted temp file.
         await vf.close()
+        self.vf = None
         final = os.path.join(self.timeline_dir, final_name)
         await failpoint("layer-before-rename")
         self.final_path = final

@@ -127,3 +127,88 @@ async def test_write_behind_error_never_returns_wrong_bytes(
         assert st["disk_consistent_lsn"] == st["last_record_lsn"] == 100
         await mgr.put(TENANT, TIMELINE, [(key(1), 101, image(b"again"))])
         assert await mgr.get(TENANT, TIMELINE, key(1), 101) == b"again"
+
+
+async def test_a_write_of_a_buffer_that_cannot_be_cast_leaves_no_pin(
+    engine_kind: str, tmp_path: Path
+) -> None:
+    """``start_write_all_at`` of a non-contiguous buffer is a ``TypeError`` before the
+    slot is pinned: it used to stay pinned for good, and ``close`` waited forever."""
+    from pageserver.io import create_engine
+
+    ctx = IoContext(create_engine(engine_kind), max_file_descriptors=2, no_sync=True)
+    try:
+        vf = await ctx.create(str(tmp_path / "f"))
+        with pytest.raises(TypeError):
+            await vf.start_write_all_at(memoryview(bytearray(100))[::2], 0)
+        with trio.fail_after(5):
+            await vf.close()
+    finally:
+        with trio.fail_after(10):  # a pin left behind made this wait forever too
+            await ctx.aclose()
+
+
+async def test_a_layer_writer_cancelled_in_its_close_leaves_no_open_file(
+    engine_kind: str, tmp_path: Path
+) -> None:
+    """A layer writer's ``finish`` closes its file before the rename; the close waits for
+    the slot's pins, which a writeback hint holds until it completes (under trio-uring,
+    a slow ``sync_file_range`` on a busy disk). Cancelled there, the writer used to have
+    forgotten its file already: ``abandon`` removed the temp file and its descriptor
+    stayed open (the deleted layer's disk space held). Hints here complete 0.5 s late."""
+    import os
+
+    from pageserver.io import create_engine
+    from pageserver.layers.delta_layer import DeltaLayerWriter
+    from pageserver.layers.key import Key, TenantId, TimelineId
+
+    class Late(PendingIo):
+        def __init__(self, inner: PendingIo) -> None:
+            self.inner, self.done, self.callbacks = inner, False, list[object]()
+
+        async def result(self) -> int:
+            return await self.inner.result()
+
+        def add_done_callback(self, fn: object) -> None:
+            if self.done:
+                fn()  # type: ignore[operator]
+            else:
+                self.callbacks.append(fn)
+
+    base = type(create_engine(engine_kind))
+
+    class LateHints(base):  # type: ignore[valid-type,misc]
+        async def submit_writeback(self, fd: int, offset: int, nbytes: int) -> PendingIo:
+            late = Late(await super().submit_writeback(fd, offset, nbytes))
+
+            async def complete() -> None:
+                await trio.sleep(0.5)
+                late.done = True
+                for fn in late.callbacks:
+                    fn()  # type: ignore[operator]
+
+            trio.lowlevel.spawn_system_task(complete)
+            return late
+
+    ctx = IoContext(LateHints(), max_file_descriptors=10, no_sync=False)
+    tid = TenantId.parse("0123456789abcdef0123456789abcdef")
+    tlid = TimelineId.parse("fedcba9876543210fedcba9876543210")
+    try:
+        w = DeltaLayerWriter(ctx, str(tmp_path), tid, tlid, Key.MIN, 10, 100_000)
+        async with w:
+            for i in range(1200):  # ~9.5 MiB: one hint (every 8 MiB)
+                await w.put_value(key(i), 11, image(os.urandom(8192)))
+            with trio.move_on_after(0.25) as cs:
+                await w.finish(Key.MAX)
+        assert cs.cancelled_caught
+        await trio.sleep(0.6)  # every hint has completed
+        assert os.listdir(tmp_path) == []
+        held = [
+            link
+            for fd in os.listdir("/proc/self/fd")
+            if (link := os.path.realpath(f"/proc/self/fd/{fd}")).startswith(str(tmp_path))
+        ]
+        assert held == [], held
+    finally:
+        with trio.fail_after(10):
+            await ctx.aclose()
