@@ -211,9 +211,13 @@ def remote_storage_from_mapping(raw: Any) -> RemoteStorageConfig:
     # Both backends: a key below the prefix is a path (a directory below local_path; for S3
     # obstore refuses such a path on every request, which would look like a store that is
     # down and be retried forever).
-    if any(part in (".", "..") for part in values.get("prefix_in_bucket", "").split("/")):
+    prefix = values.get("prefix_in_bucket", "").strip("/")
+    if any(part in ("", ".", "..") for part in prefix.split("/") if prefix) or any(
+        ord(c) < 0x20 or ord(c) == 0x7F for c in prefix
+    ):
         raise ConfigError(
-            "config key 'remote_storage.prefix_in_bucket' must not have '.' or '..' parts"
+            "config key 'remote_storage.prefix_in_bucket' must be parts separated by single"
+            " '/', none of them '.' or '..', without control characters"
         )
     if values.get("endpoint") is not None:
         _check_endpoint(values["endpoint"])

@@ -22,7 +22,7 @@ import secrets
 import tomllib
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -666,28 +666,30 @@ class TenantManager:
             remote = tenant.remote
             live = remote is not None and not remote.stale
             deadline = trio.current_time() + max(storage.timeout, 1.0) * 3
-            if live:
-                # Puts are refused from here on, and taken again if the uploads do not
-                # finish in time: the detach fails, the tenant goes on as before. (It used
-                # to shut the timelines down first, which cannot be undone: after a failed
-                # wait every put answered shutting_down until a retried detach or a
-                # restart.) Nothing new comes in, so the shutdown's flush below has
-                # nothing to write.
-                for tl in tenant.timelines.values():
-                    tl.pause_writes(True)
-                try:
+            async with AsyncExitStack() as paused:
+                if live:
+                    # From here on puts are refused and no compaction or GC runs (none
+                    # can queue uploads behind the wait), until the timelines are shut
+                    # down; or, if the uploads do not finish in time, until the detach
+                    # fails, and the tenant goes on as before. (It used to shut the
+                    # timelines down before its last wait, which cannot be undone: after
+                    # a failed wait every put answered shutting_down until a retried
+                    # detach or a restart.)
+                    with trio.move_on_at(deadline) as waiting:
+                        for tl in tenant.timelines.values():
+                            await paused.enter_async_context(tl.paused())
+                    if waiting.cancelled_caught:
+                        raise RemoteUnavailable(
+                            f"tenant {tenant_id}: a compaction or GC did not finish in time;"
+                            " retry the detach"
+                        )
                     for tl in tenant.timelines.values():
                         await tl.flush()
                     await self._wait_uploads(tenant, deadline)
-                except BaseException:
-                    for tl in tenant.timelines.values():
-                        tl.pause_writes(False)
-                    raise
-            for tl in tenant.timelines.values():
-                await tl.shutdown(flush=live)
-            if live:
-                # What a compaction still queued meanwhile (the flushes are uploaded).
-                await self._wait_uploads(tenant, deadline)
+                # Nothing came in or was queued since: the shutdown's flush has nothing
+                # to write, and there is nothing more to upload.
+                for tl in tenant.timelines.values():
+                    await tl.shutdown(flush=live)
             for tlid, tl in tenant.timelines.items():
                 entry = self._task_scopes.pop((tenant.tenant_id, tlid), None)
                 with trio.CancelScope(shield=True):

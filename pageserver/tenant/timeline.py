@@ -31,7 +31,8 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -732,11 +733,18 @@ class Timeline:
         self._m_last_record.set(self.last_record_lsn)
         self._m_gc_cutoff.set(self.gc_cutoff_lsn)
 
-    def pause_writes(self, paused: bool) -> None:
-        """Refuse puts (``shutting_down``) while a detach waits for the uploads, or take
-        them again when that wait failed: unlike :meth:`shutdown`, which cannot be undone,
-        this stops nothing else (the flush, compaction, GC and upload tasks go on)."""
-        self._writes_paused = paused
+    @asynccontextmanager
+    async def paused(self) -> AsyncIterator[None]:
+        """While a detach waits for the uploads: no compaction or GC (they would queue
+        more uploads and deletions) and puts refused (``shutting_down``); both resume
+        when the block ends, say because the wait failed. Unlike :meth:`shutdown`, which
+        cannot be undone, this stops nothing (the flush and upload tasks go on)."""
+        async with self._compaction_lock:
+            self._writes_paused = True
+            try:
+                yield
+            finally:
+                self._writes_paused = False
 
     async def shutdown(self, flush: bool) -> bool:
         """Stop ingest; with ``flush``, write every in-memory record to a layer first.

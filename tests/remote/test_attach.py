@@ -210,7 +210,9 @@ async def test_a_detach_that_times_out_leaves_the_tenant_taking_writes(
     """A detach whose uploads do not finish in time fails with ``remote_unavailable``
     ("retry the detach"), and the tenant goes on as before: puts are refused only while
     the detach waits (they used to answer ``shutting_down`` until a restart or another
-    detach); retried once the store answers, the detach succeeds, and a fresh pageserver
+    detach), and a compaction asked for meanwhile runs only after it (one that ran
+    during the wait queued uploads the detach's last wait, after the shutdown, could
+    miss); retried once the store answers, the detach succeeds, and a fresh pageserver
     attaches every record."""
     from pageserver import failpoints
     from pageserver.errors import RemoteUnavailable, ShuttingDown
@@ -223,11 +225,14 @@ async def test_a_detach_that_times_out_leaves_the_tenant_taking_writes(
     async with manager(engine_kind, data, cfg) as a:
         await a.create_tenant(TENANT)
         await a.create_timeline(TENANT, TIMELINE, start_lsn=0)
-        lsn = await ingest(a, model, 1, 40, rng)
-        await wait_remote(a, await a.flush(TENANT, TIMELINE))
+        lsn = 1
+        for _ in range(3):  # three L0s: a compaction is due (compaction_threshold 3)
+            lsn = await ingest(a, model, lsn, 15, rng)
+            await wait_remote(a, await a.flush(TENANT, TIMELINE))
         lsn = await ingest(a, model, lsn, 20, rng)  # not uploaded yet
         failpoints.configure({"remote-before-index-upload": "sleep(4500)"})
         refused: list[str] = []
+        events: list[str] = []
 
         async def put_meanwhile() -> None:
             await trio.sleep(0.5)  # the detach is waiting for the index upload
@@ -236,14 +241,22 @@ async def test_a_detach_that_times_out_leaves_the_tenant_taking_writes(
             except ShuttingDown as e:
                 refused.append(str(e))
 
+        async def compact_meanwhile() -> None:
+            await trio.sleep(0.5)
+            result = await a.compact(TENANT, TIMELINE)
+            events.append(f"compacted {result.layers_removed}")
+
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(put_meanwhile)
+                nursery.start_soon(compact_meanwhile)
                 with pytest.raises(RemoteUnavailable, match="retry the detach"):
                     await a.detach_tenant(TENANT)
+                events.append("detach failed")
         finally:
             failpoints.clear()
         assert refused and "detached" in refused[0]
+        assert events[0] == "detach failed" and events[1] != "compacted 0", events
         assert (data / "tenants" / TENANT).exists() and a.status(TENANT)
         lsn = await ingest(a, model, lsn, 10, rng)  # writes are taken again
         dcl = await a.flush(TENANT, TIMELINE)
