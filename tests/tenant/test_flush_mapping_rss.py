@@ -147,3 +147,32 @@ def test_block_plan_bridges_gaps_already_released_but_not_pending_blocks() -> No
     # block 5 (nobody's); block 3 (slice 3 still reads it) splits the two.
     assert plan.released_after(2) == [(0, 3 * block), (4 * block, size)]
     assert plan.released_after(3) == [(3 * block, 4 * block)]
+
+
+def test_block_plan_never_releases_a_block_a_later_slice_reads() -> None:
+    """Random plans (values of every size, partial last blocks, blocks nobody reads): the
+    ranges released after slice ``j`` cover every block ``j`` is the last to read, never a
+    block a later slice reads, and all of them together the whole file."""
+    block = 1 << iml._BLOCK_SHIFT
+    rng = np.random.default_rng(23)
+    for _ in range(400):
+        nblocks = int(rng.integers(1, 40))
+        size = max(1, nblocks * block - int(rng.choice([0, 1, block // 2, block - 1])))
+        nslices = int(rng.integers(1, 7))
+        plan = iml._BlockPlan(size, nslices)
+        for j in range(nslices):
+            offs = rng.integers(0, size, int(rng.integers(0, 9))).astype(np.int64)
+            lens = rng.choice([0, 1, 100, block, 3 * block], len(offs)).astype(np.int64)
+            plan.add(j, offs, np.minimum(lens, size - offs))
+        plan.finish()
+        released_by = np.maximum(plan.last, 0)
+        covered = np.zeros(len(released_by), np.bool_)
+        for j in range(nslices):
+            now = np.zeros(len(released_by), np.bool_)
+            for a, z in plan.released_after(j):
+                assert a % block == 0 and a < z <= size
+                now[a // block : -(-z // block)] = True
+            assert (released_by[now] <= j).all(), "a block a later slice reads was released"
+            assert now[released_by == j].all()
+            covered |= now
+        assert covered.all()
