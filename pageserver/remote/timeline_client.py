@@ -172,8 +172,6 @@ class RemoteTimelineClient:
         self._progress = trio.Event()
         self._busy = False
         self._stopped = False
-        #: Whether the indexes of older generations are known to be deleted (``_round``).
-        self._old_indexes_gone = False
         self.log = tenant.log.bind(timeline_id=timeline_id)
         labels = {"tenant_id": tenant.tenant_id, "timeline_id": timeline_id}
         self._m_rcl = metrics.REMOTE_CONSISTENT_LSN.labels(**labels)
@@ -369,18 +367,18 @@ class RemoteTimelineClient:
             self.on_index_uploaded()
 
     async def _delete_old_indexes(self) -> None:
-        """Before this generation first deletes a layer object: delete the indexes of older
-        generations (of this timeline), which may name it.
+        """Before this generation deletes layer objects: delete the indexes of older
+        generations (of this timeline), which may name them.
 
         SPEC section 10: "every layer an uploaded index names exists in the bucket". An
         older generation's index names the layers of its time; once this generation's
         index is uploaded, nothing reads those any more (an attach loads the newest index
         not above its own generation), but a layer this generation deletes would leave
-        them naming a missing object. So they go first, once; an index is never deleted
-        before a newer one exists (ours, just uploaded).
+        them naming a missing object. So they go first; an index is never deleted before
+        a newer one exists (ours, just uploaded). Listed before every round of deletions,
+        not once: the older pageserver's index upload that passed its stale check just
+        before our claim may still land later (a slow PUT), and it would stay.
         """
-        if self._old_indexes_gone:
-            return
         prefix = timeline_prefix(self.tenant.tenant_id, self.timeline_id)
         objs = await retrying(
             f"list {prefix}", lambda: self.storage.list_objects(prefix + INDEX_FILE_NAME), deadline=None
@@ -392,9 +390,8 @@ class RemoteTimelineClient:
         ]
         if old:
             await self._delete(old)
-        self._old_indexes_gone = not self.tenant.stale
-        if old and self._old_indexes_gone:
-            self.log.info("deleted the indexes of older generations", indexes=len(old))
+            if not self.tenant.stale:
+                self.log.info("deleted the indexes of older generations", indexes=len(old))
 
     async def _delete(self, keys: list[str]) -> None:
         async def attempt() -> None:

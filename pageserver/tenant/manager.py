@@ -687,9 +687,12 @@ class TenantManager:
                         await tl.flush()
                     await self._wait_uploads(tenant, deadline)
                 # Nothing came in or was queued since: the shutdown's flush has nothing
-                # to write, and there is nothing more to upload.
+                # to write, and there is nothing more to upload (checked: should that
+                # ever change, the detach fails rather than remove a copy not uploaded).
                 for tl in tenant.timelines.values():
                     await tl.shutdown(flush=live)
+                if live:
+                    await self._wait_uploads(tenant, deadline)
             for tlid, tl in tenant.timelines.items():
                 entry = self._task_scopes.pop((tenant.tenant_id, tlid), None)
                 with trio.CancelScope(shield=True):

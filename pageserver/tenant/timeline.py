@@ -164,7 +164,7 @@ class Timeline:
         self._flush_error: BaseException | None = None
         #: Shutdown has begun: no new puts, backpressure waits give up.
         self._stopping = False
-        #: A detach in progress (``pause_writes``): puts are refused, nothing else stops.
+        #: A detach waits for the uploads (:meth:`paused`): puts are refused.
         self._writes_paused = False
         self._closed = False
         #: With remote storage: the upload queue and downloads (set by the tenant manager).

@@ -140,6 +140,20 @@ async def test_split_brain_never_destroys_the_new_holders_data(
             # first, and only B's is left.
             indexes = sorted(k for k in objs if k.startswith(INDEX))
             assert indexes == [f"{INDEX}-00000002"], indexes
+            # An older generation's index that lands late (a PUT that A started before
+            # B's claim, still in flight) goes in B's next round of deletions too.
+            await open_remote_storage(remote_conf).put(
+                f"{INDEX}-00000001", json.dumps(index_b).encode()
+            )
+            lsn_b = await ingest(b, model, lsn_b, 10, rng)
+            for _ in range(3):
+                lsn_b = await ingest(b, model, lsn_b, 10, rng)
+                await b.flush(TENANT, TIMELINE)
+            assert (await b.compact(TENANT, TIMELINE)).layers_removed
+            with trio.fail_after(20):
+                assert await tl_b.remote.wait_drained()
+            indexes = sorted(k for k in listing(remote_conf, seaweed) if k.startswith(INDEX))
+            assert indexes == [f"{INDEX}-00000002"], indexes
             _ = lsn_a
 
     if same_node_id:

@@ -160,12 +160,16 @@ def test_block_plan_never_releases_a_block_a_later_slice_reads() -> None:
         size = max(1, nblocks * block - int(rng.choice([0, 1, block // 2, block - 1])))
         nslices = int(rng.integers(1, 7))
         plan = iml._BlockPlan(size, nslices)
+        # Each block's last reader worked out here, one value at a time (not from the
+        # plan's own bookkeeping); blocks nobody reads count as released after slice 0.
+        released_by = np.zeros(-(-size // block), np.int64)
         for j in range(nslices):
             offs = rng.integers(0, size, int(rng.integers(0, 9))).astype(np.int64)
-            lens = rng.choice([0, 1, 100, block, 3 * block], len(offs)).astype(np.int64)
-            plan.add(j, offs, np.minimum(lens, size - offs))
+            lens = np.minimum(rng.choice([0, 1, 100, block, 3 * block], len(offs)), size - offs)
+            plan.add(j, offs, lens.astype(np.int64))
+            for off, n in zip(offs.tolist(), lens.tolist(), strict=True):
+                released_by[off // block : (off + max(n, 1) - 1) // block + 1] = j
         plan.finish()
-        released_by = np.maximum(plan.last, 0)
         covered = np.zeros(len(released_by), np.bool_)
         for j in range(nslices):
             now = np.zeros(len(released_by), np.bool_)
