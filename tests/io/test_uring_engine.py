@@ -644,3 +644,43 @@ def test_no_python_threads_during_uring_io(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert p.returncode == 0 and p.stdout.strip() == "ok", p.stdout + p.stderr
+
+
+def test_a_close_where_no_ring_can_be_made_still_closes_the_descriptor(tmp_path: Path) -> None:
+    """One context serves two trio runs (the engine's rings belong to runs). A close in
+    the second run, which has no ring yet and cannot make one (io_uring_setup needs a
+    descriptor: EMFILE at the fd limit), closes the file with a plain close(2); it used to
+    raise with the descriptor already dropped from the slot table: leaked for good."""
+    import resource
+
+    from pageserver.io import IoContext
+
+    require_engine(TRIO_URING)
+    ctx = IoContext(UringEngine(), max_file_descriptors=4, no_sync=True)
+    files = []
+
+    async def first_run() -> None:
+        vf = await ctx.create(str(tmp_path / "f"))
+        await vf.write_all_at(b"x", 0)
+        files.append(vf)
+
+    trio.run(first_run)
+    fd = next(s.fd for s in ctx.table._slots if s.fd >= 0)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+    async def second_run() -> None:
+        lowest_free = os.open("/dev/null", os.O_RDONLY)
+        os.close(lowest_free)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # no new fd
+        try:
+            with pytest.raises(OSError):
+                os.open("/dev/null", os.O_RDONLY)
+            await files[0].close()
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        with pytest.raises(OSError) as e:
+            os.fstat(fd)
+        assert e.value.errno == errno.EBADF
+        await ctx.aclose()
+
+    trio.run(second_run)

@@ -364,7 +364,15 @@ class UringEngine(IoEngine):
 
     async def close(self, fd: int) -> None:
         """Close ``fd``; runs to completion even in a cancelled scope (see class doc)."""
-        drv = await self._cleanup_driver()
+        try:
+            drv = await self._cleanup_driver()
+        except OSError:
+            # No ring for this run and none can be made (io_uring_setup needs a descriptor
+            # of its own: EMFILE; or memory). The caller has already dropped ``fd`` from
+            # its table: left open it would leak for good. A plain close(2) instead, on the
+            # loop (a close of a regular file does not wait for its data).
+            os.close(fd)
+            return
         res = await drv.wait_uncancellable(
             drv.push(_OP_CLOSE, self._sqe_flags, fd, 0, 0, 0, 0, None)
         )
