@@ -22,7 +22,8 @@ The scheduled state is a *projected index*: the layers the next index will name 
 3. check no newer generation was claimed, then upload the snapshot's index: every layer it
    names is now in the bucket (uploaded in step 2 or named by an earlier index);
 4. check the generation again, then delete the removed layers' objects: the index just
-   uploaded no longer names them.
+   uploaded no longer names them (first the timeline's indexes of older generations,
+   which may: ``_delete_old_indexes``).
 
 Everything scheduled between two rounds is coalesced into the next round: ten flushes while
 an upload is slow become one index upload. A layer that a compaction removed before its
