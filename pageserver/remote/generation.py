@@ -6,7 +6,9 @@ under ``tenants/<t>/generations/``, created with the conditional create (``If-No
 *`` / ``link``), so two pageservers can never hold the same number; on a lost race the next
 number is tried. The claim's content names the claiming pageserver (its ``node_id``), so a
 pageserver that crashed between claiming and remembering its generation recognises its
-own claim at restart instead of mistaking it for another attachment.
+own claim at restart instead of mistaking it for another attachment; and a nonce of the
+claiming call, so a create retried after its reply was lost recognises its own claim, also
+when copies of one data directory (one ``node_id``) claim the same number at once.
 
 Every object a pageserver writes carries its generation; before it deletes anything, and
 before each index upload, it lists the claims again (:func:`newest_claim`): a newer claim
@@ -16,6 +18,7 @@ means another pageserver holds the tenant, and this one becomes *stale* for it.
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from functools import partial
 
@@ -41,17 +44,23 @@ async def newest_claim(storage: RemoteStorage, tenant_id: str, *, deadline: floa
     return claims[-1] if claims else 0
 
 
+async def _claim_field(
+    storage: RemoteStorage, tenant_id: str, generation: int, field: str, *, deadline: float | None
+) -> str | None:
+    key = generation_key(tenant_id, generation)
+    try:
+        raw = await retrying(f"read {key}", lambda: storage.get(key), deadline=deadline)
+        value = json.loads(raw).get(field)
+        return value if isinstance(value, str) else None
+    except (ObjectNotFound, ValueError, AttributeError):
+        return None
+
+
 async def claim_owner(
     storage: RemoteStorage, tenant_id: str, generation: int, *, deadline: float | None
 ) -> str | None:
     """The ``node_id`` written in a claim (None if unreadable)."""
-    key = generation_key(tenant_id, generation)
-    try:
-        raw = await retrying(f"read {key}", lambda: storage.get(key), deadline=deadline)
-        node = json.loads(raw).get("node_id")
-        return node if isinstance(node, str) else None
-    except (ObjectNotFound, ValueError, AttributeError):
-        return None
+    return await _claim_field(storage, tenant_id, generation, "node_id", deadline=deadline)
 
 
 async def claim_generation(
@@ -59,9 +68,12 @@ async def claim_generation(
 ) -> int:
     """Claim the next generation of the tenant; returns it."""
     gen = await newest_claim(storage, tenant_id, deadline=deadline) + 1
+    # This call's own mark: two copies of one data directory (one node_id) claiming the
+    # same number at once must not both take it for their own.
+    nonce = secrets.token_hex(16)
     while True:
         body = json.dumps(
-            {"generation": gen, "node_id": node_id, "claimed_at": time.time()}
+            {"generation": gen, "node_id": node_id, "nonce": nonce, "claimed_at": time.time()}
         ).encode()
         key = generation_key(tenant_id, gen)
         try:
@@ -70,7 +82,7 @@ async def claim_generation(
         except ObjectExists:
             # A lost race, or our own create that succeeded although its reply was lost
             # (a retried request): the content tells which.
-            if await claim_owner(storage, tenant_id, gen, deadline=deadline) == node_id:
+            if await _claim_field(storage, tenant_id, gen, "nonce", deadline=deadline) == nonce:
                 return gen
             gen = max(gen + 1, await newest_claim(storage, tenant_id, deadline=deadline) + 1)
             await trio.lowlevel.checkpoint()

@@ -196,6 +196,13 @@ async def test_restart_claims_a_new_generation_and_tenant_create_needs_a_new_ten
         for i in range(6):
             n.start_soon(claim, f"node{i}")
     assert sorted(gens) == [4, 5, 6, 7, 8, 9]
+    # Also claimants of one node_id (copies of one data directory) claiming at once: the
+    # node_id in the claim cannot tell them apart, each call's own nonce does.
+    gens.clear()
+    async with trio.open_nursery() as n:
+        for _ in range(4):
+            n.start_soon(claim, "same-node")
+    assert sorted(gens) == [10, 11, 12, 13]
 
 
 async def test_attach_without_remote_storage_is_no_remote_storage(tmp_path: Path) -> None:
@@ -207,3 +214,23 @@ async def test_attach_without_remote_storage_is_no_remote_storage(tmp_path: Path
             await mgr.detach_tenant(TENANT)
         st = mgr.status()[0]
         assert st["generation"] is None
+
+
+async def test_a_claim_whose_reply_was_lost_is_recognised_as_ours(tmp_path: Path) -> None:
+    """The conditional create succeeds but its reply is lost (a transient error): the
+    retried create finds the object, and its nonce says it is this call's own claim."""
+    from pageserver.remote.local_fs import LocalPathStorage
+
+    class LostReply(LocalPathStorage):
+        lost = 0
+
+        async def create(self, key: str, data: bytes) -> None:
+            await super().create(key, data)
+            if not self.lost:
+                self.lost += 1
+                raise ConnectionResetError("the reply was lost")
+
+    storage = LostReply(str(tmp_path / "remote"))
+    assert await claim_generation(storage, TENANT, "node", deadline=None) == 1
+    assert storage.lost == 1
+    assert await list_claims(storage, TENANT, deadline=None) == [1]
