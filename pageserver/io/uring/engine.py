@@ -12,11 +12,14 @@ the kernel will touch, queue the SQE, park until the CQE. See ``uring/_trio.py``
 happens to a task cancelled while parked.
 
 ``set_len`` uses ``IORING_OP_FTRUNCATE`` where the kernel has it (Linux 6.9+). On older
-kernels it falls back to a plain ``os.ftruncate`` on the event loop: the one blocking
-syscall this engine may issue. Truncation is a metadata operation that our callers use
-on files they own (to cut off a torn tail), rarely and not on a latency-critical path,
-and :func:`probe_uring` reports the fallback as acceptable rather than refusing the
-engine for it.
+kernels it falls back to a plain ``os.ftruncate`` on the event loop: one of the two
+blocking syscalls this engine may issue. Truncation is a metadata operation that our
+callers use on files they own (to cut off a torn tail), rarely and not on a
+latency-critical path, and :func:`probe_uring` reports the fallback as acceptable rather
+than refusing the engine for it. The other is ``os.close``, only when the current run has
+no ring and none can be made (``io_uring_setup`` needs a descriptor of its own: EMFILE at
+the fd limit): a descriptor that cannot be closed through a ring would leak for good
+(:meth:`UringEngine.close`, ``_discard_fd``).
 """
 
 from __future__ import annotations
@@ -359,7 +362,11 @@ class UringEngine(IoEngine):
 
     async def _discard_fd(self, fd: int) -> None:
         # Room for one SQE is a short, shielded wait; the CQE is not awaited.
-        drv = await self._cleanup_driver()
+        try:
+            drv = await self._cleanup_driver()
+        except OSError:
+            os.close(fd)  # no ring can be made (see close): not leaked instead
+            return
         drv.push(_OP_CLOSE, 0, fd, 0, 0, 0, 0, None)
 
     async def close(self, fd: int) -> None:
