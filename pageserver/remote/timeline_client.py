@@ -115,19 +115,27 @@ class TenantRemote:
         return True
 
 
+async def index_objects(
+    storage: RemoteStorage, tenant_id: str, timeline_id: str, *, deadline: float | None
+) -> list[tuple[int, str]]:
+    """``(generation, key)`` of every index object of the timeline, newest first (-1 for
+    one without a generation suffix)."""
+    prefix = timeline_prefix(tenant_id, timeline_id)
+    objs = await retrying(
+        f"list {prefix}", lambda: storage.list_objects(prefix + INDEX_FILE_NAME), deadline=deadline
+    )
+    found = [(g, o.key) for o in objs if (g := index_generation(o.key)) is not None]
+    return sorted(found, reverse=True)
+
+
 async def load_newest_index(
     storage: RemoteStorage, tenant_id: str, timeline_id: str, max_generation: int,
     *, deadline: float | None,
 ) -> tuple[int, IndexPart] | None:  # fmt: skip
     """The index with the highest generation not above ``max_generation``, or None."""
-    prefix = timeline_prefix(tenant_id, timeline_id)
-    objs = await retrying(f"list {prefix}", lambda: storage.list_objects(prefix + "index_part.json"), deadline=deadline)
-    gens = sorted(
-        (g for o in objs if (g := index_generation(o.key)) is not None and g <= max_generation),
-        reverse=True,
-    )
-    for gen in gens:
-        key = index_key(tenant_id, timeline_id, gen) if gen >= 0 else prefix + "index_part.json"
+    for gen, key in await index_objects(storage, tenant_id, timeline_id, deadline=deadline):
+        if gen > max_generation:
+            continue
         try:
             raw = await retrying(f"get {key}", partial(storage.get, key), deadline=deadline)
         except ObjectNotFound:
@@ -380,15 +388,8 @@ class RemoteTimelineClient:
         not once: the older pageserver's index upload that passed its stale check just
         before our claim may still land later (a slow PUT), and it would stay.
         """
-        prefix = timeline_prefix(self.tenant.tenant_id, self.timeline_id)
-        objs = await retrying(
-            f"list {prefix}", lambda: self.storage.list_objects(prefix + INDEX_FILE_NAME), deadline=None
-        )
-        old = [
-            o.key
-            for o in objs
-            if (g := index_generation(o.key)) is not None and g < self.generation
-        ]
+        indexes = await index_objects(self.storage, self.tenant.tenant_id, self.timeline_id, deadline=None)
+        old = [key for gen, key in indexes if gen < self.generation]
         if old:
             await self._delete(old)
             if not self.tenant.stale:
