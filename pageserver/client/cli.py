@@ -83,6 +83,67 @@ def parse_id(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def positive_int(text: str) -> int:
+    """The argument type of a count that must be positive: a usage error for ``--window 0``
+    (it used to end in a traceback) or ``--batch-bytes -5`` (silently one LSN per put)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return n
+
+
+def nonnegative_seconds(text: str) -> float:
+    """The argument type of a finite duration in seconds, 0 or more."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not x >= 0 or x == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0: {text!r}")
+    return x
+
+
+def add_workload_args(
+    p: argparse.ArgumentParser,
+    *,
+    count: int,
+    titles: tuple[str, str] = ("source", "sending"),
+    start_lsn_help: str = "first LSN (default 1)",
+) -> Any:
+    """The records a workload sends and how it batches them: ``feed``'s options, which
+    ``compare-engines`` takes too (one definition, one validation for both; the
+    generator's own rules, such as ``--keys`` >= 1, are :class:`FeedGenerator`'s, reported
+    by the command). Returns the second group (titled ``titles[1]``), for options of the
+    caller's own."""
+    src = p.add_argument_group(titles[0])
+    src.add_argument("--file", help="read records from this file instead of the generator")
+    src.add_argument("--count", type=int, default=count, help=f"records (default {count})")
+    src.add_argument("--keys", type=int, default=1000, help="distinct keys (default 1000)")
+    src.add_argument("--value-size", type=int, default=128, help="value bytes (default 128)")
+    src.add_argument(
+        "--kind", choices=("image", "test"), default="image", help="value kind (default image)"
+    )
+    src.add_argument("--start-lsn", type=parse_lsn, default=1, help=start_lsn_help)
+    src.add_argument(
+        "--records-per-lsn", type=int, default=1, help="records sharing one LSN (default 1)"
+    )
+    snd = p.add_argument_group(titles[1])
+    snd.add_argument(
+        "--batch", type=positive_int, default=1000, help="records per put (default 1000)"
+    )
+    snd.add_argument(
+        "--batch-bytes",
+        type=positive_int,
+        default=1 << 20,
+        help="cap on a put's payload bytes (default 1 MiB; keep below max_frame_bytes)",
+    )
+    snd.add_argument("--window", type=positive_int, default=8, help="puts in flight (default 8)")
+    return snd
+
+
 def parse_config_pair(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key:
@@ -740,38 +801,17 @@ def register(subparsers: Any) -> None:
         "example:\n  pageserver feed T TL --count 100000 --keys 5000 --value-size 128 --flush",
     )
     _timeline_args(p)
-    src = p.add_argument_group("source")
-    src.add_argument("--file", help="read records from this file instead of the generator")
-    src.add_argument("--count", type=int, default=100_000, help="records (default 100000)")
-    src.add_argument("--keys", type=int, default=1000, help="distinct keys (default 1000)")
-    src.add_argument("--value-size", type=int, default=128, help="value bytes (default 128)")
-    src.add_argument(
-        "--kind", choices=("image", "test"), default="image", help="value kind (default image)"
-    )
-    src.add_argument(
-        "--start-lsn",
-        type=parse_lsn,
-        default=1,
-        help="LSN of the first record (default 1; records at or below the timeline's "
+    snd = add_workload_args(
+        p,
+        count=100_000,
+        start_lsn_help="LSN of the first record (default 1; records at or below the timeline's "
         "disk_consistent_lsn are skipped by the server and counted as skipped). To append a "
         "new stream after existing data, pass an LSN above its last_record_lsn.",
     )
-    src.add_argument(
-        "--records-per-lsn", type=int, default=1, help="records sharing one LSN (default 1)"
-    )
-    snd = p.add_argument_group("sending")
-    snd.add_argument("--batch", type=int, default=1000, help="records per put (default 1000)")
-    snd.add_argument(
-        "--batch-bytes",
-        type=int,
-        default=1 << 20,
-        help="cap on a put's payload bytes (default 1 MiB; keep below max_frame_bytes)",
-    )
-    snd.add_argument("--window", type=int, default=8, help="puts in flight (default 8)")
     snd.add_argument("--flush", action="store_true", help="flush at the end (durable on exit)")
     snd.add_argument(
         "--retry-timeout",
-        type=float,
+        type=nonnegative_seconds,
         default=60.0,
         help="give up after this many seconds unable to reconnect (default 60)",
     )

@@ -326,6 +326,11 @@ async def run_feed(
     ``last_record_lsn``. Gives up after ``retry_timeout`` seconds without a successful
     connection. With ``flush``, ends with a ``flush`` (retried the same way).
     """
+    for name, value in (("batch_records", batch_records), ("batch_bytes", batch_bytes), ("window", window)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, not {value}")
+    if not retry_timeout >= 0:
+        raise ValueError(f"retry_timeout must be >= 0, not {retry_timeout}")
     stats = FeedStats()
     delays = iter(backoff_delays())
     deadline: float | None = None

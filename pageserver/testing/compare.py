@@ -40,7 +40,7 @@ from typing import Any
 import trio
 
 from pageserver.client import Client, ConnectionLost, ServerError
-from pageserver.client.cli import parse_config_pair, parse_lsn
+from pageserver.client.cli import add_workload_args, parse_config_pair, positive_int
 from pageserver.client.feed import FeedError, FeedGenerator, FeedSource, FileSource, run_feed
 from pageserver.io import STD_FS, TRIO_URING
 from pageserver.layers.key import lsn_str
@@ -605,16 +605,6 @@ def print_report(v: Verdict, workload: Workload, *, max_differences: int = 10) -
 # ---------------------------------------------------------------------------------------------
 
 
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
-    return n
-
-
 def _workload(args: argparse.Namespace) -> Workload:
     source: FeedGenerator | str
     if args.file:
@@ -706,30 +696,13 @@ def register(subparsers: Any) -> None:
         "  pageserver compare-engines --count 1000000 --keys 5000 --kind test --json\n"
         "  pageserver compare-engines --file records.msgpack --keep",
     )
-    src = p.add_argument_group("workload (the options of feed)")
-    src.add_argument("--file", help="read records from this file instead of the generator")
-    src.add_argument("--count", type=int, default=20_000, help="records (default 20000)")
-    src.add_argument("--keys", type=int, default=1000, help="distinct keys (default 1000)")
-    src.add_argument("--value-size", type=int, default=128, help="value bytes (default 128)")
-    src.add_argument(
-        "--kind", choices=("image", "test"), default="image", help="value kind (default image)"
+    add_workload_args(
+        p, count=20_000, titles=("workload (the options of feed)", "sending (as feed)")
     )
-    src.add_argument("--start-lsn", type=parse_lsn, default=1, help="first LSN (default 1)")
-    src.add_argument(
-        "--records-per-lsn", type=int, default=1, help="records sharing one LSN (default 1)"
-    )
-    src.add_argument("--batch", type=_positive, default=1000, help="records per put (default 1000)")
-    src.add_argument(
-        "--batch-bytes",
-        type=_positive,
-        default=1 << 20,
-        help="cap on a put's bytes (default 1 MiB)",
-    )
-    src.add_argument("--window", type=_positive, default=8, help="puts in flight (default 8)")
     srv = p.add_argument_group("daemons")
     srv.add_argument(
         "--checkpoint-distance",
-        type=_positive,
+        type=positive_int,
         default=256 << 10,
         help="tenant checkpoint_distance (default 256 KiB: a dozen L0 layers for the default "
         "count, so that compaction merges them and creates an image layer)",
@@ -753,8 +726,8 @@ def register(subparsers: Any) -> None:
     srv.add_argument("--dir", help="put the data dirs here and keep them (default: a temp dir)")
     srv.add_argument("--keep", action="store_true", help="keep the temporary data dirs")
     chk = p.add_argument_group("reads and output")
-    chk.add_argument("--sample-keys", type=_positive, default=50, help="keys read (default 50)")
-    chk.add_argument("--sample-lsns", type=_positive, default=8, help="LSNs per key (default 8)")
+    chk.add_argument("--sample-keys", type=positive_int, default=50, help="keys read (default 50)")
+    chk.add_argument("--sample-lsns", type=positive_int, default=8, help="LSNs per key (default 8)")
     chk.add_argument("--seed", type=int, default=0, help="seed of the samples (default 0)")
     chk.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
     p.set_defaults(func=_cmd_compare)

@@ -22,7 +22,7 @@ import trio
 from pageserver import cli
 from pageserver.client import Client, parse_address
 from pageserver.client.cli import parse_lsn
-from pageserver.client.feed import FeedGenerator
+from pageserver.client.feed import FeedGenerator, run_feed
 from pageserver.layers.value import Image, encode_value
 from tests.server.test_badinput import Harness, _start
 
@@ -305,3 +305,44 @@ async def test_feed_generator_then_test_kind(
         cli.main(["feed", t, tl, "--kind", "nope"])
     rc, out, err = await run_cli(capsys, "feed", t, tl, *a, "--keys", "0")
     assert rc == 1 and "keys >= 1" in err
+
+
+_BAD_COUNTS = [
+    ("--window", "0"),
+    ("--window", "-1"),
+    ("--batch", "0"),
+    ("--batch-bytes", "0"),
+    ("--batch-bytes", "-5"),
+    ("--batch", "many"),
+]
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "value"),
+    [
+        *[("feed", o, v) for o, v in _BAD_COUNTS],
+        *[("compare-engines", o, v) for o, v in _BAD_COUNTS],
+        ("feed", "--retry-timeout", "-1"),
+        ("feed", "--retry-timeout", "nan"),
+    ],
+)
+def test_workload_counts_must_be_positive(command: str, option: str, value: str) -> None:
+    """The real process: a usage error naming the option, exit 2, no traceback and nothing
+    sent (no daemon listens at the address). ``--window 0`` used to end in a ValueError
+    traceback; ``--batch 0`` and ``--batch-bytes -5`` were taken (one LSN per put)."""
+    args = [PAGESERVER, command, option, value]
+    if command == "feed":
+        args[2:2] = ["3" * 32, "4" * 32, "--addr", "unix:/nonexistent/ps.sock"]
+    p = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert f"argument {option}: " in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+async def test_run_feed_refuses_counts_below_one() -> None:
+    for kw in ({"window": 0}, {"batch_records": 0}, {"batch_bytes": -1}, {"retry_timeout": -1.0}):
+        with pytest.raises(ValueError, match=next(iter(kw))):
+            await run_feed(
+                "unix:/nonexistent/ps.sock", None, "3" * 32, "4" * 32,
+                FeedGenerator(count=1), **kw,  # type: ignore[arg-type]
+            )  # fmt: skip
