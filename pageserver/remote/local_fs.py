@@ -49,7 +49,7 @@ class LocalPathStorage(RemoteStorage):
 
     # -- blocking bodies ------------------------------------------------------------------------
 
-    def _write_temp(self, path: str, data: bytes | bytearray) -> str:
+    def _write_temp(self, path: str, data: bytes | bytearray | memoryview) -> str:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{secrets.token_hex(6)}{TEMP_SUFFIX}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -73,7 +73,7 @@ class LocalPathStorage(RemoteStorage):
         finally:
             os.close(fd)
 
-    def _put(self, key: str, data: bytes | bytearray) -> None:
+    def _put(self, key: str, data: bytes | bytearray | memoryview) -> None:
         path = self._path(key)
         tmp = self._write_temp(path, data)
         os.replace(tmp, path)
@@ -146,7 +146,7 @@ class LocalPathStorage(RemoteStorage):
 
     # -- the interface ----------------------------------------------------------------------------
 
-    async def put(self, key: str, data: bytes | bytearray) -> None:
+    async def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
         await self._run(partial(self._put, key, data))
 
     async def create(self, key: str, data: bytes) -> None:

@@ -115,7 +115,7 @@ class S3Storage(RemoteStorage):
             _no_panic, fn, limiter=self._limiter, abandon_on_cancel=abandon
         )
 
-    async def put(self, key: str, data: bytes | bytearray) -> None:
+    async def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
         await self._run(partial(obstore.put, self._store, self._k(key), data), abandon=False)
 
     async def create(self, key: str, data: bytes) -> None:

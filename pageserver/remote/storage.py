@@ -75,7 +75,7 @@ class RemoteStorage(ABC):
         return self._upload_slots
 
     @abstractmethod
-    async def put(self, key: str, data: bytes | bytearray) -> None: ...
+    async def put(self, key: str, data: bytes | bytearray | memoryview) -> None: ...
 
     @abstractmethod
     async def create(self, key: str, data: bytes) -> None:
