@@ -30,9 +30,9 @@ class RecordingStorage(RemoteStorage):
     def __init__(self, inner: RemoteStorage) -> None:
         self.inner = inner
         self.timeout = inner.timeout
-        self.ops: list[tuple[str, str, bytes | bytearray | None]] = []
+        self.ops: list[tuple[str, str, bytes | bytearray | memoryview | None]] = []
 
-    async def put(self, key: str, data: bytes | bytearray) -> None:
+    async def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
         await self.inner.put(key, data)
         self.ops.append(("put", key, data))
 
@@ -57,7 +57,7 @@ class RecordingStorage(RemoteStorage):
         await self.inner.delete(keys)
 
 
-def check_ordering(ops: list[tuple[str, str, bytes | bytearray | None]]) -> tuple[int, int]:
+def check_ordering(ops: list[tuple[str, str, bytes | bytearray | memoryview | None]]) -> tuple[int, int]:
     present: set[str] = set()
     named: set[str] = set()  # objects the last uploaded index names
     indexes = deletions = 0
@@ -65,7 +65,7 @@ def check_ordering(ops: list[tuple[str, str, bytes | bytearray | None]]) -> tupl
     for op, key, data in ops:
         if op == "put" and "index_part.json" in key:
             assert data is not None
-            doc = json.loads(data)
+            doc = json.loads(bytes(data))
             names = {
                 f"{prefix}{n}-{m['generation']:08x}" for n, m in doc["layer_metadata"].items()
             }
