@@ -71,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
         "SIGINT/SIGTERM stop it cleanly.",
     )
     run.add_argument(
-        "-D", "--data-dir", default=DEFAULT_DATA_DIR, help=f"data directory (default {DEFAULT_DATA_DIR})"
-    )
+        "-D", "--data-dir", type=_data_dir, default=DEFAULT_DATA_DIR,
+        help=f"data directory (default {DEFAULT_DATA_DIR})",
+    )  # fmt: skip
     # Also after ``run`` (``pageserver run -D DIR --log-format json``, as SPEC section 2
     # writes it); SUPPRESS keeps the top-level value when it is not given here.
     run.add_argument(
@@ -125,6 +126,14 @@ def _os_error_line(e: OSError) -> str:
     return what
 
 
+def _data_dir(text: str) -> str:
+    """``-D``: an empty path would be the current directory (``run`` wrote its
+    pageserver.toml and tenants/ there)."""
+    if not text:
+        raise argparse.ArgumentTypeError("the data directory must not be empty (use . for this one)")
+    return text
+
+
 def _exit_status(exc: BaseException) -> int | None:
     """The exit status for an exception that may end any command, or None (not ours)."""
     leaves = _leaves(exc)
@@ -142,6 +151,12 @@ def _exit_status(exc: BaseException) -> int | None:
         first = leaves[0]
         assert isinstance(first, OSError)
         _say(f"pageserver: error: {_os_error_line(first)}")
+        return 1
+    if all(isinstance(e, UnicodeError) for e in leaves):
+        # An argument that is not UTF-8 (the shell passes bytes; Python keeps the invalid
+        # ones as lone surrogates): text sent to the server (an image, a token, a config
+        # key) cannot be encoded, nor a host name for the resolver.
+        _say(f"pageserver: error: an argument is not valid text ({leaves[0]})")
         return 1
     return None
 

@@ -21,7 +21,7 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 CONFIG_FILE_NAME = "pageserver.toml"
 ENGINE_ENV_VAR = "PAGESERVER_VIRTUAL_FILE_IO_ENGINE"
@@ -84,8 +84,8 @@ def format_duration(seconds: float) -> str:
     return f"{round(seconds * 1000)}ms"
 
 
-# Field kinds used by the validator: "int" (not bool), "pos_int", "nonneg_int", "bool", "str",
-# "duration".
+# Field kinds used by the validator: "int" (not bool), "pos_int", "nonneg_int", "fd_count"
+# (a positive int up to MAX_FILE_DESCRIPTORS), "bool", "str", "duration".
 @dataclass(frozen=True)
 class TenantConfig:
     """Per-tenant settings; a tenant's ``config-v1`` holds overrides of the defaults."""
@@ -248,7 +248,7 @@ _TOP_KINDS: dict[str, str] = {
     "listen_addr": "str",
     "metrics_addr": "str",
     "virtual_file_io_engine": "engine",
-    "max_file_descriptors": "pos_int",
+    "max_file_descriptors": "fd_count",
     "no_sync": "bool",
     "max_frame_bytes": "pos_int",
     "auth_token": "str",
@@ -268,7 +268,21 @@ def _validate(values: Mapping[str, Any], kinds: Mapping[str, str], prefix: str) 
     return out
 
 
+#: The most VirtualFile slots (``max_file_descriptors``): Linux's default ``nr_open``, the
+#: most descriptors a process may have. The slot table is made up front, a Python object
+#: a slot: a billion slots never got the daemon to "ready".
+MAX_FILE_DESCRIPTORS: Final = 1 << 20
+
+
 def _check_value(name: str, kind: str, value: Any) -> Any:
+    if kind == "fd_count":
+        value = _check_value(name, "pos_int", value)
+        if value > MAX_FILE_DESCRIPTORS:
+            raise ConfigError(
+                f"config key {name!r} must be at most {MAX_FILE_DESCRIPTORS} (the kernel's "
+                f"default limit of open files per process), got {value!r}"
+            )
+        return value
     if kind in ("int", "pos_int", "nonneg_int"):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"config key {name!r} must be an integer, got {value!r}")

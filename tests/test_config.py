@@ -92,6 +92,7 @@ compaction_period = "500ms"
         ("max_file_descriptors = '8'", "max_file_descriptors"),
         ("max_file_descriptors = true", "max_file_descriptors"),
         ("max_file_descriptors = 0", "max_file_descriptors"),
+        ("max_file_descriptors = 1048577", "max_file_descriptors"),  # the slot table hung
         ("no_sync = 1", "no_sync"),
         ("listen_addr = 6400", "listen_addr"),
         ("virtual_file_io_engine = 'posix-aio'", "virtual_file_io_engine"),

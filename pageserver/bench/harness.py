@@ -38,12 +38,14 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from pageserver.bench import _measure as m
 from pageserver.bench import _peers as peers_mod
 from pageserver.client.feed import FeedGenerator
+from pageserver.config import DEFAULT_MAX_FRAME_BYTES
 from pageserver.io import ENGINE_KINDS, STD_FS, TRIO_URING, uring_refusal_reason
 from pageserver.logging import configure_logging
 
@@ -511,6 +513,24 @@ def _non_negative(text: str) -> int:
     return v
 
 
+#: The largest value the benchmark sends: one record must fit a ``put`` frame of the
+#: daemon's (default) ``max_frame_bytes``, with room for the request around it.
+MAX_VALUE_SIZE = DEFAULT_MAX_FRAME_BYTES - 4096
+
+
+def _value_size(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        v = _non_negative(text) if low == 0 else _positive(text)
+        if v > MAX_VALUE_SIZE:
+            raise argparse.ArgumentTypeError(
+                f"at most {MAX_VALUE_SIZE} (a record must fit one put frame of the daemon's "
+                f"max_frame_bytes, {DEFAULT_MAX_FRAME_BYTES}), got {text!r}"
+            )
+        return v
+
+    return parse
+
+
 def _engines(text: str) -> list[str]:
     kinds = [k.strip() for k in text.split(",") if k.strip()]
     for k in kinds:
@@ -603,7 +623,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--value-size",
-        type=_non_negative,
+        type=_value_size(0),
         help=f"image bytes per record, socket and flushes (default {DEFAULT.value_size})",
     )
     p.add_argument("--gets", type=_positive, help=f"get requests timed (default {DEFAULT.gets})")
@@ -645,7 +665,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--large-value-size",
-        type=_positive,
+        type=_value_size(1),
         help=f"bytes per record of the large-value workload (default {DEFAULT.large_value_size})",
     )
     p.add_argument(

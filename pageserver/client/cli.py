@@ -156,6 +156,10 @@ def parse_config_pair(text: str) -> tuple[str, Any]:
             value = int(raw)
         except ValueError:
             pass
+        else:
+            # The wire carries msgpack integers: 64 bits, signed or not.
+            if not -(1 << 63) <= value < 1 << 64:
+                raise argparse.ArgumentTypeError(f"{key.strip()}: {raw} is out of the 64-bit range")
     return key.strip(), value
 
 

@@ -14,6 +14,7 @@ The ``pageserver feed`` command (options, summary line) is in :mod:`pageserver.c
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,7 +31,8 @@ from pageserver.client._client import (
     backoff_delays,
 )
 from pageserver.layers.batch import PutRecord
-from pageserver.layers.key import Key, Lsn
+from pageserver.layers.blob_io import MAX_BLOB_LEN
+from pageserver.layers.key import MAX_LSN, MAX_RECORD_LSN, Key, Lsn
 from pageserver.layers.value import Image, TestRecord, encode_value
 
 __all__ = [
@@ -86,6 +88,18 @@ class FeedGenerator:
             raise ValueError("count >= 0, keys >= 1, records_per_lsn >= 1, value_size >= 0")
         if self.kind not in ("image", "test"):
             raise ValueError(f"kind must be image or test, not {self.kind!r}")
+        # The key index is a block number (a u32 field of the key); a value is one blob of
+        # a layer file; every record's LSN is below MAX_LSN (a layer ends at lsn + 1).
+        if self.keys > 1 << 32:
+            raise ValueError(f"keys must be at most 2^32 (a block number), not {self.keys}")
+        if self.value_size > MAX_BLOB_LEN - 16:
+            raise ValueError(f"value_size must be at most {MAX_BLOB_LEN - 16}, not {self.value_size}")
+        last = self.start_lsn + max(0, self.count - 1) // self.records_per_lsn
+        if not 0 <= self.start_lsn or last > MAX_RECORD_LSN:
+            raise ValueError(
+                f"the LSNs would run from {self.start_lsn} to {last}, past the last record "
+                f"LSN {MAX_RECORD_LSN} (2^64-2)"
+            )
 
     @property
     def total(self) -> int:
@@ -186,12 +200,16 @@ class FileSource:
                     raise ValueError("key must be 36 hex digits and lsn an integer or LSN text")
             except (ValueError, KeyError, TypeError) as e:
                 raise FeedError(f"{self.path}:{n}: bad record: {e}") from None
+            if not 0 <= lsn <= MAX_LSN:
+                raise FeedError(f"{self.path}:{n}: bad record: lsn {lsn} is not a 64-bit LSN")
             yield key, lsn, value
 
     def _msgpack(self, f: IO[bytes]) -> Iterator[PutRecord]:
         unpacker = msgpack.Unpacker(f, raw=False, use_list=True, max_buffer_size=64 << 20)
+        n = end = 0
         try:
             for n, obj in enumerate(unpacker, 1):
+                end = unpacker.tell()  # where this record ends (a later, cut one moves it)
                 if (
                     not isinstance(obj, list)
                     or len(obj) != 3
@@ -200,7 +218,17 @@ class FileSource:
                     or not isinstance(obj[2], bytes)
                 ):
                     raise FeedError(f"{self.path}: record {n} is not [bin key, int lsn, bin value]")
+                if not 0 <= obj[1] <= MAX_LSN:
+                    raise FeedError(f"{self.path}: record {n}: lsn {obj[1]} is not a 64-bit LSN")
                 yield obj[0], obj[1], obj[2]
+            # The iteration ends quietly at the end of the file, also inside a record: a
+            # file cut short would lose its last record without a word.
+            size = os.fstat(f.fileno()).st_size
+            if end != size:
+                raise FeedError(
+                    f"{self.path}: the file ends inside a record (after {n} "
+                    f"whole records, {size - end} bytes left over): truncated?"
+                )
         except (ValueError, msgpack.UnpackException) as e:
             raise FeedError(f"{self.path}: not a msgpack stream: {e}") from None
 
@@ -324,7 +352,9 @@ async def run_feed(
 
     Each (re)connection asks ``status`` and sends every record at or above
     ``last_record_lsn``. Gives up after ``retry_timeout`` seconds without a successful
-    connection. With ``flush``, ends with a ``flush`` (retried the same way).
+    connection, or without a ``put`` acknowledged while connections keep being lost (a
+    server closes the connection on a put above its ``max_frame_bytes``: resending it
+    would go on for ever). With ``flush``, ends with a ``flush`` (retried the same way).
     """
     for name, value in (("batch_records", batch_records), ("batch_bytes", batch_bytes), ("window", window)):
         if value < 1:
@@ -334,6 +364,9 @@ async def run_feed(
     stats = FeedStats()
     delays = iter(backoff_delays())
     deadline: float | None = None
+    #: Since when connections have been lost with nothing acknowledged (None: progress).
+    stalled_since: float | None = None
+    losses = 0
     done_sending = False
     while True:
         try:
@@ -350,7 +383,9 @@ async def run_feed(
             await trio.sleep(next(delays))
             continue
         deadline = None
-        delays = iter(backoff_delays())
+        if stalled_since is None:
+            delays = iter(backoff_delays())
+        acked_before = stats.batches
         try:
             async with client:
                 st = await client.timeline_status(tenant_id, timeline_id)
@@ -406,6 +441,19 @@ async def run_feed(
                 raise
             reason = "server shutting down"
         stats.reconnects += 1
+        now = trio.current_time()
+        if stats.batches > acked_before or done_sending:
+            stalled_since, losses = None, 0
+        else:
+            stalled_since = now if stalled_since is None else stalled_since
+            losses += 1
+            if now - stalled_since >= retry_timeout:
+                raise FeedError(
+                    f"gave up after {losses} lost connections in {now - stalled_since:.0f}s with "
+                    f"no put acknowledged (the last: {reason}); a server closes the connection "
+                    "on a put larger than its max_frame_bytes: lower --batch-bytes, or the "
+                    f"records of one LSN (from record {stats.position}) are too large to send"
+                )
         log(f"connection lost ({reason}); reconnecting")
         if progress:
             progress.update(stats.position, stats.bytes_acked, "reconnecting...")

@@ -259,8 +259,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
             except (LayerFileError, OSError) as e:
                 row["size"] = os.path.getsize(path) if os.path.exists(path) else None
                 row["valid"] = False
-                row["error"] = str(e)
-                print(f"pageserver layer: {e}", file=sys.stderr)
+                row["error"] = str(e) if path in str(e) else f"{path}: {e}"
+                print(f"pageserver layer: {row['error']}", file=sys.stderr)
                 failed = True
             rows.append(row)
         if args.json:
@@ -272,9 +272,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
                 else:
                     lsns = lsn_str(r["lsn_start"])
                 status = "" if r["valid"] else "  INVALID"
+                shown = "-" if r["size"] is None else str(r["size"])  # None: a dangling symlink
                 print(
                     f"{r['kind']:<5}  {r['key_start']}-{r['key_end']}  {lsns:<24}  "
-                    f"{r['size']:>12}{status}"
+                    f"{shown:>12}{status}"
                 )
         return 1 if failed else 0
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
+from pageserver.addresses import parse_address
 from pageserver.client import ConnectionLost
 from pageserver.config import CONFIG_FILE_NAME, ENGINE_ENV_VAR
 from pageserver.io import TRIO_URING, normalize_engine_kind, uring_refusal_reason
@@ -204,6 +205,10 @@ class Daemon:
     def _pick_addresses(self) -> None:
         if self._fixed_listen:
             self.addr = str(self._config["listen_addr"])
+            try:
+                parse_address(self.addr)
+            except ValueError as e:
+                raise DaemonError(f"listen_addr: {e}") from None
         elif self.sock is not None:
             self.addr = f"unix:{self.sock}"
         else:
@@ -311,12 +316,12 @@ class Daemon:
 
     def _accepts(self) -> bool:
         try:
-            if self.sock is not None and not self._fixed_listen:
+            addr = parse_address(self.addr)
+            if addr.unix_path is not None:
                 with socket.socket(socket.AF_UNIX) as s:
-                    s.connect(self.sock)
+                    s.connect(addr.unix_path)
             else:
-                host, _, port = self.addr.rpartition(":")
-                with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), 1):
+                with socket.create_connection((addr.host or "127.0.0.1", addr.port), 1):
                     pass
             return True
         except OSError:

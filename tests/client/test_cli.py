@@ -346,3 +346,106 @@ async def test_run_feed_refuses_counts_below_one() -> None:
                 "unix:/nonexistent/ps.sock", None, "3" * 32, "4" * 32,
                 FeedGenerator(count=1), **kw,  # type: ignore[arg-type]
             )  # fmt: skip
+
+
+async def test_feed_gives_up_on_a_put_the_server_refuses_as_too_large(
+    srv: Harness, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A put above the server's max_frame_bytes (1 MiB here) ends with the connection
+    closed: feed used to reconnect and resend it for ever (each reconnect succeeded, so
+    --retry-timeout never applied). Now it gives up after --retry-timeout without a put
+    acknowledged, saying why; records that fit are then fed as usual."""
+    a = ("--addr", srv.addr)
+    t, tl = "5" * 32, "6" * 32
+    async with await Client.connect(srv.addr) as c:
+        await c.request("tenant_create", tenant_id=t)
+        await c.request("timeline_create", tenant_id=t, timeline_id=tl, start_lsn=0)
+    with trio.fail_after(60):
+        rc, out, err = await run_cli(
+            capsys, "feed", t, tl, *a, "--count", "1", "--value-size", str(2 << 20),
+            "--retry-timeout", "1", "--no-progress",
+        )  # fmt: skip
+    assert rc == 1
+    assert "no put acknowledged" in err and "max_frame_bytes" in err, err
+    rc, out, err = await run_cli(capsys, "feed", t, tl, *a, "--count", "300", "--json")
+    assert rc == 0, err
+    assert json.loads(out)["records"] == 300
+
+
+LAYER_NAME = (
+    "000000000000000000000000000000000000-FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF"
+    "__0000000000000001-0000000000000002"
+)
+
+
+@pytest.mark.parametrize(
+    ("argv", "status", "says"),
+    [
+        # Not UTF-8 (the shell passes bytes): text for the server, a host name.
+        ([b"status", b"--addr", b"\xff:6400"], 1, "not valid text"),
+        # Config integers the wire (msgpack, 64 bits) cannot carry.
+        (["tenant", "create", "--addr", "127.0.0.1:1", "--config", f"gc_horizon={2**70}"], 2,
+         "out of the 64-bit range"),
+        (["tenant", "create", "--addr", "127.0.0.1:1", "--config", f"gc_horizon={-(2**63) - 1}"],
+         2, "out of the 64-bit range"),
+        # An empty data directory would be the current one.
+        (["run", "-D", ""], 2, "must not be empty"),
+        # A value that cannot fit one put frame (the bench crashed on the broken pipe).
+        (["bench", "--quick", "--large-value-size", "17000000"], 2, "fit one put frame"),
+        (["bench", "--quick", "--value-size", str(16 << 20)], 2, "fit one put frame"),
+    ],
+)  # fmt: skip
+def test_bad_arguments_end_in_one_line_not_a_traceback(
+    tmp_path: Path, argv: list[str | bytes], status: int, says: str
+) -> None:
+    """From an audit of every command with bad values: each of these ended in a Python
+    traceback (or, for ``run -D ''``, wrote pageserver.toml and tenants/ into the current
+    directory). Run as the real process, in an empty directory."""
+    p = subprocess.run([PAGESERVER, *argv], capture_output=True, timeout=60, cwd=tmp_path)
+    err = p.stderr.decode(errors="replace")
+    assert p.returncode == status, err
+    assert says in err and "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_layer_ls_names_a_layer_it_cannot_open(tmp_path: Path) -> None:
+    """A dangling symlink with a layer's name ended ``layer ls`` in a TypeError (its size
+    is unknown); a directory with one was reported without its path."""
+    d = tmp_path / "tl"
+    d.mkdir()
+    (d / LAYER_NAME).symlink_to(tmp_path / "gone")
+    (d / LAYER_NAME.replace("0001-", "0003-").replace("0002", "0004")).mkdir()
+    p = subprocess.run([PAGESERVER, "layer", "ls", str(d)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    rows = p.stdout.splitlines()
+    assert len(rows) == 2 and all(r.endswith("INVALID") for r in rows), p.stdout
+    assert rows[0].split()[-2] == "-"
+    assert f"{d}/{LAYER_NAME.replace('0001-', '0003-').replace('0002', '0004')}" in p.stderr
+
+
+def test_compare_engines_refuses_a_bad_listen_addr(tmp_path: Path) -> None:
+    p = subprocess.run(
+        [PAGESERVER, "compare-engines", "--server-config", "listen_addr=x", "--dir",
+         str(tmp_path / "w"), "--count", "10"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    assert "listen_addr: invalid address 'x'" in p.stderr
+
+
+async def test_text_that_is_not_utf8_ends_in_one_line(srv: Harness) -> None:
+    """A token (or an image's text) that is not UTF-8 reaches the encoder of the request,
+    once connected: it ended in a UnicodeEncodeError traceback."""
+    t = "7" * 32
+    for argv in (
+        [b"status", b"--addr", srv.addr.encode(), b"--token", b"\xff"],
+        [b"put", b"--addr", srv.addr.encode(), t.encode(), t.encode(), b"0" * 36, b"5",
+         b"--image", b"\xfe"],
+    ):  # fmt: skip
+
+        def run(argv: list[bytes] = argv) -> subprocess.CompletedProcess[bytes]:
+            return subprocess.run([PAGESERVER.encode(), *argv], capture_output=True, timeout=60)
+
+        p = await trio.to_thread.run_sync(run)
+        err = p.stderr.decode(errors="replace")
+        assert p.returncode == 1 and "not valid text" in err and "Traceback" not in err, err

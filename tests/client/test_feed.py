@@ -3,7 +3,13 @@ batches end only at LSN boundaries (see _batches)."""
 
 from __future__ import annotations
 
-from pageserver.client.feed import FeedGenerator, _batches
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from pageserver.client.feed import FeedError, FeedGenerator, FileSource, _batches
+from pageserver.layers.value import Image, encode_value
 from pageserver.wire import ErrorCode, ProtocolError, encode_request, parse_request
 
 
@@ -41,3 +47,47 @@ def test_put_at_lsn_max_is_bad_request() -> None:
     assert "records[0].lsn" in err.message
     ok = encode_request("put", tenant_id="ab" * 16, timeline_id="cd" * 16, records=[[key, 2**64 - 2, value]])[4:]
     assert not isinstance(parse_request(ok), ProtocolError)
+
+
+def test_feed_generator_refuses_what_it_cannot_make() -> None:
+    """Each used to end in a traceback deep in the feed: a key index past a u32 block
+    number (struct.error), a value no layer can hold, LSNs past 2^64-2 (numpy overflow)."""
+    with pytest.raises(ValueError, match="keys must be at most 2"):
+        FeedGenerator(count=10, keys=(1 << 32) + 1)
+    FeedGenerator(count=10, keys=1 << 32)
+    with pytest.raises(ValueError, match="value_size must be at most"):
+        FeedGenerator(count=3, value_size=1 << 70)
+    with pytest.raises(ValueError, match="past the last record LSN"):
+        FeedGenerator(count=10, start_lsn=2**64 - 2)
+    last = FeedGenerator(count=4, start_lsn=2**64 - 3, records_per_lsn=2)
+    assert last.lsn_of(3) == 2**64 - 2
+
+
+@pytest.mark.parametrize(("form", "lsn"), [("msgpack", -1), ("json", -1), ("json", 2**64)])
+def test_file_source_refuses_lsns_outside_64_bits(tmp_path: Path, form: str, lsn: int) -> None:
+    """A record at LSN -1 used to be dropped without a word (below every resume point),
+    the feed reporting success; one past 2^64 ended in a traceback."""
+    key = bytes(18)
+    value = encode_value(Image(b"v"))
+    path = tmp_path / f"records.{form}"
+    if form == "msgpack":
+        path.write_bytes(msgpack.packb([key, 5, value]) + msgpack.packb([key, lsn, value]))
+    else:
+        line = '{"key": "%s", "lsn": %d, "value": "%s"}\n'
+        path.write_text(line % (key.hex(), 5, value.hex()) + line % (key.hex(), lsn, value.hex()))
+    with pytest.raises(FeedError, match="not a 64-bit LSN"):
+        list(FileSource(str(path)).records_from(0))
+
+
+def test_file_source_refuses_a_truncated_msgpack_file(tmp_path: Path) -> None:
+    """The last record cut short used to vanish: msgpack's iteration ends quietly at the
+    end of the file."""
+    value = encode_value(Image(b"value"))
+    whole = b"".join(msgpack.packb([bytes(18), lsn, value]) for lsn in (1, 2, 3))
+    path = tmp_path / "records.msgpack"
+    path.write_bytes(whole)
+    assert [r[1][1] for r in FileSource(str(path)).records_from(0)] == [1, 2, 3]
+    for cut in (1, 3, len(msgpack.packb([bytes(18), 3, value])) - 1):
+        path.write_bytes(whole[:-cut])
+        with pytest.raises(FeedError, match="ends inside a record"):
+            list(FileSource(str(path)).records_from(0))
