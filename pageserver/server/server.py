@@ -84,6 +84,7 @@ from pageserver.addresses import Address, parse_address
 from pageserver.errors import PageserverError
 from pageserver.tenant.manager import TenantManager
 from pageserver.wire import (
+    BUSY,
     CLOSED,
     HEADER_LEN,
     NEED_DATA,
@@ -540,7 +541,11 @@ class Server:
     async def _connection_loop(self, c: _Conn) -> str:
         proto = c.proto
         while True:
-            ev = proto.next_event()
+            ev = proto.next_event(stepwise=True)
+            if ev is BUSY:
+                # A step of parsing a large request: the loop is not held for all of it.
+                await trio.lowlevel.checkpoint()
+                continue
             if ev is NEED_DATA:
                 if not await self._receive(c):
                     proto.receive_data(b"")

@@ -59,6 +59,7 @@ from pageserver.wire._connection import (
     token_checker,
 )
 from pageserver.wire._framing import (
+    BUSY,
     CLOSED,
     HEADER_LEN,
     NEED_DATA,
@@ -97,6 +98,7 @@ from pageserver.wire._requests import (
 from pageserver.wire.errors import ErrorCode, ProtocolError
 
 __all__ = [
+    "BUSY",
     "CLOSED",
     "HEADER_LEN",
     "KEY_MAX",

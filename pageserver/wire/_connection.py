@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import enum
 import hmac
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
-from typing import Final, Literal, TypeAlias
+from typing import Final, Literal, TypeAlias, overload
 
 from pageserver.wire._framing import (
+    BUSY,
     CLOSED,
     DEFAULT_MAX_FRAME_BYTES,
     NEED_DATA,
@@ -23,7 +24,7 @@ from pageserver.wire._framing import (
     Sentinel,
 )
 from pageserver.wire._replies import encode_error
-from pageserver.wire._requests import HelloRequest, Request, parse_envelope, parse_op
+from pageserver.wire._requests import HelloRequest, Request, parse_envelope, parse_op_steps
 from pageserver.wire.errors import ErrorCode, Id, ProtocolError
 
 __all__ = [
@@ -109,7 +110,9 @@ class ErrorEvent:
         return encode_error(self.id, self.code, self.message)
 
 
-ServerEvent: TypeAlias = RequestEvent | ErrorEvent | Literal[Sentinel.NEED_DATA, Sentinel.CLOSED]
+ServerEvent: TypeAlias = (
+    RequestEvent | ErrorEvent | Literal[Sentinel.NEED_DATA, Sentinel.CLOSED, Sentinel.BUSY]
+)
 
 
 def token_checker(token: str) -> Callable[[str], bool]:
@@ -146,7 +149,7 @@ class ServerConnection:
     reading the next lets TCP back-pressure stop a client that never reads its replies.
     """
 
-    __slots__ = ("_auth_required", "_decoder", "_state", "_token_check")
+    __slots__ = ("_auth_required", "_decoder", "_pending", "_state", "_token_check")
 
     def __init__(
         self,
@@ -160,6 +163,8 @@ class ServerConnection:
         self._auth_required = auth_required
         self._token_check = token_check
         self._state = ConnState.AWAITING_HELLO if auth_required else ConnState.READY
+        #: The frame being parsed in steps (``next_event(stepwise=True)``), if any.
+        self._pending: Generator[None, None, RequestEvent | ErrorEvent] | None = None
 
     @property
     def state(self) -> ConnState:
@@ -213,8 +218,22 @@ class ServerConnection:
             raise AssertionError(f"no transition from {self._state} on {inp}")
         self._state = nxt
 
-    def next_event(self) -> ServerEvent:
-        """The next thing the server must do. Never raises on any input."""
+    @overload
+    def next_event(
+        self, *, stepwise: Literal[False] = False
+    ) -> RequestEvent | ErrorEvent | Literal[Sentinel.NEED_DATA, Sentinel.CLOSED]: ...
+    @overload
+    def next_event(self, *, stepwise: bool) -> ServerEvent: ...
+
+    def next_event(self, *, stepwise: bool = False) -> ServerEvent:
+        """The next thing the server must do. Never raises on any input.
+
+        ``stepwise``: a request whose parsing is long work (a ``put`` of many records) is
+        parsed a bounded step per call, each call but the last returning ``BUSY`` (let
+        other tasks run, then call again; read nothing meanwhile). Otherwise in one call.
+        """
+        if self._pending is not None:
+            return self._advance(stepwise)
         if self.should_close:
             return CLOSED
         ev = self._decoder.next_event()
@@ -227,9 +246,28 @@ class ServerConnection:
             if ev.close_after:
                 self._transition(_I.FRAME_TOO_LARGE)
             return ErrorEvent(ev.id, ev.code, ev.message, ev.close_after)
-        return self._on_frame(ev.payload)
+        self._pending = self._on_frame(ev.payload)
+        return self._advance(stepwise)
 
-    def _on_frame(self, payload: bytes | memoryview) -> RequestEvent | ErrorEvent:
+    def _advance(self, stepwise: bool) -> RequestEvent | ErrorEvent | Literal[Sentinel.BUSY]:
+        pending = self._pending
+        assert pending is not None
+        while True:
+            try:
+                next(pending)
+            except StopIteration as done:
+                self._pending = None
+                event: RequestEvent | ErrorEvent = done.value
+                return event
+            except BaseException:
+                self._pending = None
+                raise
+            if stepwise:
+                return BUSY
+
+    def _on_frame(
+        self, payload: bytes | memoryview
+    ) -> Generator[None, None, RequestEvent | ErrorEvent]:
         env = parse_envelope(payload)
         if isinstance(env, ProtocolError):
             return ErrorEvent(env.id, env.code, env.message)
@@ -241,7 +279,7 @@ class ServerConnection:
             return ErrorEvent(
                 rid, ErrorCode.UNAUTHORIZED, "authenticate with hello and the token first"
             )
-        req = parse_op(op, m, rid)
+        req = yield from parse_op_steps(op, m, rid)
         if op == "hello" and self._auth_required:
             # Any hello that does not carry the token -- missing, wrong, or not even a
             # string (the only field a hello has) -- is an unauthorized hello, and SPEC

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from typing_extensions import Buffer  # collections.abc.Buffer from 3.12
 
 __all__ = [
+    "BUSY",
     "CLOSED",
     "DEFAULT_MAX_FRAME_BYTES",
     "DIRECT_FRAME_BYTES",
@@ -54,10 +55,14 @@ class Sentinel(enum.Enum):
     """Nothing complete yet: feed more bytes."""
     CLOSED = "CLOSED"
     """Nothing more will ever come out: the stream ended or the connection must close."""
+    BUSY = "BUSY"
+    """A step of work on a large request was done (``ServerConnection.next_event(
+    stepwise=True)``): let other tasks run, then ask again; nothing to read meanwhile."""
 
 
 NEED_DATA: Final = Sentinel.NEED_DATA
 CLOSED: Final = Sentinel.CLOSED
+BUSY: Final = Sentinel.BUSY
 
 
 @dataclass(frozen=True, slots=True)
