@@ -152,13 +152,21 @@ def _exit_status(exc: BaseException) -> int | None:
         assert isinstance(first, OSError)
         _say(f"pageserver: error: {_os_error_line(first)}")
         return 1
-    if all(isinstance(e, UnicodeError) for e in leaves):
-        # An argument that is not UTF-8 (the shell passes bytes; Python keeps the invalid
-        # ones as lone surrogates): text sent to the server (an image, a token, a config
-        # key) cannot be encoded, nor a host name for the resolver.
+    if all(_from_an_argument(e) for e in leaves):
         _say(f"pageserver: error: an argument is not valid text ({leaves[0]})")
         return 1
     return None
+
+
+def _from_an_argument(e: BaseException) -> bool:
+    """Whether ``e`` is the encoding error of an argument that is not UTF-8: the shell
+    passes bytes, and Python keeps the invalid ones as lone surrogates, which text sent to
+    the server (an image, a token, a config key) cannot be encoded with, nor a host name
+    for the resolver (its ``idna`` codec). Any other UnicodeError (a bug) keeps its
+    traceback."""
+    if isinstance(e, UnicodeEncodeError):
+        return e.reason == "surrogates not allowed"
+    return type(e) is UnicodeError and "idna" in str(e) and "\\udc" in ascii(str(e))
 
 
 def _say(line: str) -> None:

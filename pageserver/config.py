@@ -345,6 +345,8 @@ def load_config(data_dir: str | os.PathLike[str]) -> PageserverConfig:
             data = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: not UTF-8 ({e.reason} at byte {e.start})") from None
     config = config_from_mapping(data)
     remote = config.remote_storage
     if remote is not None and remote.local_path is not None and not os.path.isabs(remote.local_path):

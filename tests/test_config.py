@@ -114,6 +114,10 @@ def test_errors_name_the_key(tmp_path: Path, text: str, key: str) -> None:
 def test_invalid_toml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="invalid TOML"):
         load_config(write(tmp_path, "listen_addr = "))
+    # Not UTF-8 (TOML is): a UnicodeDecodeError traceback before.
+    (tmp_path / "pageserver.toml").write_bytes(b'listen_addr = "127.0.0.1:1" # \xff\n')
+    with pytest.raises(ConfigError, match="invalid TOML: not UTF-8"):
+        load_config(tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -44,6 +44,7 @@ from typing import Any
 
 from pageserver.bench import _measure as m
 from pageserver.bench import _peers as peers_mod
+from pageserver.client.cli import nonnegative_int, positive_int
 from pageserver.client.feed import FeedGenerator
 from pageserver.config import DEFAULT_MAX_FRAME_BYTES
 from pageserver.io import ENGINE_KINDS, STD_FS, TRIO_URING, uring_refusal_reason
@@ -493,26 +494,6 @@ def label_of(settings: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
-def _non_negative(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = -1
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return v
-
-
 #: The largest value the benchmark sends: one record must fit a ``put`` frame of the
 #: daemon's (default) ``max_frame_bytes``, with room for the request around it.
 MAX_VALUE_SIZE = DEFAULT_MAX_FRAME_BYTES - 4096
@@ -520,7 +501,7 @@ MAX_VALUE_SIZE = DEFAULT_MAX_FRAME_BYTES - 4096
 
 def _value_size(low: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
-        v = _non_negative(text) if low == 0 else _positive(text)
+        v = nonnegative_int(text) if low == 0 else positive_int(text)
         if v > MAX_VALUE_SIZE:
             raise argparse.ArgumentTypeError(
                 f"at most {MAX_VALUE_SIZE} (a record must fit one put frame of the daemon's "
@@ -619,25 +600,25 @@ def register(subparsers: Any) -> None:
         help="comma-separated engines to measure (default std-fs,trio-uring)",
     )
     p.add_argument(
-        "--records", type=_positive, help=f"records fed over the socket (default {DEFAULT.records})"
+        "--records", type=positive_int, help=f"records fed over the socket (default {DEFAULT.records})"
     )
     p.add_argument(
         "--value-size",
         type=_value_size(0),
         help=f"image bytes per record, socket and flushes (default {DEFAULT.value_size})",
     )
-    p.add_argument("--gets", type=_positive, help=f"get requests timed (default {DEFAULT.gets})")
+    p.add_argument("--gets", type=positive_int, help=f"get requests timed (default {DEFAULT.gets})")
     p.add_argument(
         "--flush-records",
-        type=_positive,
+        type=positive_int,
         help=f"records ingested before each timed flush (default {DEFAULT.flush_records})",
     )
     p.add_argument(
-        "--flush-rounds", type=_positive, help=f"timed flushes (default {DEFAULT.flush_rounds})"
+        "--flush-rounds", type=positive_int, help=f"timed flushes (default {DEFAULT.flush_rounds})"
     )
     p.add_argument(
         "--raw-mib",
-        type=_positive,
+        type=positive_int,
         help=f"MiB of the raw write baseline (default {DEFAULT.raw_mib})",
     )
     p.add_argument(
@@ -660,7 +641,7 @@ def register(subparsers: Any) -> None:
     p.set_defaults(no_sync=False)
     p.add_argument(
         "--large-records",
-        type=_non_negative,
+        type=nonnegative_int,
         help=f"records of the large-value durable ingest (default {DEFAULT.large_records}; 0: none)",
     )
     p.add_argument(

@@ -86,23 +86,32 @@ def parse_id(text: str) -> str:
 def positive_int(text: str) -> int:
     """The argument type of a count that must be positive: a usage error for ``--window 0``
     (it used to end in a traceback) or ``--batch-bytes -5`` (silently one LSN per put)."""
+    return _int_at_least(text, 1)
+
+
+def nonnegative_int(text: str) -> int:
+    """The argument type of a count or size that may be 0."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
     try:
         n = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    if n < low:
+        raise argparse.ArgumentTypeError(f"must be at least {low}: {text!r}")
     return n
 
 
 def nonnegative_seconds(text: str) -> float:
-    """The argument type of a finite duration in seconds, 0 or more."""
+    """The argument type of a duration in seconds, 0 or more (``inf``: for ever)."""
     try:
         x = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not x >= 0 or x == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0: {text!r}")
+    if not x >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0 (or inf): {text!r}")
     return x
 
 
@@ -168,7 +177,7 @@ def _config_addr_and_token(data_dir: str) -> tuple[str | None, str | None]:
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError):
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
         return None, None
     addr = data.get("listen_addr")
     token = data.get("auth_token")
@@ -817,7 +826,8 @@ def register(subparsers: Any) -> None:
         "--retry-timeout",
         type=nonnegative_seconds,
         default=60.0,
-        help="give up after this many seconds unable to reconnect (default 60)",
+        help="give up after this many seconds unable to reconnect, or losing every "
+        "connection before a put is acknowledged (default 60; inf: never)",
     )
     snd.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_feed)

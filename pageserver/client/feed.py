@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ class FeedError(Exception):
 # Record sources
 # ---------------------------------------------------------------------------------------
 
+_MAX_VALUE_SIZE = MAX_BLOB_LEN - 32
 _KEY_MIX = 2654435761  # prime: i -> i * _KEY_MIX % keys visits every key once per pass
 
 
@@ -92,10 +94,13 @@ class FeedGenerator:
         # a layer file; every record's LSN is below MAX_LSN (a layer ends at lsn + 1).
         if self.keys > 1 << 32:
             raise ValueError(f"keys must be at most 2^32 (a block number), not {self.keys}")
-        if self.value_size > MAX_BLOB_LEN - 16:
-            raise ValueError(f"value_size must be at most {MAX_BLOB_LEN - 16}, not {self.value_size}")
+        # The encoded value (an Image's 12-byte header; a Test record's 19 bytes) is the blob.
+        if self.value_size > _MAX_VALUE_SIZE:
+            raise ValueError(f"value_size must be at most {_MAX_VALUE_SIZE}, not {self.value_size}")
+        if self.start_lsn < 0:
+            raise ValueError(f"start_lsn must not be negative, not {self.start_lsn}")
         last = self.start_lsn + max(0, self.count - 1) // self.records_per_lsn
-        if not 0 <= self.start_lsn or last > MAX_RECORD_LSN:
+        if last > MAX_RECORD_LSN:
             raise ValueError(
                 f"the LSNs would run from {self.start_lsn} to {last}, past the last record "
                 f"LSN {MAX_RECORD_LSN} (2^64-2)"
@@ -166,6 +171,10 @@ class FileSource:
         self.path = path
         try:
             with open(path, "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    # It is read again from the start: for its length, and after every
+                    # reconnect (to resume from the server's last_record_lsn).
+                    raise FeedError(f"{path}: not a regular file (a pipe cannot be read again)")
                 first = f.read(1)
         except OSError as e:
             raise FeedError(f"cannot read {path}: {e.strerror}") from None
@@ -367,7 +376,6 @@ async def run_feed(
     #: Since when connections have been lost with nothing acknowledged (None: progress).
     stalled_since: float | None = None
     losses = 0
-    done_sending = False
     while True:
         try:
             client = await Client.connect(addr, token)
@@ -392,43 +400,47 @@ async def run_feed(
                 resume = int(st["last_record_lsn"])
                 stats.last_record_lsn = resume
                 stats.disk_consistent_lsn = int(st["disk_consistent_lsn"])
-                if not done_sending:
-                    records = source.records_from(resume)
-                    first = next(records, None)
-                    if first is not None:
-                        stats.position = first[0]
+                # Every connection sends from the server's last_record_lsn, even when
+                # everything was acknowledged on an earlier one: a server that restarted
+                # after a crash has lost what was not flushed yet (its last_record_lsn
+                # is back at disk_consistent_lsn), and a feed that went straight to the
+                # flush reported it all durable. (When nothing was lost, this resends
+                # only the records of the last LSN, which replace themselves.)
+                records = source.records_from(resume)
+                first = next(records, None)
+                if first is not None:
+                    stats.position = first[0]
 
-                        def chain(
-                            head: tuple[int, PutRecord], rest: Iterator[tuple[int, PutRecord]]
-                        ) -> Iterator[tuple[int, PutRecord]]:
-                            yield head
-                            yield from rest
+                    def chain(
+                        head: tuple[int, PutRecord], rest: Iterator[tuple[int, PutRecord]]
+                    ) -> Iterator[tuple[int, PutRecord]]:
+                        yield head
+                        yield from rest
 
-                        records = chain(first, records)
+                    records = chain(first, records)
+                    if progress:
+                        progress.update(stats.position, stats.bytes_acked)
+
+                    def on_reply(batch: PutBatch, fields: dict[str, Any]) -> None:
+                        tag: tuple[int, int, int] = batch.tag  # type: ignore[assignment]
+                        n, nbytes, next_index = tag
+                        stats.records_acked += n
+                        stats.bytes_acked += nbytes
+                        stats.batches += 1
+                        stats.skipped += int(fields.get("skipped", 0))
+                        stats.position = next_index
+                        stats.last_record_lsn = int(fields["last_record_lsn"])
+                        stats.disk_consistent_lsn = int(fields["disk_consistent_lsn"])
                         if progress:
                             progress.update(stats.position, stats.bytes_acked)
 
-                        def on_reply(batch: PutBatch, fields: dict[str, Any]) -> None:
-                            tag: tuple[int, int, int] = batch.tag  # type: ignore[assignment]
-                            n, nbytes, next_index = tag
-                            stats.records_acked += n
-                            stats.bytes_acked += nbytes
-                            stats.batches += 1
-                            stats.skipped += int(fields.get("skipped", 0))
-                            stats.position = next_index
-                            stats.last_record_lsn = int(fields["last_record_lsn"])
-                            stats.disk_consistent_lsn = int(fields["disk_consistent_lsn"])
-                            if progress:
-                                progress.update(stats.position, stats.bytes_acked)
-
-                        await client.put_pipelined(
-                            tenant_id,
-                            timeline_id,
-                            _batches(records, batch_records, batch_bytes),
-                            window=window,
-                            on_reply=on_reply,
-                        )
-                    done_sending = True
+                    await client.put_pipelined(
+                        tenant_id,
+                        timeline_id,
+                        _batches(records, batch_records, batch_bytes),
+                        window=window,
+                        on_reply=on_reply,
+                    )
                 if flush:
                     stats.disk_consistent_lsn = await client.flush(tenant_id, timeline_id)
                     st = await client.timeline_status(tenant_id, timeline_id)
@@ -442,7 +454,7 @@ async def run_feed(
             reason = "server shutting down"
         stats.reconnects += 1
         now = trio.current_time()
-        if stats.batches > acked_before or done_sending:
+        if stats.batches > acked_before:
             stalled_since, losses = None, 0
         else:
             stalled_since = now if stalled_since is None else stalled_since

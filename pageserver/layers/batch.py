@@ -225,11 +225,18 @@ def check_put_batch_steps(
         return CheckedBatch(c.keys, c.lsns, c.values, c.starts, c.ends, will_init[0])
     lsns = np.concatenate([c.lsns for c in cols])
     _check_order(lsns, _record_lsn_message)
-    shift = np.cumsum([0, *(len(c.values) for c in cols[:-1])]).tolist()
+    yield
+    # The values joined a step's worth at a time into memory not zeroed first (a 16 MiB
+    # frame's values joined in one go, with the rest, was a 14-24 ms step).
+    shift = np.cumsum([0, *(len(c.values) for c in cols)]).tolist()
+    values = np.empty(shift[-1], np.uint8)
+    for c, at in zip(cols, shift, strict=False):
+        values[at : at + len(c.values)] = np.frombuffer(c.values, np.uint8)
+        yield
     return CheckedBatch(
-        np.concatenate([c.keys for c in cols]), lsns, b"".join(c.values for c in cols),
-        np.concatenate([c.starts + d for c, d in zip(cols, shift, strict=True)]),
-        np.concatenate([c.ends + d for c, d in zip(cols, shift, strict=True)]),
+        np.concatenate([c.keys for c in cols]), lsns, values.data,
+        np.concatenate([c.starts + d for c, d in zip(cols, shift, strict=False)]),
+        np.concatenate([c.ends + d for c, d in zip(cols, shift, strict=False)]),
         np.concatenate(will_init),
     )  # fmt: skip
 

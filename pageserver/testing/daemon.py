@@ -215,7 +215,10 @@ class Daemon:
             self.addr = f"127.0.0.1:{free_tcp_port()}"
         if self._fixed_metrics:
             metrics_addr = str(self._config["metrics_addr"])
-            self.metrics_port = int(metrics_addr.rpartition(":")[2]) if metrics_addr else None
+            try:
+                self.metrics_port = parse_address(metrics_addr).port if metrics_addr else None
+            except ValueError as e:
+                raise DaemonError(f"metrics_addr: {e}") from None
         else:
             self.metrics_port = free_tcp_port() if self._metrics else None
 

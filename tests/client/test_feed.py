@@ -3,6 +3,7 @@ batches end only at LSN boundaries (see _batches)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import msgpack
@@ -91,3 +92,16 @@ def test_file_source_refuses_a_truncated_msgpack_file(tmp_path: Path) -> None:
         path.write_bytes(whole[:-cut])
         with pytest.raises(FeedError, match="ends inside a record"):
             list(FileSource(str(path)).records_from(0))
+
+
+def test_file_source_refuses_what_cannot_be_read_twice(tmp_path: Path) -> None:
+    """A pipe gave "record 1 is not [bin key, int lsn, bin value]": the file is read once
+    for its first byte and again for the records."""
+    fifo = tmp_path / "records.fifo"
+    os.mkfifo(fifo)
+    writer = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)  # so that opening it to read returns
+    try:
+        with pytest.raises(FeedError, match="not a regular file"):
+            FileSource(str(fifo))
+    finally:
+        os.close(writer)

@@ -23,8 +23,8 @@ import time
 import pytest
 import trio
 
-from pageserver.client import Client
-from pageserver.client.feed import FeedGenerator
+from pageserver.client import Client, ConnectionLost
+from pageserver.client.feed import FeedGenerator, run_feed
 from tests.helpers.daemon import PAGESERVER, Daemon, FeedModel
 
 COUNT = 100_000
@@ -218,3 +218,39 @@ def test_bind_error_is_one_line_and_exit_1(tmp_path: object) -> None:
     assert p.returncode == 1
     last = p.stderr.splitlines()[-1]
     assert last == f"pageserver: cannot listen on 127.0.0.1:{port}: Address already in use"
+
+
+async def test_feed_flush_after_a_crash_sends_again_what_the_crash_lost(
+    pageserver_daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every put acknowledged, then the daemon is SIGKILLed before the flush: what it had
+    only in memory is gone, and the feed's reconnect must send it again before flushing.
+    It used to go straight to the flush (everything had been acknowledged once) and
+    report success with last_record_lsn 0 and nothing durable."""
+    d = pageserver_daemon
+    t, tl = _create(d)
+    gen = FeedGenerator(count=5000, keys=300, value_size=64, start_lsn=1)
+    last = gen.lsn_of(gen.count - 1)
+    real_flush = Client.flush
+    crashed: list[int] = []
+
+    async def crash_first(self: Client, tenant_id: str, timeline_id: str) -> int:
+        if not crashed:
+            async with await Client.connect(d.addr) as c:
+                assert (await c.timeline_status(t, tl))["last_record_lsn"] == last
+            crashed.append(1)
+            d.kill()
+            d.start()
+            raise ConnectionLost("the daemon was killed before the flush")
+        return await real_flush(self, tenant_id, timeline_id)
+
+    monkeypatch.setattr(Client, "flush", crash_first)
+    with trio.fail_after(120):
+        stats = await run_feed(d.addr, None, t, tl, gen, flush=True, retry_timeout=30)
+    assert crashed and stats.reconnects == 1
+    assert stats.last_record_lsn == last and stats.disk_consistent_lsn == last
+    async with await Client.connect(d.addr) as c:
+        for i in (0, gen.count // 2, gen.count - 1):
+            k = gen.key_index(i)
+            newest = max(j for j in range(gen.count) if gen.key_index(j) == k)
+            assert await c.get(t, tl, gen.key(k), last) == gen.payload(newest)

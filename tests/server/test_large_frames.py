@@ -351,3 +351,52 @@ async def test_frame_is_dropped_before_the_reply_is_sent(
         if engine_kind == "std-fs":
             assert [alive for _, alive in at_send] == [0, 0]
         await raw.aclose()
+
+
+async def test_a_large_records_put_is_parsed_in_steps_while_others_are_served(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server parses a records-form put of 40k records in steps (``BUSY`` from its
+    connection, a checkpoint each), a status on another connection is answered meanwhile,
+    and the put's records are all there afterwards."""
+    from pageserver.wire import BUSY, ServerConnection  # noqa: PLC0415 - test-local names
+
+    busy: list[int] = []
+    real = ServerConnection.next_event
+
+    def counting(self: ServerConnection, *, stepwise: bool = False) -> Any:
+        ev = real(self, stepwise=stepwise)
+        if ev is BUSY:
+            busy.append(1)
+        return ev
+
+    monkeypatch.setattr(ServerConnection, "next_event", counting)
+    n = 40_000
+    records = [
+        (bytes(17) + bytes([i % 200]), 10 + i, encode_value(Image(i.to_bytes(4, "big") * 25)))
+        for i in range(n)
+    ]
+    async with AsyncExitStack() as stack:
+        h = await _start(nursery, stack, max_frame_bytes=16 << 20, max_buffered_bytes=64 << 20)
+        async with await Client.connect(h.addr) as c:
+            await c.request("tenant_create", tenant_id=T)
+            await c.request("timeline_create", tenant_id=T, timeline_id=TL)
+        a, b = await Raw.open(h), await Raw.open(h)
+        await a.send(encode_request("put", id=1, tenant_id=T, timeline_id=TL, records=records))
+        await b.send(encode_request("status", id=2))
+        done: list[int] = []
+
+        async def wait(raw: Raw, who: int) -> None:
+            r = await raw.reply()
+            assert r.ok, r
+            done.append(who)
+
+        async with trio.open_nursery() as replies:
+            replies.start_soon(wait, a, 1)
+            replies.start_soon(wait, b, 2)
+        assert sorted(done) == [1, 2]
+        assert len(busy) >= 3 * (n // 2048)
+        async with await Client.connect(h.addr) as c:
+            for i in (0, 1, n // 2, n - 1):
+                key = bytes(17) + bytes([i % 200])
+                assert await c.get(T, TL, key, 10 + i) == i.to_bytes(4, "big") * 25
