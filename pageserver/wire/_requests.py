@@ -35,6 +35,7 @@ from pageserver.errors import PageserverError
 from pageserver.errors import short_repr as _short
 from pageserver.errors import type_name as _type_name
 from pageserver.layers.batch import (
+    COLUMN_RECORDS_PER_STEP,
     PUT_COLUMNS,
     RECORDS_PER_STEP,
     CheckedBatch,
@@ -43,7 +44,7 @@ from pageserver.layers.batch import (
 )
 from pageserver.layers.batch import check_put_batch as _check_batch
 from pageserver.layers.batch import check_put_batch_steps as _check_batch_steps
-from pageserver.layers.batch import check_put_columns as _check_columns
+from pageserver.layers.batch import check_put_columns_steps as _check_columns_steps
 from pageserver.layers.key import KEY_SIZE, MAX_LSN, parse_id_text
 from pageserver.wire._framing import DIRECT_FRAME_BYTES
 from pageserver.wire.errors import ErrorCode, Id, ProtocolError
@@ -337,7 +338,7 @@ def _p_timeline_create(m: Mapping[object, object], rid: Id) -> Request:
 def _p_put(m: Mapping[object, object], rid: Id) -> Request:
     """Either form of SPEC section 5: ``records``, or the ``keys``/``lsns``/``values``/
     ``value_ends`` columns (never both); each checked by the one batch check."""
-    return _drive(_p_put_steps(m, rid, 1 << 62))
+    return _drive(_p_put_steps(m, rid, one_step=True))
 
 
 def _drive(steps: Generator[None, None, T]) -> T:
@@ -348,12 +349,18 @@ def _drive(steps: Generator[None, None, T]) -> T:
             return done.value  # type: ignore[no-any-return]
 
 
+#: Steps of any size: the whole check at once.
+ONE_STEP: Final = 1 << 62
+
+
 def _p_put_steps(
-    m: Mapping[object, object], rid: Id, per_step: int = RECORDS_PER_STEP
+    m: Mapping[object, object], rid: Id, *, one_step: bool = False
 ) -> Generator[None, None, Request]:
-    """:func:`_p_put` with the records form checked ``per_step`` records a step
-    (:func:`~pageserver.layers.batch.check_put_batch_steps`): a 16 MiB frame of 100-byte
-    records was 80-110 ms of checks in one step of the event loop."""
+    """:func:`_p_put` in steps of about a millisecond (unless ``one_step``): the records
+    form :data:`~pageserver.layers.batch.RECORDS_PER_STEP` records a step, the columnar
+    form's values :data:`~pageserver.layers.batch.COLUMN_RECORDS_PER_STEP` (a 16 MiB
+    frame of 100-byte values was 80-110 ms of checks in one step of the event loop as
+    records, 6-10 ms as columns)."""
     t = _req_id(m, "tenant_id")
     tl = _req_id(m, "timeline_id")
     columns = [m.get(name) for name in PUT_COLUMNS]
@@ -365,14 +372,19 @@ def _p_put_steps(
                     "and the columnar fields (keys, lsns, values, value_ends) are exclusive:"
                     " send one form",
                 )
-            checked = _check_columns(*columns)
+            keys, lsns, values, value_ends = columns
+            checked = yield from _check_columns_steps(
+                keys, lsns, values, value_ends, ONE_STEP if one_step else COLUMN_RECORDS_PER_STEP
+            )
         else:
             records = m.get("records")
             if records is None:
                 raise _bad(
                     "records", "is required (or the columnar keys, lsns, values, value_ends)"
                 )
-            checked = yield from _check_batch_steps(records, per_step)
+            checked = yield from _check_batch_steps(
+                records, ONE_STEP if one_step else RECORDS_PER_STEP
+            )
     except PageserverError as e:
         raise _Reject(e.code, str(e)) from None
     return PutRequest(t, tl, checked, id=rid)

@@ -15,10 +15,13 @@ import pytest
 
 from pageserver.client.feed import FeedGenerator
 from pageserver.layers.batch import (
+    COLUMN_RECORDS_PER_STEP,
     RECORDS_PER_STEP,
     CheckedBatch,
+    PutColumns,
     check_put_batch,
     check_put_batch_steps,
+    check_put_columns_steps,
 )
 from pageserver.wire import (
     BUSY,
@@ -151,3 +154,48 @@ def test_small_puts_and_other_ops_take_one_step() -> None:
     assert busy == [] and isinstance(ev, RequestEvent)
     busy, ev = _events(encode_request("status", id=2), stepwise=True)
     assert busy == [] and isinstance(ev, RequestEvent)
+
+
+def _run_columns(cols: PutColumns, per_step: int) -> tuple[CheckedBatch | tuple[str, str], int]:
+    f = cols.wire_fields()
+    steps = check_put_columns_steps(f["keys"], f["lsns"], f["values"], f["value_ends"], per_step)
+    n = 0
+    try:
+        while True:
+            next(steps)
+            n += 1
+    except StopIteration as done:
+        return done.value, n
+    except Exception as e:  # noqa: BLE001 - compared below
+        return (type(e).__name__, str(e)), n
+
+
+@pytest.mark.parametrize("case", ["valid", *sorted(k for k in MUTATIONS if "value" in k or "lsn" in k)])
+def test_columns_checked_in_steps_give_the_same_result(case: str) -> None:
+    """The columnar form's values are checked COLUMN_RECORDS_PER_STEP records a step: the
+    same batch, or the same first failure (values[i] named by its index in the batch)."""
+    records = _records(10_000)
+    for mutate in MUTATIONS.get(case, []):
+        mutate(records)
+    cols = PutColumns.from_records(records)
+    whole, none = _run_columns(cols, 1 << 62)
+    assert none == 0
+    for per_step in (1000, 4096):
+        got, steps = _run_columns(cols, per_step)
+        if isinstance(whole, CheckedBatch):
+            assert isinstance(got, CheckedBatch) and steps == -(-len(records) // per_step)
+            _same(whole, got)
+        else:
+            assert got == whole, per_step
+
+
+def test_connection_parses_a_large_columnar_put_in_steps() -> None:
+    records = _records(3 * COLUMN_RECORDS_PER_STEP + 5)
+    cols = PutColumns.from_records(records)
+    frame = encode_request("put", id=6, tenant_id="ab" * 16, timeline_id="cd" * 16, **cols.wire_fields())
+    busy, ev = _events(frame, stepwise=True)
+    assert len(busy) == 4
+    _, plain = _events(frame, stepwise=False)
+    assert isinstance(ev, RequestEvent) and isinstance(plain, RequestEvent)
+    assert isinstance(ev.request, PutRequest) and isinstance(plain.request, PutRequest)
+    _same(ev.request.records, plain.request.records)
