@@ -376,6 +376,8 @@ async def run_feed(
     #: Since when connections have been lost with nothing acknowledged (None: progress).
     stalled_since: float | None = None
     losses = 0
+    #: The highest LSN of this feed's acknowledged puts (-1: none yet).
+    acked_lsn = -1
     while True:
         try:
             client = await Client.connect(addr, token)
@@ -394,20 +396,25 @@ async def run_feed(
         if stalled_since is None:
             delays = iter(backoff_delays())
         acked_before = stats.batches
+        sending = False
         try:
             async with client:
                 st = await client.timeline_status(tenant_id, timeline_id)
                 resume = int(st["last_record_lsn"])
                 stats.last_record_lsn = resume
                 stats.disk_consistent_lsn = int(st["disk_consistent_lsn"])
-                # Every connection sends from the server's last_record_lsn, even when
-                # everything was acknowledged on an earlier one: a server that restarted
-                # after a crash has lost what was not flushed yet (its last_record_lsn
-                # is back at disk_consistent_lsn), and a feed that went straight to the
-                # flush reported it all durable. (When nothing was lost, this resends
-                # only the records of the last LSN, which replace themselves.)
-                records = source.records_from(resume)
+                # Every connection sends what the server is missing, even when every put
+                # was acknowledged on an earlier one: a server that restarted after a
+                # crash has lost what was not flushed yet (its last_record_lsn is back at
+                # disk_consistent_lsn), and a feed that went straight to the flush
+                # reported it all durable. Where the server has all that this feed had
+                # acknowledged, it has all of its last LSN too (a put ends at an LSN
+                # boundary, and is applied whole), so the stream resumes after it: the
+                # layer holding that LSN may be frozen already, and its records sent
+                # again would be refused as below the open layer's start.
+                records = source.records_from(resume + 1 if resume >= acked_lsn >= 0 else resume)
                 first = next(records, None)
+                sending = first is not None
                 if first is not None:
                     stats.position = first[0]
 
@@ -431,6 +438,8 @@ async def run_feed(
                         stats.position = next_index
                         stats.last_record_lsn = int(fields["last_record_lsn"])
                         stats.disk_consistent_lsn = int(fields["disk_consistent_lsn"])
+                        nonlocal acked_lsn
+                        acked_lsn = max(acked_lsn, int(batch.records[-1][1]))
                         if progress:
                             progress.update(stats.position, stats.bytes_acked)
 
@@ -460,11 +469,16 @@ async def run_feed(
             stalled_since = now if stalled_since is None else stalled_since
             losses += 1
             if now - stalled_since >= retry_timeout:
+                hint = (
+                    "; a server closes the connection on a put larger than its "
+                    "max_frame_bytes: lower --batch-bytes, or the records of one LSN (from "
+                    f"record {stats.position}) are too large to send"
+                    if sending
+                    else " (nothing was left to send: the connection was lost in the flush)"
+                )
                 raise FeedError(
                     f"gave up after {losses} lost connections in {now - stalled_since:.0f}s with "
-                    f"no put acknowledged (the last: {reason}); a server closes the connection "
-                    "on a put larger than its max_frame_bytes: lower --batch-bytes, or the "
-                    f"records of one LSN (from record {stats.position}) are too large to send"
+                    f"no put acknowledged (the last: {reason}){hint}"
                 )
         log(f"connection lost ({reason}); reconnecting")
         if progress:

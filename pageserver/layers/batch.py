@@ -235,7 +235,7 @@ def check_put_batch_steps(
         values[at : at + len(c.values)] = np.frombuffer(c.values, np.uint8)
         yield
     return CheckedBatch(
-        np.concatenate([c.keys for c in cols]), lsns, values.data,
+        np.concatenate([c.keys for c in cols]), lsns, values.data.toreadonly(),
         np.concatenate([c.starts + d for c, d in zip(cols, shift, strict=False)]),
         np.concatenate([c.ends + d for c, d in zip(cols, shift, strict=False)]),
         np.concatenate(will_init),

@@ -390,6 +390,9 @@ class Server:
         self._conn_ids = itertools.count(1)
         self._in_flight = 0
         self._idle = trio.Event()
+        #: Held by the connection whose request is being parsed in steps (see
+        #: _connection_loop): one at a time.
+        self._parse_slot = trio.Lock()
         self._idle.set()
         self._shutting_down = False
         self._accept_scope: trio.CancelScope | None = None
@@ -543,9 +546,15 @@ class Server:
         while True:
             ev = proto.next_event(stepwise=True)
             if ev is BUSY:
-                # A step of parsing a large request: the loop is not held for all of it.
-                await trio.lowlevel.checkpoint()
-                continue
+                # A large request is parsed in steps, the loop let go between them. Its
+                # decoded objects (a records-form put: ~30x its frame) live across them,
+                # so one connection parses in steps at a time, as when a request was
+                # parsed in one step: the first BUSY of a large frame comes before any
+                # decoding (DECODE_ALONE_BYTES), and nothing decoded waits here.
+                async with self._parse_slot:
+                    while ev is BUSY:
+                        await trio.lowlevel.checkpoint()
+                        ev = proto.next_event(stepwise=True)
             if ev is NEED_DATA:
                 if not await self._receive(c):
                     proto.receive_data(b"")

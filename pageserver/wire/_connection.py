@@ -24,7 +24,7 @@ from pageserver.wire._framing import (
     Sentinel,
 )
 from pageserver.wire._replies import encode_error
-from pageserver.wire._requests import HelloRequest, Request, parse_envelope, parse_op_steps
+from pageserver.wire._requests import HelloRequest, Request, parse_envelope_steps, parse_op_steps
 from pageserver.wire.errors import ErrorCode, Id, ProtocolError
 
 __all__ = [
@@ -268,7 +268,7 @@ class ServerConnection:
     def _on_frame(
         self, payload: bytes | memoryview
     ) -> Generator[None, None, RequestEvent | ErrorEvent]:
-        env = parse_envelope(payload)
+        env = yield from parse_envelope_steps(payload)
         if isinstance(env, ProtocolError):
             return ErrorEvent(env.id, env.code, env.message)
         rid, op, m = env
@@ -296,5 +296,8 @@ class ServerConnection:
             return RequestEvent(req)
         if isinstance(req, ProtocolError):
             return ErrorEvent(req.id, req.code, req.message)
+        if self._state is ConnState.SHUTTING_DOWN:
+            # The shutdown began between the steps of this request's parsing.
+            return ErrorEvent(rid, ErrorCode.SHUTTING_DOWN, "the server is shutting down")
         self._transition(_I.REQUEST)
         return RequestEvent(req)

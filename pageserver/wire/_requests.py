@@ -597,13 +597,30 @@ def _flat_map(payload: bytes | memoryview) -> dict[object, object] | None:
     return out if pos == end else None
 
 
+#: A frame at least this large that msgpack decodes (not the flat decoder) is decoded in a
+#: step of its own, after a first one that does nothing (``parse_envelope_steps``), so that
+#: the server can wait for its one decoding slot with nothing decoded yet: a records-form
+#: ``put`` costs ~30x its frame in Python objects, which live across the steps of its
+#: check. 48 KiB: the smallest frame whose records (24 bytes each at least) can take more
+#: than one step of ``RECORDS_PER_STEP``; smaller ones are decoded and checked in one step.
+DECODE_ALONE_BYTES: Final = 48 << 10
+
+
 def parse_envelope(
     payload: bytes | memoryview,
 ) -> tuple[Id, object, dict[object, object]] | ProtocolError:
+    """:func:`parse_envelope_steps` in one step."""
+    return _drive(parse_envelope_steps(payload))
+
+
+def parse_envelope_steps(
+    payload: bytes | memoryview,
+) -> Generator[None, None, tuple[Id, object, dict[object, object]] | ProtocolError]:
     """Decode the msgpack map and extract ``id`` and (unchecked) ``op``.
 
     Split from :func:`parse_request` so the connection can refuse non-``hello`` ops before
-    authentication without validating their fields.
+    authentication without validating their fields. Yields once first for a large frame
+    msgpack decodes (:data:`DECODE_ALONE_BYTES`).
 
     A large frame (a ``put`` of 8 KiB pages, ~1 MiB) is first tried as a flat map
     (:func:`_flat_map`): its ``values`` column then stays in the frame's buffer, where the
@@ -616,6 +633,8 @@ def parse_envelope(
         return ProtocolError(ErrorCode.BAD_FRAME, "frame does not hold a msgpack map")
     m: object = _flat_map(payload) if len(payload) >= DIRECT_FRAME_BYTES else None
     if m is None:
+        if len(payload) >= DECODE_ALONE_BYTES:
+            yield  # see DECODE_ALONE_BYTES
         try:
             # Tuples, not lists: ``put`` records arrive as the (key, lsn, value) tuples the
             # request holds, with no per-record conversion.

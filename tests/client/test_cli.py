@@ -14,16 +14,18 @@ import subprocess
 import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
 import trio
 
 from pageserver import cli
-from pageserver.client import Client, parse_address
+from pageserver.client import Client, ConnectionLost, parse_address
 from pageserver.client.cli import parse_lsn
 from pageserver.client.feed import FeedGenerator, run_feed
 from pageserver.layers.value import Image, encode_value
+from pageserver.tenant.timeline import Timeline
 from tests.server.test_badinput import Harness, _start
 
 PAGESERVER = str(Path(sys.executable).with_name("pageserver"))
@@ -455,3 +457,44 @@ async def test_text_that_is_not_utf8_ends_in_one_line(srv: Harness) -> None:
         p = await trio.to_thread.run_sync(run)
         err = p.stderr.decode(errors="replace")
         assert p.returncode == 1 and "not valid text" in err and "Traceback" not in err, err
+
+
+async def test_feed_resumes_after_the_last_lsn_when_the_server_has_it(
+    srv: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection drops while the flush runs (the open layer is frozen, nothing of it
+    durable yet) and the server stays up: it has every put the feed had acknowledged, so
+    the feed resumes after their last LSN. Sending that LSN's records again failed the
+    whole feed with lsn_out_of_order (below the open layer's start)."""
+    t, tl = "8" * 32, "9" * 32
+    async with await Client.connect(srv.addr) as c:
+        await c.request("tenant_create", tenant_id=t)
+        await c.request("timeline_create", tenant_id=t, timeline_id=tl, start_lsn=0)
+    timeline = srv.mgr.timeline(t, tl)
+    gate = trio.Event()
+    real_flush_one = Timeline._flush_one
+
+    async def gated_flush_one(self: Timeline, layer: Any) -> None:
+        await gate.wait()
+        await real_flush_one(self, layer)
+
+    real_flush = Client.flush
+    dropped: list[int] = []
+
+    async def drop_while_flushing(self: Client, tenant_id: str, timeline_id: str) -> int:
+        if not dropped:
+            dropped.append(1)
+            async with timeline._write_lock:
+                await timeline._freeze_open_layer()
+            raise ConnectionLost("dropped while the flush runs")
+        gate.set()
+        return await real_flush(self, tenant_id, timeline_id)
+
+    monkeypatch.setattr(Timeline, "_flush_one", gated_flush_one)
+    monkeypatch.setattr(Client, "flush", drop_while_flushing)
+    gen = FeedGenerator(count=600, keys=50, value_size=20, start_lsn=1, records_per_lsn=3)
+    last = gen.lsn_of(gen.count - 1)
+    with trio.fail_after(60):
+        stats = await run_feed(srv.addr, None, t, tl, gen, flush=True, retry_timeout=10)
+    assert dropped and stats.reconnects == 1
+    assert stats.disk_consistent_lsn == last and stats.last_record_lsn == last

@@ -31,6 +31,8 @@ from pageserver.wire import (
     ServerConnection,
     encode_request,
 )
+from pageserver.wire import _requests as wire_requests
+from pageserver.wire._requests import DECODE_ALONE_BYTES
 
 Records = list[Any]
 
@@ -125,7 +127,10 @@ def test_connection_parses_a_large_records_put_in_steps() -> None:
     records = _records(20_000)
     frame = encode_request("put", id=3, tenant_id="ab" * 16, timeline_id="cd" * 16, records=records)
     busy, ev = _events(frame, stepwise=True)
-    assert len(busy) == 3 * -(-len(records) // RECORDS_PER_STEP) + 1
+    # A first step before msgpack decodes the frame (the server takes its decoding slot
+    # there, with nothing decoded yet), then the check's.
+    assert len(frame) >= DECODE_ALONE_BYTES
+    assert len(busy) == 1 + 3 * -(-len(records) // RECORDS_PER_STEP) + 1
     assert isinstance(ev, RequestEvent) and isinstance(ev.request, PutRequest) and ev.id == 3
     plain_busy, plain = _events(frame, stepwise=False)
     assert plain_busy == [] and isinstance(plain, RequestEvent)
@@ -199,3 +204,46 @@ def test_connection_parses_a_large_columnar_put_in_steps() -> None:
     assert isinstance(ev, RequestEvent) and isinstance(plain, RequestEvent)
     assert isinstance(ev.request, PutRequest) and isinstance(plain.request, PutRequest)
     _same(ev.request.records, plain.request.records)
+
+
+def test_a_large_frame_is_decoded_in_a_step_after_one_that_decodes_nothing() -> None:
+    """The server waits for its one decoding slot at the first BUSY: nothing of the
+    frame may be decoded by then (a records-form put's objects are ~30x its size)."""
+    records = _records(3000)
+    frame = encode_request("put", id=8, tenant_id="ab" * 16, timeline_id="cd" * 16, records=records)
+    assert len(frame) >= DECODE_ALONE_BYTES
+    c = ServerConnection(64 << 20)
+    c.receive_data(frame)
+    decoded: list[int] = []
+    real = wire_requests.unpack_limited
+
+    def spy(*a: Any, **kw: Any) -> Any:
+        decoded.append(1)
+        return real(*a, **kw)
+
+    wire_requests.unpack_limited = spy  # type: ignore[assignment]
+    try:
+        assert c.next_event(stepwise=True) is BUSY and decoded == []
+        while (ev := c.next_event(stepwise=True)) is BUSY:
+            pass
+    finally:
+        wire_requests.unpack_limited = real  # type: ignore[assignment]
+    assert decoded == [1] and isinstance(ev, RequestEvent)
+
+
+def test_shutdown_between_the_steps_of_a_request_answers_shutting_down() -> None:
+    """The shutdown began while a large put was parsed in steps: its reply is
+    ``shutting_down`` (it raised AssertionError: no transition from SHUTTING_DOWN on a
+    request), and the connection goes on to refuse what follows."""
+    records = _records(5000)
+    frame = encode_request("put", id=9, tenant_id="ab" * 16, timeline_id="cd" * 16, records=records)
+    c = ServerConnection(64 << 20)
+    c.receive_data(frame + encode_request("status", id=10))
+    assert c.next_event(stepwise=True) is BUSY
+    assert c.next_event(stepwise=True) is BUSY
+    c.start_shutdown()
+    while (ev := c.next_event(stepwise=True)) is BUSY:
+        pass
+    assert isinstance(ev, ErrorEvent) and ev.code.value == "shutting_down" and ev.id == 9
+    nxt = c.next_event(stepwise=True)
+    assert isinstance(nxt, ErrorEvent) and nxt.code.value == "shutting_down" and nxt.id == 10
