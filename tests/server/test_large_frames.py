@@ -400,3 +400,45 @@ async def test_a_large_records_put_is_parsed_in_steps_while_others_are_served(
             for i in (0, 1, n // 2, n - 1):
                 key = bytes(17) + bytes([i % 200])
                 assert await c.get(T, TL, key, 10 + i) == i.to_bytes(4, "big") * 25
+
+
+async def test_one_connection_at_a_time_decodes_a_large_request(nursery: trio.Nursery) -> None:
+    """Three connections send records-form puts of 5000 records at once. Each is decoded
+    only by the task that holds the server's parse slot, which it keeps until its check
+    is done: so at most one decoded request (~30x its frame in Python objects) lives
+    across steps, as when requests were parsed in one step."""
+    from pageserver.wire import _requests as wire_requests  # noqa: PLC0415
+
+    real = wire_requests.unpack_limited
+    owners: list[bool] = []
+    async with AsyncExitStack() as stack:
+        h = await _start(nursery, stack, max_frame_bytes=16 << 20, max_buffered_bytes=64 << 20)
+
+        def spy(payload: Any, *a: Any, **kw: Any) -> Any:
+            if len(payload) >= wire_requests.DECODE_ALONE_BYTES:
+                stats = h.server._parse_slot.statistics()
+                owners.append(stats.owner is trio.lowlevel.current_task())
+            return real(payload, *a, **kw)
+
+        wire_requests.unpack_limited = spy  # type: ignore[assignment]
+        try:
+            timelines = [f"{i}" * 32 for i in range(1, 4)]
+            async with await Client.connect(h.addr) as c:
+                await c.request("tenant_create", tenant_id=T)
+                for tl in timelines:
+                    await c.request("timeline_create", tenant_id=T, timeline_id=tl)
+
+            async def put(i: int) -> None:
+                raw = await Raw.open(h)
+                records = [(bytes(18), 10 + j, encode_value(Image(b"%d" % j))) for j in range(5000)]
+                frame = encode_request("put", id=i, tenant_id=T, timeline_id=timelines[i], records=records)
+                await raw.send(frame)
+                r = await raw.reply()
+                assert r.ok and r.id == i, r
+
+            async with trio.open_nursery() as puts:
+                for i in range(3):
+                    puts.start_soon(put, i)
+        finally:
+            wire_requests.unpack_limited = real  # type: ignore[assignment]
+    assert owners == [True, True, True]
