@@ -34,7 +34,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Final, TypeAlias, overload
+from typing import Any, Final, TypeAlias, TypeVar, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -182,13 +182,23 @@ def check_put_batch(records: object) -> CheckedBatch:
     first offending record precisely. Records given in-process as lists (rather than
     tuples) are accepted. A :class:`CheckedBatch` is returned as it is.
     """
-    steps = check_put_batch_steps(records, 1 << 62)  # one step: nothing to yield to
-    try:
-        while True:
+    return run_steps(check_put_batch_steps(records, ONE_STEP))
+
+
+#: A step size that takes any batch in one step.
+ONE_STEP: Final = 1 << 62
+
+_T = TypeVar("_T")
+
+
+def run_steps(steps: Generator[None, None, _T]) -> _T:
+    """Run a generator of steps (the ``*_steps`` checks) to its end: its result."""
+    while True:
+        try:
             next(steps)
-    except StopIteration as done:
-        checked: CheckedBatch = done.value
-        return checked
+        except StopIteration as done:
+            result: _T = done.value
+            return result
 
 
 def check_put_batch_steps(
@@ -335,13 +345,7 @@ def check_put_columns(
 ) -> CheckedBatch:
     """Check a whole ``put`` batch given in the columnar form (SPEC section 5): see
     :func:`check_put_columns_steps`, here in one step."""
-    steps = check_put_columns_steps(keys, lsns, values, value_ends, 1 << 62)
-    try:
-        while True:
-            next(steps)
-    except StopIteration as done:
-        checked: CheckedBatch = done.value
-        return checked
+    return run_steps(check_put_columns_steps(keys, lsns, values, value_ends, ONE_STEP))
 
 
 #: Records of a columnar put whose values one step checks (:func:`check_put_columns_steps`):

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final, TypeAlias, TypeVar
+from typing import Any, ClassVar, Final, TypeAlias
 
 import msgpack
 import numpy as np
@@ -36,11 +36,13 @@ from pageserver.errors import short_repr as _short
 from pageserver.errors import type_name as _type_name
 from pageserver.layers.batch import (
     COLUMN_RECORDS_PER_STEP,
+    ONE_STEP,
     PUT_COLUMNS,
     RECORDS_PER_STEP,
     CheckedBatch,
     PutRecord,
     check_start_lsn,
+    run_steps,
 )
 from pageserver.layers.batch import check_put_batch as _check_batch
 from pageserver.layers.batch import check_put_batch_steps as _check_batch_steps
@@ -48,8 +50,6 @@ from pageserver.layers.batch import check_put_columns_steps as _check_columns_st
 from pageserver.layers.key import KEY_SIZE, MAX_LSN, parse_id_text
 from pageserver.wire._framing import DIRECT_FRAME_BYTES
 from pageserver.wire.errors import ErrorCode, Id, ProtocolError
-
-T = TypeVar("T")
 
 __all__ = [
     "OPS",
@@ -338,19 +338,7 @@ def _p_timeline_create(m: Mapping[object, object], rid: Id) -> Request:
 def _p_put(m: Mapping[object, object], rid: Id) -> Request:
     """Either form of SPEC section 5: ``records``, or the ``keys``/``lsns``/``values``/
     ``value_ends`` columns (never both); each checked by the one batch check."""
-    return _drive(_p_put_steps(m, rid, one_step=True))
-
-
-def _drive(steps: Generator[None, None, T]) -> T:
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-
-
-#: Steps of any size: the whole check at once.
-ONE_STEP: Final = 1 << 62
+    return run_steps(_p_put_steps(m, rid, one_step=True))
 
 
 def _p_put_steps(
@@ -610,7 +598,7 @@ def parse_envelope(
     payload: bytes | memoryview,
 ) -> tuple[Id, object, dict[object, object]] | ProtocolError:
     """:func:`parse_envelope_steps` in one step."""
-    return _drive(parse_envelope_steps(payload))
+    return run_steps(parse_envelope_steps(payload))
 
 
 def parse_envelope_steps(

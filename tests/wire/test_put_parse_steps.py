@@ -7,7 +7,7 @@ rules in the same order (form and keys, then values, then LSN order) over the wh
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any
 
 import numpy as np
@@ -42,8 +42,15 @@ def _records(n: int) -> Records:
     return [g.record(i) for i in range(n)]
 
 
-def _run(records: Records, per_step: int) -> tuple[CheckedBatch | tuple[str, str], int]:
-    steps = check_put_batch_steps(records, per_step)
+Outcome = tuple[CheckedBatch | tuple[str, str], int]
+
+
+def _run(records: Records, per_step: int) -> Outcome:
+    return _outcome(check_put_batch_steps(records, per_step))
+
+
+def _outcome(steps: Generator[None, None, CheckedBatch]) -> Outcome:
+    """The batch or the error (type name, message), and the steps it yielded."""
     n = 0
     try:
         while True:
@@ -161,18 +168,11 @@ def test_small_puts_and_other_ops_take_one_step() -> None:
     assert busy == [] and isinstance(ev, RequestEvent)
 
 
-def _run_columns(cols: PutColumns, per_step: int) -> tuple[CheckedBatch | tuple[str, str], int]:
+def _run_columns(cols: PutColumns, per_step: int) -> Outcome:
     f = cols.wire_fields()
-    steps = check_put_columns_steps(f["keys"], f["lsns"], f["values"], f["value_ends"], per_step)
-    n = 0
-    try:
-        while True:
-            next(steps)
-            n += 1
-    except StopIteration as done:
-        return done.value, n
-    except Exception as e:  # noqa: BLE001 - compared below
-        return (type(e).__name__, str(e)), n
+    return _outcome(
+        check_put_columns_steps(f["keys"], f["lsns"], f["values"], f["value_ends"], per_step)
+    )
 
 
 @pytest.mark.parametrize("case", ["valid", *sorted(k for k in MUTATIONS if "value" in k or "lsn" in k)])
