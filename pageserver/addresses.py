@@ -59,10 +59,10 @@ def parse_address(text: str) -> Address:
         host, sep, port_text = text.rpartition(":")
         if not sep:
             raise ValueError(f"invalid address {text!r}: expected host:port or unix:/path")
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ValueError(f"invalid address {text!r}: port {port_text!r} is not a number") from None
+    # ASCII digits only: int() also takes "+6400", " 6400" and other scripts' digits.
+    if not (port_text.isascii() and port_text.isdigit()):
+        raise ValueError(f"invalid address {text!r}: port {port_text!r} is not a number")
+    port = int(port_text)
     if not 0 <= port <= 65535:
         raise ValueError(f"invalid address {text!r}: port out of range")
     return Address(host or None, port)

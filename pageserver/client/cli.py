@@ -195,7 +195,7 @@ def resolve_target(args: argparse.Namespace) -> tuple[str, str | None]:
             f"data directory {args.data_dir} does not exist (--addr connects without one)"
         )
     cfg_addr, cfg_token = _config_addr_and_token(args.data_dir)
-    addr = args.addr or cfg_addr or DEFAULT_ADDR
+    addr = args.addr if args.addr is not None else (cfg_addr or DEFAULT_ADDR)
     try:
         parse_address(addr)
     except ValueError as e:
@@ -331,6 +331,9 @@ def _cmd_timeline_create(args: argparse.Namespace) -> int:
 
 
 def _put_value(args: argparse.Namespace) -> bytes:
+    if args.test_append is None and (args.will_init or args.clear or args.only_if is not None):
+        # An image always starts a value: these would be silently ignored.
+        raise CliError("--will-init, --clear and --only-if apply to --test-append only")
     if args.image is not None:
         return encode_value(Image(args.image.encode()))
     if args.image_hex is not None:
@@ -381,8 +384,14 @@ def _cmd_put(args: argparse.Namespace) -> int:
                 raise CliError(str(e)) from None
         return records
 
+    # Built before connecting: a bad value is reported as such, with or without a server.
+    built: list[list[PutRecord]] = []
+    status = _guard(lambda: built.append(build()))
+    if status:
+        return status
+
     async def body(c: Client) -> None:
-        r = await c.put(args.tenant_id, args.timeline_id, build())
+        r = await c.put(args.tenant_id, args.timeline_id, built[0])
         if args.json:
             _print_json(r)
         else:

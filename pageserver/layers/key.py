@@ -124,9 +124,12 @@ class Lsn(int):
         t = text.strip()
         if "/" in t:
             return cls.parse(t)
-        if t.lower().startswith("0x"):
-            return cls(int(t, 16))
-        if not t.isdigit():
+        # ASCII digits only: int() also takes "0x_1", "1_000" and other scripts' digits.
+        if t[:2].lower() == "0x":
+            if not _HEX_RE.fullmatch(t[2:] or "-"):
+                raise ValueError(f"invalid LSN {text!r}")
+            return cls(int(t[2:], 16))
+        if not (t.isascii() and t.isdigit()):
             raise ValueError(f"invalid LSN {text!r}")
         return cls(int(t, 10))
 

@@ -498,3 +498,27 @@ async def test_feed_resumes_after_the_last_lsn_when_the_server_has_it(
         stats = await run_feed(srv.addr, None, t, tl, gen, flush=True, retry_timeout=10)
     assert dropped and stats.reconnects == 1
     assert stats.disk_consistent_lsn == last and stats.last_record_lsn == last
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        # Other scripts' digits, signs and underscores, which int() takes.
+        (["get", "7" * 32, "7" * 32, "0" * 36, "١٢", "--addr", "127.0.0.1:1"], "invalid LSN"),
+        (["get", "7" * 32, "7" * 32, "0" * 36, "0x_1", "--addr", "127.0.0.1:1"], "invalid LSN"),
+        (["get", "7" * 32, "7" * 32, "0" * 36, "1_000", "--addr", "127.0.0.1:1"], "invalid LSN"),
+        (["status", "--addr", "127.0.0.1:６４００"], "is not a number"),
+        (["status", "--addr", "127.0.0.1:+6400"], "is not a number"),
+        # An empty address used to fall back to the default one, and connect.
+        (["status", "--addr", ""], "invalid address ''"),
+        # Test-record options with an image were ignored.
+        (["put", "7" * 32, "7" * 32, "0" * 36, "5", "--image", "x", "--will-init",
+          "--addr", "127.0.0.1:1"], "apply to --test-append only"),
+        (["put", "7" * 32, "7" * 32, "0" * 36, "5", "--image-hex", "00", "--only-if", "a",
+          "--addr", "127.0.0.1:1"], "apply to --test-append only"),
+    ],
+)  # fmt: skip
+def test_nonsense_is_refused_not_taken(argv: list[str], says: str) -> None:
+    """Each of these was accepted (read as something else, or ignored)."""
+    p = subprocess.run([PAGESERVER, *argv], capture_output=True, text=True, timeout=60)
+    assert p.returncode in (1, 2) and says in p.stderr and "Traceback" not in p.stderr, p.stderr
