@@ -359,8 +359,9 @@ async def run_feed(
 ) -> FeedStats:
     """Stream ``source`` to a timeline, reconnecting and resending as SPEC section 2 says.
 
-    Each (re)connection asks ``status`` and sends every record at or above
-    ``last_record_lsn``. Gives up after ``retry_timeout`` seconds without a successful
+    Each (re)connection asks ``status`` and sends what the server is missing: every record
+    above ``last_record_lsn`` when the server has all that this feed had acknowledged, else
+    every record at or above it (see the loop). Gives up after ``retry_timeout`` seconds without a successful
     connection, or without a ``put`` acknowledged while connections keep being lost (a
     server closes the connection on a put above its ``max_frame_bytes``: resending it
     would go on for ever). With ``flush``, ends with a ``flush`` (retried the same way).
